@@ -1,0 +1,165 @@
+"""Queries on datasets and images (real cells and synthetic candidates)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from db.engine import read_session, write_session
+from db.models import Dataset, Image
+
+
+class DatasetExists(ValueError):
+    """A dataset with that name is already imported."""
+
+
+class DatasetNotFound(LookupError):
+    """No dataset with that name or id."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: int
+    name: str
+    kind: str
+    source: str
+    class_names: list[str]
+    image_size: int
+    split_config: dict[str, Any]
+    split_hash: str
+    import_report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: int
+    class_name: str
+    split: str | None
+    origin: str
+    path: str
+    sha256: str
+
+
+def _info(ds: Dataset) -> DatasetInfo:
+    return DatasetInfo(ds.id, ds.name, ds.kind, ds.source, list(ds.class_names), ds.image_size,
+                       dict(ds.split_config or {}), ds.split_hash, dict(ds.import_report or {}))
+
+
+def create_dataset(name: str, kind: str, source: str, class_names: list[str], split_config: dict[str, Any],
+                   split_hash: str, import_report: dict[str, Any], images: Iterable[dict[str, Any]],
+                   image_size: int = 64) -> int:
+    """Insert a dataset and all its real images in one transaction; return the dataset id."""
+    with write_session() as s:
+        if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+            raise DatasetExists(f"a dataset named {name!r} already exists; choose another --name")
+        ds = Dataset(name=name, kind=kind, source=source, class_names=class_names, image_size=image_size,
+                     split_config=split_config,
+                     split_hash=split_hash, import_report=import_report)
+        s.add(ds)
+        s.flush()
+        rows = [dict(row, dataset_id=ds.id) for row in images]
+        if rows:
+            s.execute(Image.__table__.insert(), rows)
+        return ds.id
+
+
+def add_images(dataset_id: int, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert image rows (e.g. generated candidates) for a dataset; return their ids in order."""
+    if not rows:
+        return []
+    with write_session() as s:
+        # insertmanyvalues batches the rows and keeps RETURNING aligned with the input order.
+        result = s.scalars(
+            insert(Image).returning(Image.id, sort_by_parameter_order=True),
+            [dict(row, dataset_id=dataset_id) for row in rows],
+        )
+        return list(result)
+
+
+def get_dataset(name_or_id: str | int) -> DatasetInfo:
+    """Look a dataset up by name or id; raise DatasetNotFound with the known names otherwise."""
+    with read_session() as s:
+        if isinstance(name_or_id, int):
+            ds = s.get(Dataset, name_or_id)
+        else:
+            ds = s.scalar(select(Dataset).where(Dataset.name == name_or_id))
+        if ds is None:
+            known = ", ".join(s.scalars(select(Dataset.name).order_by(Dataset.name))) or "none yet"
+            raise DatasetNotFound(f"no dataset {name_or_id!r} (known datasets: {known})")
+        return _info(ds)
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """All datasets, newest first."""
+    with read_session() as s:
+        return [_info(ds) for ds in s.scalars(select(Dataset).order_by(Dataset.id.desc()))]
+
+
+def image_counts(dataset_id: int) -> list[dict[str, Any]]:
+    """Rows of {class_name, origin, split, n} for a dataset."""
+    with read_session() as s:
+        rows = s.execute(
+            select(Image.class_name, Image.origin, Image.split, func.count())
+            .where(Image.dataset_id == dataset_id)
+            .group_by(Image.class_name, Image.origin, Image.split)
+        ).all()
+    return [{"class_name": c, "origin": o, "split": sp, "n": n} for c, o, sp, n in rows]
+
+
+def real_images(dataset_id: int, split: str | None = None, class_name: str | None = None,
+                limit: int | None = None) -> list[ImageRow]:
+    """Real cells of a dataset, optionally of one split and class, in id order."""
+    query = select(Image).where(Image.dataset_id == dataset_id, Image.origin == "real")
+    if split is not None:
+        query = query.where(Image.split == split)
+    if class_name is not None:
+        query = query.where(Image.class_name == class_name)
+    query = query.order_by(Image.id).limit(limit)
+    with read_session() as s:
+        return [_row(im) for im in s.scalars(query)]
+
+
+def images_by_ids(ids: Iterable[int]) -> list[ImageRow]:
+    """Image rows for the given ids, in the order given (unknown ids are dropped)."""
+    wanted = list(ids)
+    with read_session() as s:
+        found = {im.id: _row(im) for im in s.scalars(select(Image).where(Image.id.in_(wanted)))}
+    return [found[i] for i in wanted if i in found]
+
+
+def candidates(dataset_id: int, gan_run_id: int | None = None, class_name: str | None = None) -> list[ImageRow]:
+    """Synthetic candidates of a dataset, optionally from one GAN run or of one intended class."""
+    query = select(Image).where(Image.dataset_id == dataset_id, Image.origin == "synthetic")
+    if gan_run_id is not None:
+        query = query.where(Image.gan_run_id == gan_run_id)
+    if class_name is not None:
+        query = query.where(Image.class_name == class_name)
+    with read_session() as s:
+        return [_row(im) for im in s.scalars(query.order_by(Image.id))]
+
+
+def delete_dataset(dataset_id: int) -> None:
+    """Remove a dataset that has no review decisions (decisions are never deleted, so this refuses then)."""
+    from db.models import Decision
+
+    with write_session() as s:
+        decided = s.scalar(select(func.count()).select_from(Decision).join(Image, Image.id == Decision.image_id)
+                           .where(Image.dataset_id == dataset_id))
+        if decided:
+            raise ValueError(f"dataset has {decided} review decisions; they are kept forever, so it cannot be deleted")
+        ds = s.get(Dataset, dataset_id)
+        if ds is not None:
+            s.delete(ds)
+
+
+def _row(im: Image) -> ImageRow:
+    return ImageRow(im.id, im.class_name, im.split, im.origin, im.path, im.sha256)
+
+
+def max_candidate_seed(gan_run_id: int) -> int | None:
+    """The largest sampling seed used so far for candidates of a GAN run."""
+    with read_session() as s:
+        return s.scalar(select(func.max(Image.seed)).where(Image.gan_run_id == gan_run_id))

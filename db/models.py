@@ -1,0 +1,183 @@
+"""ORM models: datasets, images (real cells and synthetic candidates), runs, metrics, jobs,
+checkpoints and review decisions. The schema itself is created by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ORIGINS = ("real", "synthetic")
+SPLITS = ("train", "val", "test")
+RUN_KINDS = ("gan", "classifier", "selftest")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+VERDICTS = ("accept", "reject", "relabel", "undo")
+
+
+def utcnow() -> datetime:
+    """Naive UTC now; every timestamp in the database is naive UTC (SQLite has no time zones)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # real | demo | bloodmnist
+    source: Mapped[str] = mapped_column(Text, default="")  # folder, zip or npz it came from
+    class_names: Mapped[list[Any]] = mapped_column(JSON)  # ordered; index = class id everywhere
+    image_size: Mapped[int] = mapped_column(Integer, default=64)  # working size for GAN and classifier
+    split_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    split_hash: Mapped[str] = mapped_column(String(64), default="")
+    import_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint("origin IN ('real', 'synthetic')", name="ck_images_origin"),
+        CheckConstraint("split IS NULL OR split IN ('train', 'val', 'test')", name="ck_images_split"),
+        # Science hygiene at the lowest layer: a synthetic image has no split at all, so it can
+        # never be selected as val or test, and every real image has one.
+        CheckConstraint(
+            "(origin = 'synthetic' AND split IS NULL) OR (origin = 'real' AND split IS NOT NULL)",
+            name="ck_images_synthetic_has_no_split",
+        ),
+        Index("ix_images_queue", "dataset_id", "origin", "class_name", "id"),
+        Index("ix_images_split", "dataset_id", "split", "class_name"),
+        Index("ix_images_sha256", "dataset_id", "sha256"),
+        Index("ix_images_gan_run", "gan_run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    origin: Mapped[str] = mapped_column(String(10))
+    class_name: Mapped[str] = mapped_column(String(100))  # label (real) or intended class (candidate)
+    split: Mapped[str | None] = mapped_column(String(5), nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to WBC_HOME
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text, default="")  # original file, or "gan:<run>/step_<n>/seed_<s>#<i>"
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # e.g. conversion applied at import
+    gan_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Scores for sorting candidates in review (filled by quality scoring; NULL until then).
+    judge_prob: Mapped[float | None] = mapped_column(Float, nullable=True)
+    judge_top_class: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    nearest_real_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    nearest_real_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memorised: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("kind IN ('gan', 'classifier', 'selftest')", name="ck_runs_kind"),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="ck_runs_status"
+        ),
+        Index("ix_runs_dataset_kind", "dataset_id", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    recipe: Mapped[str | None] = mapped_column(String(30), nullable=True)  # classifier: real | curated | ...
+    group_name: Mapped[str | None] = mapped_column(String(100), nullable=True)  # e.g. an ablation
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    split_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    train_set_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # exact images trained on
+    train_set_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    train_set_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # counts per class/origin
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # final metrics
+    artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)  # relative to WBC_HOME
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_name_step", "run_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)  # GAN step or classifier epoch
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hostname: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoints_run_step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # relative to WBC_HOME
+    grid_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Decision(Base):
+    """One reviewer's verdict on one candidate. Append-only: rows are never updated or deleted
+    (database triggers refuse it); the current verdict is the latest row per reviewer."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        CheckConstraint("verdict IN ('accept', 'reject', 'relabel', 'undo')", name="ck_decisions_verdict"),
+        CheckConstraint("verdict != 'relabel' OR new_class IS NOT NULL", name="ck_decisions_relabel_class"),
+        Index("ix_decisions_image", "image_id", "reviewer", "id"),
+        Index("ix_decisions_reviewer", "reviewer", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    reviewer: Mapped[str] = mapped_column(String(100))
+    verdict: Mapped[str] = mapped_column(String(10))
+    new_class: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

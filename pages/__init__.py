@@ -1,0 +1,1 @@
+"""Streamlit pages. Each is thin: widgets, one call into wbc_core/db, render."""

@@ -1,0 +1,106 @@
+"""Data: import labelled cells (folder, zip upload, BloodMNIST, demo) and look at them."""
+
+import tempfile
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from pages import common
+from wbc_core import datasets as data_service
+from wbc_core.data import SplitConfig
+from wbc_core.views import class_counts_frame
+
+st.title("Data")
+common.ensure_ready()
+
+with st.expander("Import cells", expanded=common.current_dataset() is None):
+    source_tab, upload_tab, bloodmnist_tab, demo_tab = st.tabs(["Folder on server", "Upload zip", "BloodMNIST", "Demo"])
+    with source_tab, st.form("import_folder"):
+        folder = st.text_input("Folder with one subfolder per class", placeholder="../shared/data/pbc128")
+        name = st.text_input("Dataset name", placeholder="pbc128")
+        cols = st.columns(4)
+        size = cols[0].selectbox("Working size (px)", data_service.SIZES, index=1)
+        val = cols[1].number_input("Val fraction", 0.0, 0.5, 0.15, 0.05)
+        test = cols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
+        seed = cols[3].number_input("Split seed", 0, 10**6, 0)
+        submitted = st.form_submit_button("Import", type="primary")
+    if submitted:
+        bar = st.progress(0.0, text="reading files")
+        try:
+            result = data_service.import_folder(
+                folder, name, size=int(size), split=SplitConfig(val, test, int(seed)),
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} files"))
+        except (ValueError, LookupError, OSError) as exc:
+            common.show_error(exc, "Check the folder path (it is read on the server) and the dataset name.")
+        else:
+            st.session_state["dataset_name"] = result.name
+            st.session_state["last_import"] = result.summary
+            st.rerun()
+    with upload_tab:
+        upload = st.file_uploader("Zip with one folder per class", type=["zip"])
+        upload_name = st.text_input("Dataset name", key="upload_name")
+        if st.button("Import upload", disabled=upload is None or not upload_name):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "upload.zip"
+                path.write_bytes(upload.getvalue())
+                try:
+                    result = data_service.import_folder(path, upload_name)
+                except (ValueError, LookupError, OSError) as exc:
+                    common.show_error(exc)
+                else:
+                    st.session_state["dataset_name"] = result.name
+                    st.session_state["last_import"] = result.summary
+                    st.rerun()
+    with bloodmnist_tab:
+        st.write("BloodMNIST (MedMNIST v2): the same PBC cells with official splits. Needs internet.")
+        mnist_size = st.selectbox("Size", [28, 64, 128, 224], index=1)
+        if st.button("Download and import BloodMNIST"):
+            with st.spinner("downloading"):
+                try:
+                    result = data_service.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
+                except (ValueError, LookupError, OSError) as exc:
+                    common.show_error(exc)
+                else:
+                    st.session_state["dataset_name"] = result.name
+                    st.rerun()
+    with demo_tab:
+        st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
+        if st.button("Create demo dataset", key="create_demo"):
+            try:
+                result = data_service.import_demo("demo")
+            except (ValueError, LookupError) as exc:
+                common.show_error(exc)
+            else:
+                st.session_state["dataset_name"] = result.name
+                st.rerun()
+
+if "last_import" in st.session_state:
+    st.success(st.session_state.pop("last_import"))
+
+info = common.require_dataset()
+st.subheader(f"{info.name} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
+counts = class_counts_frame(data_service.class_split_counts(info.id))
+left, right = st.columns([2, 3])
+left.dataframe(counts, width="stretch")
+chart = counts.reset_index(names="class").melt(id_vars="class", value_vars=["train", "val", "test"],
+                                                var_name="split", value_name="cells")
+right.plotly_chart(px.bar(chart, x="class", y="cells", color="split", height=300), width="stretch")
+
+report = info.import_report
+if report.get("skipped") or report.get("converted") or report.get("empty_classes"):
+    with st.expander(f"Import report: {len(report.get('skipped', []))} skipped, "
+                     f"{len(report.get('converted', []))} converted"):
+        if report.get("empty_classes"):
+            st.warning(f"Empty classes (no usable image): {', '.join(report['empty_classes'])}")
+        if report.get("skipped"):
+            st.dataframe(report["skipped"], width="stretch")
+        if report.get("converted"):
+            st.dataframe(report["converted"], width="stretch")
+
+st.subheader("Sample cells (train split)")
+for class_name in info.class_names:
+    paths = data_service.sample_paths(info.id, class_name, n=10)
+    st.caption(class_name)
+    if paths:
+        st.image([str(p) for p in paths], width=72)

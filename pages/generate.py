@@ -1,0 +1,80 @@
+"""Generate: train a class-conditional GAN as a background job, watch it live, create candidates."""
+
+import streamlit as st
+
+from pages import common
+from wbc_core import gan_runs, jobs, views
+
+st.title("Generate")
+info = common.require_dataset()
+
+with st.expander("Train a new GAN", expanded=True), st.form("train_gan"):
+    cols = st.columns(5)
+    steps = cols[0].number_input("Steps", 10, 200_000, 3000, 100)
+    batch = cols[1].number_input("Batch", 8, 512, 64, 8)
+    width = cols[2].number_input("Width", 8, 256, 64, 8)
+    size = cols[3].selectbox("Size (px)", [32, 64, 128], index=[32, 64, 128].index(info.image_size))
+    seed = cols[4].number_input("Seed", 0, 10**6, 0)
+    if st.form_submit_button("Start GAN training", type="primary"):
+        try:
+            run_id = gan_runs.start_gan_run(info.id, {"steps": int(steps), "batch_size": int(batch),
+                                                      "g_width": int(width), "d_width": int(width),
+                                                      "image_size": int(size), "seed": int(seed)})
+        except (ValueError, LookupError) as exc:
+            common.show_error(exc)
+        else:
+            st.session_state["gan_run"] = run_id
+            st.toast(f"GAN run {run_id} started in the background")
+
+table = views.runs_frame(info.id, kind="gan")
+if table.empty:
+    st.info("No GAN run yet for this dataset. Start one above; it trains in the background.")
+    st.stop()
+run_ids = table["run"].tolist()
+default = st.session_state.get("gan_run", run_ids[0])
+run_id = st.selectbox("GAN run", run_ids, index=run_ids.index(default) if default in run_ids else 0,
+                      format_func=lambda r: f"run {r} · {table.set_index('run').loc[r, 'status']}")
+
+
+@st.fragment(run_every=2)
+def live_panel(run_id: int) -> None:
+    """Polls the database every 2 s: status, progress, loss curves and the latest sample grid."""
+    state = views.run_status(run_id)
+    head = st.columns([3, 1])
+    head[0].progress(state["progress"], text=f"**{state['status']}** · {state['message'] or ''}")
+    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
+        jobs.cancel(run_id)
+        st.toast("Cancel requested; the run saves a checkpoint and stops.")
+    if state["error"]:
+        st.error(state["error"].split("\n\n")[0])
+    left, right = st.columns(2)
+    left.plotly_chart(views.curves_figure([run_id], ["loss_d", "loss_g"], "losses"), width="stretch")
+    if state["latest_grid"]:
+        right.image(state["latest_grid"], caption=f"fixed-noise samples at step {state['latest_grid_step']} "
+                                                  "(one row per class)")
+    else:
+        right.info("The first sample grid appears after the first sampling interval.")
+
+
+live_panel(run_id)
+
+st.subheader("Create candidates for review")
+state = views.run_status(run_id)
+steps_saved = [c["step"] for c in state["checkpoints"] if c["has_weights"]]
+if not steps_saved:
+    st.info("This run has saved no checkpoint yet.")
+    st.stop()
+cols = st.columns([2, 1, 1])
+step = cols[0].select_slider("Checkpoint (step)", steps_saved, value=steps_saved[-1])
+grid = next((c["grid"] for c in state["checkpoints"] if c["step"] == step and c["grid"]), None)
+if grid:
+    st.image(grid, caption=f"samples at step {step}", width=480)
+per_class = cols[1].number_input("Candidates per class", 1, 5000, 48)
+if cols[2].button("Generate candidates", type="primary"):
+    with st.spinner("sampling"):
+        try:
+            out = gan_runs.generate_candidates(run_id, int(per_class), step=int(step))
+        except (ValueError, LookupError) as exc:
+            common.show_error(exc)
+        else:
+            st.success(f"Added {out['candidates']} candidates (seed {out['seed']}) to the review queue.")

@@ -1,0 +1,94 @@
+"""The whole loop from the command line on tiny data: import -> train-gan -> generate -> review -> train -> runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(home: Path, *args: str, ok: bool = True) -> dict:
+    env = {**os.environ, "WBC_HOME": str(home)}
+    env.pop("WBC_DB_URL", None)
+    out = subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert (out.returncode == 0) == ok, f"exit {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr}"
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, f"--json must print exactly one line, got: {out.stdout!r}"
+    return json.loads(lines[0])
+
+
+@pytest.mark.slow
+def test_full_loop_from_the_cli(tiny_folder, tmp_path):
+    home = tmp_path / "home"
+    imported = cli(home, "import", str(tiny_folder), "--name", "tiny", "--size", "32", "--seed", "3")
+    assert imported["name"] == "tiny"
+    assert {c: sum(v[s] for s in ("train", "val", "test")) for c, v in imported["classes"].items()} == {
+        "lymphocyte": 12, "neutrophil": 12, "platelet": 12}
+
+    gan = cli(home, "train-gan", "--dataset", "tiny", "--steps", "12", "--batch", "8", "--width", "8",
+              "--checkpoint-every", "6")
+    assert gan["status"] == "succeeded" and gan["steps_done"] == 12
+    assert gan["train_set_hash"] and len(gan["train_set_hash"]) == 64
+
+    generated = cli(home, "generate", "--run", str(gan["run_id"]), "--per-class", "4")
+    assert generated["candidates"] == 12 and generated["checkpoint_step"] == 12
+    again = cli(home, "generate", "--run", str(gan["run_id"]), "--per-class", "1", "--step", "6")
+    assert again["seed"] != generated["seed"] and again["checkpoint_step"] == 6
+
+    accepted = cli(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--accept", "--class", "platelet")
+    assert accepted["decided"] == 5
+    rejected = cli(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--reject", "--all")
+    assert rejected["decided"] == 10
+
+    trained = cli(home, "train", "--dataset", "tiny", "--recipe", "curated", "--epochs", "1")
+    assert trained["status"] == "succeeded"
+    test = trained["test"]
+    assert set(test) >= {"accuracy", "macro_f1", "per_class_f1"}
+    assert set(test["per_class_f1"]) == {"lymphocyte", "neutrophil", "platelet"}
+    assert trained["test_size"] == sum(v["test"] for v in imported["classes"].values())
+
+    listed = cli(home, "runs")["runs"]
+    assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
+        (trained["run_id"], "classifier", "succeeded"), (gan["run_id"], "gan", "succeeded")]
+    assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
+
+    # The database agrees with what the CLI printed.
+    os.environ["WBC_HOME"] = str(home)
+    try:
+        from db.engine import dispose_all
+        from db.runs import get_run
+
+        dispose_all()
+        run = get_run(trained["run_id"])
+        # 24 real train cells + 5 accepted platelet candidates: the curated set, nothing from val/test.
+        real_train = sum(v["train"] for v in imported["classes"].values())
+        assert run.train_set_size == real_train + 5
+        assert run.train_set_summary["by_origin_class"]["synthetic/platelet"] == 5
+        assert run.recipe == "curated" and run.config["epochs"] == 1
+    finally:
+        dispose_all()
+        os.environ.pop("WBC_HOME")
+
+
+def test_cli_errors_are_plain_and_nonzero(tmp_path):
+    home = tmp_path / "home"
+    missing = cli(home, "import", str(tmp_path / "nowhere"), "--name", "x", ok=False)
+    assert "does not exist" in missing["error"]
+    unknown = cli(home, "train-gan", "--dataset", "nope", ok=False)
+    assert "no dataset 'nope'" in unknown["error"]
+    bad_run = cli(home, "generate", "--run", "42", "--per-class", "3", ok=False)
+    assert "no run 42" in bad_run["error"]
+
+
+def test_demo_dataset_is_labelled_as_demo(tmp_path):
+    out = cli(tmp_path / "home", "demo", "--per-class", "6", "--size", "32")
+    assert out["demo"] is True and out["kind"] == "demo"
+    listed = cli(tmp_path / "home", "datasets")["datasets"]
+    assert listed[0]["kind"] == "demo"

@@ -1,0 +1,116 @@
+"""Classifier training configuration: one frozen, validated, JSON-safe dataclass."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from wbc_core.classifier.presets import PRESETS
+
+SMALL_CNN = "small_cnn"
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@lru_cache(maxsize=1)
+def available_models() -> tuple[str, ...]:
+    """Names accepted by ClassifierConfig.model: "small_cnn" plus torchvision's classification models."""
+    import torchvision  # imported lazily: building a config should not pay for torchvision's import
+
+    return (SMALL_CNN, *torchvision.models.list_models(module=torchvision.models))
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that determines a classifier training run (with the data and the seed)."""
+
+    model: str = "resnet18"  # "resnet18", "small_cnn" (fast, for CPU/tests) or any torchvision classification name
+    image_size: int = 64  # side of the square uint8 input images; data must already be this size
+    epochs: int = 15  # planned epochs; the lr schedule spans all of them even if early stopping ends sooner
+    batch_size: int = 128  # images per optimiser step
+    optimizer: str = "adamw"  # "adamw" (robust across architectures) or "sgd" (nesterov, momentum 0.9)
+    lr: float = 2e-3  # peak lr; AdamW from scratch likes ~2e-3 with one-cycle, use ~0.1-0.2 for "sgd"
+    weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD, use ~5e-4); never applied to norm weights/biases
+    label_smoothing: float = 0.1  # cross-entropy label smoothing for training (val_loss is reported without it)
+    schedule: str = "onecycle"  # "onecycle" (25% warm-up then cosine anneal) or "cosine" (5% warm-up then cosine)
+    augment: str = "cell"  # augmentation preset name from presets.PRESETS ("cell" or "none")
+    balanced_sampling: bool = True  # draw every class equally often (sampling with replacement)
+    early_stopping_patience: int = 0  # stop after this many epochs without val macro-F1 improvement; 0 = off
+    seed: int = 0  # seeds weight init, sampling and augmentation; same seed + data -> same result on CPU
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"
+    amp: bool = True  # mixed precision (bf16, or fp16 + GradScaler) and channels_last; only effective on CUDA
+    pretrained_path: str | None = None  # optional local state-dict / wbc checkpoint to start from; never downloaded
+    num_threads: int = 0  # torch CPU threads during training; 0 = leave torch's default
+    progress_every_s: float = 1.0  # seconds between within-epoch progress events (UI wants one at least every 2 s)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pretrained_path, Path):
+            # Paths are accepted for convenience but stored as str so to_dict() stays JSON-safe.
+            object.__setattr__(self, "pretrained_path", str(self.pretrained_path))
+        _check_types(self)
+        if self.model not in available_models():
+            raise ValueError(f"model must be 'small_cnn' or a torchvision classification model name, "
+                             f"got {self.model!r}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch norm needs two samples), got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0.0 < self.lr < 10.0:
+            raise ValueError(f"lr must be in (0, 10), got {self.lr}")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.augment not in PRESETS:
+            raise ValueError(f"augment must be one of {tuple(PRESETS)}, got {self.augment!r}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not _DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.pretrained_path is not None and not self.pretrained_path:
+            raise ValueError("pretrained_path must be None or a non-empty path")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
+        if not self.progress_every_s > 0:
+            raise ValueError(f"progress_every_s must be > 0, got {self.progress_every_s}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
+        """Inverse of to_dict; missing keys take defaults, unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ClassifierConfig keys: {unknown}")
+        return cls(**data)
+
+
+def _check_types(cfg: ClassifierConfig) -> None:
+    """Reject wrongly typed fields early (e.g. a JSON string where an int belongs)."""
+    expected: dict[str, tuple[type, ...]] = {
+        "model": (str,), "image_size": (int,), "epochs": (int,), "batch_size": (int,), "optimizer": (str,),
+        "lr": (int, float), "weight_decay": (int, float), "label_smoothing": (int, float), "schedule": (str,),
+        "augment": (str,), "balanced_sampling": (bool,), "early_stopping_patience": (int,), "seed": (int,),
+        "device": (str,), "amp": (bool,), "pretrained_path": (str, type(None)), "num_threads": (int,),
+        "progress_every_s": (int, float),
+    }
+    for name, types in expected.items():
+        value = getattr(cfg, name)
+        # bool is an int subclass; a True where a count belongs is almost certainly a bug.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")

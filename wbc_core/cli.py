@@ -1,0 +1,318 @@
+"""Command-line interface: everything the UI does, for servers and scripts.
+
+Every command prints one JSON object with --json and exits non-zero with a plain message on error.
+Training commands start the same background job the UI starts, then follow it with a progress bar
+(--detach returns at once). Ctrl-C while following asks the run to stop at its next checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+EXIT_ERROR = 2
+
+
+class CliError(Exception):
+    """An error to report to the user in plain words (exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m wbc_core", description="wbc-curate: synthetic white-blood-cell data")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("import", help="import a folder or zip with one subfolder per class")
+    s.add_argument("source")
+    s.add_argument("--name", required=True)
+    s.add_argument("--size", type=int, default=64, help="working image size: 32, 64 or 128")
+    s.add_argument("--seed", type=int, default=0, help="seed of the stratified train/val/test split")
+    s.add_argument("--val", type=float, default=0.15, help="fraction of each class for validation")
+    s.add_argument("--test", type=float, default=0.15, help="fraction of each class for testing")
+
+    s = sub.add_parser("import-npz", help="import a BloodMNIST .npz keeping its official split")
+    s.add_argument("file")
+    s.add_argument("--name", required=True)
+    s.add_argument("--size", type=int, default=64)
+
+    s = sub.add_parser("download", help="download a public dataset (needs internet)")
+    s.add_argument("dataset", choices=["bloodmnist"])
+    s.add_argument("--size", type=int, default=64, choices=[28, 64, 128, 224])
+    s.add_argument("--name", default=None)
+
+    s = sub.add_parser("demo", help="create the built-in demo dataset (drawn cell-like images, not real cells)")
+    s.add_argument("--name", default="demo")
+    s.add_argument("--per-class", type=int, default=60)
+    s.add_argument("--size", type=int, default=64)
+
+    sub.add_parser("datasets", help="list datasets with class counts")
+
+    s = sub.add_parser("train-gan", help="train a class-conditional GAN on a dataset's train split")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--size", type=int, default=None)
+    s.add_argument("--batch", type=int, default=None)
+    s.add_argument("--width", type=int, default=None, help="generator/discriminator base width")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--detach", action="store_true", help="start the job and return at once")
+
+    s = sub.add_parser("resume-gan", help="continue a cancelled or failed GAN run from its last checkpoint")
+    s.add_argument("--run", type=int, required=True)
+    s.add_argument("--detach", action="store_true")
+
+    s = sub.add_parser("generate", help="sample candidates per class from a GAN run into the review queue")
+    s.add_argument("--run", type=int, required=True)
+    s.add_argument("--per-class", type=int, required=True)
+    s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    s.add_argument("--seed", type=int, default=None)
+
+    s = sub.add_parser("review", help="record decisions on candidates")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--reviewer", required=True)
+    verdict = s.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--accept", action="store_true")
+    verdict.add_argument("--reject", action="store_true")
+    verdict.add_argument("--relabel", metavar="CLASS")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every candidate still pending for this reviewer")
+    which.add_argument("--class", dest="class_name", help="pending candidates of one intended class")
+    which.add_argument("--ids", type=int, nargs="+")
+    s.add_argument("--reason", default=None, help="reject reason")
+
+    s = sub.add_parser("train", help="train a classifier on a recipe's training set")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--recipe", default="real", choices=["real", "curated", "all-synthetic"])
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--model", default=None, help="resnet18 (default), small_cnn or any torchvision model name")
+    s.add_argument("--batch", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count")
+    s.add_argument("--detach", action="store_true")
+
+    s = sub.add_parser("runs", help="list runs with kind, status and final metrics")
+    s.add_argument("--dataset", default=None)
+    s.add_argument("--kind", default=None, choices=["gan", "classifier"])
+
+    s = sub.add_parser("cancel", help="ask a running job to stop")
+    s.add_argument("run", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    from db.migrate import ensure_schema
+
+    try:
+        ensure_schema()
+        out = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        _emit(args, {"error": "interrupted"}, "interrupted")
+        return 130
+    except (CliError, ValueError, LookupError, OSError) as exc:
+        message = str(exc).strip('"') or type(exc).__name__
+        if args.json:
+            print(json.dumps({"error": message}))
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    _emit(args, out, out.pop("_text", None))
+    return 1 if out.get("status") in ("failed",) else 0
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str | None) -> None:
+    if args.json:
+        print(json.dumps(payload, default=str))
+    else:
+        print(text if text is not None else json.dumps(payload, indent=2, default=str))
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+def _import(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.data import SplitConfig
+    from wbc_core.datasets import import_folder
+
+    bar = tqdm(desc="importing", unit="file", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = import_folder(args.source, args.name, size=args.size,
+                               split=SplitConfig(val_fraction=args.val, test_fraction=args.test, seed=args.seed),
+                               progress=progress)
+    finally:
+        bar.close()
+    return {**_import_payload(result), "_text": result.summary}
+
+
+def _import_payload(result) -> dict[str, Any]:  # noqa: ANN001
+    return {"dataset_id": result.dataset_id, "name": result.name, "kind": result.kind,
+            "classes": result.class_counts, "skipped": result.report["skipped"],
+            "converted": result.report["converted"], "empty_classes": result.report["empty_classes"],
+            "seconds": result.seconds}
+
+
+def _import_npz(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.datasets import import_bloodmnist
+
+    result = import_bloodmnist(args.file, args.name, size=args.size)
+    return {**_import_payload(result), "_text": result.summary}
+
+
+def _download(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.datasets import download_bloodmnist
+
+    result = download_bloodmnist(args.name or f"bloodmnist-{args.size}", size=args.size)
+    return {**_import_payload(result), "_text": result.summary}
+
+
+def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.datasets import import_demo
+
+    result = import_demo(args.name, per_class=args.per_class, size=args.size)
+    text = f"Created demo dataset {result.name!r} (procedurally drawn cell-like images, NOT real cells).\n"
+    return {**_import_payload(result), "demo": True, "_text": text + result.summary}
+
+
+def _datasets(_args: argparse.Namespace) -> dict[str, Any]:
+    from db.datasets import list_datasets
+    from wbc_core.datasets import class_split_counts
+
+    items = [{"id": d.id, "name": d.name, "kind": d.kind, "image_size": d.image_size,
+              "classes": class_split_counts(d.id)} for d in list_datasets()]
+    text = "\n".join(f"{d['id']:>4}  {d['name']:<24} {d['kind']:<10} {len(d['classes'])} classes" for d in items)
+    return {"datasets": items, "_text": text or "no datasets yet: try `python -m wbc_core demo`"}
+
+
+def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
+    from db import runs
+    from wbc_core import jobs
+
+    if detach:
+        return {"run_id": run_id, "status": runs.get_run(run_id).status, "_text": f"started run {run_id}"}
+    bar = tqdm(total=1000, desc=label, disable=None, file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
+
+    def on_poll(info: runs.RunInfo) -> None:
+        bar.n = int(info.progress_fraction * 1000)
+        bar.set_postfix_str(info.progress_message[:60], refresh=True)
+
+    try:
+        info = jobs.wait(run_id, on_poll=on_poll)
+    except KeyboardInterrupt:
+        jobs.cancel(run_id)
+        print(f"\ncancelling run {run_id}; it saves a checkpoint and stops", file=sys.stderr)
+        info = jobs.wait(run_id, timeout=120)
+    finally:
+        bar.close()
+    payload: dict[str, Any] = {"run_id": run_id, "status": info.status, "device": info.device,
+                               "train_set_hash": info.train_set_hash, **info.result}
+    if info.error:
+        payload["error"] = info.error.splitlines()[0]
+    payload["_text"] = f"run {run_id} {info.status}" + (f": {payload['error']}" if info.error else "")
+    return payload
+
+
+def _train_gan(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.gan_runs import start_gan_run
+
+    overrides = _drop_none({"steps": args.steps, "image_size": args.size, "batch_size": args.batch,
+                            "g_width": args.width, "d_width": args.width, "seed": args.seed,
+                            "checkpoint_every": args.checkpoint_every})
+    return _follow(start_gan_run(args.dataset, overrides), args.detach, "GAN")
+
+
+def _resume_gan(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.gan_runs import resume_gan_run
+
+    return _follow(resume_gan_run(args.run), args.detach, "GAN")
+
+
+def _generate(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.gan_runs import generate_candidates
+
+    out = generate_candidates(args.run, args.per_class, step=args.step, seed=args.seed)
+    out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "
+                    f"(seed {out['seed']}) to the review queue")
+    return out
+
+
+def _review(args: argparse.Namespace) -> dict[str, Any]:
+    from db.datasets import get_dataset
+    from wbc_core.review import decide, queue_page
+
+    info = get_dataset(args.dataset)
+    if args.ids:
+        ids = args.ids
+    else:
+        classes = [args.class_name] if args.class_name else info.class_names
+        if args.class_name and args.class_name not in info.class_names:
+            raise CliError(f"unknown class {args.class_name!r}; classes: {', '.join(info.class_names)}")
+        ids = [row["id"] for c in classes
+               for row in queue_page(info.id, c, args.reviewer, page_size=10**9)[0]]
+    verdict = "accept" if args.accept else "reject" if args.reject else "relabel"
+    if verdict == "relabel" and args.relabel not in info.class_names:
+        raise CliError(f"unknown class {args.relabel!r}; classes: {', '.join(info.class_names)}")
+    decision_ids = decide(ids, args.reviewer, verdict, new_class=args.relabel, reason=args.reason)
+    return {"dataset": info.name, "reviewer": args.reviewer, "verdict": verdict, "decided": len(decision_ids),
+            "image_ids": ids, "_text": f"{args.reviewer}: {verdict} x {len(decision_ids)}"}
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.retrain import start_classifier_run
+
+    overrides = _drop_none({"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed})
+    run_id = start_classifier_run(args.dataset, args.recipe, overrides, synthetic_cap=args.synthetic_cap)
+    out = _follow(run_id, args.detach, f"classifier ({args.recipe})")
+    test = out.get("test")
+    if isinstance(test, dict):
+        out["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "per_class_f1", "confusion") if k in test}
+        out["_text"] += f"; test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
+    return out
+
+
+def _runs(args: argparse.Namespace) -> dict[str, Any]:
+    from db import runs
+    from db.datasets import get_dataset
+    from wbc_core import jobs
+
+    jobs.reconcile()
+    dataset_id = get_dataset(args.dataset).id if args.dataset else None
+    items = []
+    for r in runs.list_runs(dataset_id=dataset_id, kind=args.kind):
+        test = r.result.get("test") or {}
+        items.append({"id": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
+                      "device": r.device, "seed": r.seed, "created_at": r.created_at.isoformat(timespec="seconds"),
+                      "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
+                      "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
+                      "steps_done": r.result.get("steps_done"),
+                      "error": r.error.splitlines()[0] if r.error else None})
+    lines = [f"{i['id']:>4} {i['kind']:<10} {i['status']:<9} {i['dataset'] or '':<16} {i['recipe'] or '':<13}"
+             + (f" macro-F1 {i['test_macro_f1']:.4f}" if i["test_macro_f1"] is not None else "") for i in items]
+    return {"runs": items, "_text": "\n".join(lines) or "no runs yet"}
+
+
+def _cancel(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core import jobs
+
+    ok = jobs.cancel(args.run)
+    return {"run_id": args.run, "cancel_requested": ok,
+            "_text": f"asked run {args.run} to stop" if ok else f"run {args.run} had already ended"}
+
+
+COMMANDS = {
+    "import": _import, "import-npz": _import_npz, "download": _download, "demo": _demo, "datasets": _datasets,
+    "train-gan": _train_gan, "resume-gan": _resume_gan, "generate": _generate, "review": _review, "train": _train,
+    "runs": _runs, "cancel": _cancel,
+}

@@ -1,0 +1,156 @@
+"""One GAN optimisation step (hinge loss, DiffAugment, optional AMP), shared by training and the speed benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from wbc_core.gan.config import GanConfig, resolve_device
+from wbc_core.gan.diffaug import diff_augment
+from wbc_core.gan.models import Discriminator, Generator, build_networks
+from wbc_core.types import LabelledImages
+
+METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake")
+_null = contextlib.nullcontext
+
+
+class GanStepper:
+    """Moves a G/D pair to device, owns their optimisers and AMP state, and runs one D then one G update."""
+
+    def __init__(self, g: Generator, d: Discriminator, config: GanConfig, device: torch.device) -> None:
+        self.g, self.d, self.policy = g, d, config.diffaug
+        self.device = device
+        self.amp_dtype: torch.dtype | None = None
+        if device.type == "cuda" and config.amp:
+            # bf16 has fp32's range, so no loss scaling is needed; fp16 (older GPUs) gets GradScalers.
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step, so autotuning pays off
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        # channels_last lets cuDNN use tensor-core kernels under AMP; on CPU it buys little and plain NCHW is kept.
+        self.memory_format = torch.channels_last if self.amp_dtype is not None else torch.contiguous_format
+        g.to(device, memory_format=self.memory_format)
+        d.to(device, memory_format=self.memory_format)
+        self.sn_modules = [m for m in d.modules() if parametrize.is_parametrized(m, "weight")]
+        self.opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas)
+        self.opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed-precision context on CUDA with amp, else a no-op."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @contextlib.contextmanager
+    def spectral_norm_fp32(self) -> Iterator[None]:
+        """Compute D's spectrally normalised weights once, in fp32, and reuse them until the context exits."""
+        # Under autocast the power iteration's matrix-vector products would run in bf16/fp16 and mix dtypes
+        # inside torch's parametrization (a known autocast pitfall); caching the weights computed outside
+        # autocast sidesteps that and keeps exactly one power iteration per D forward, as before.
+        with parametrize.cached():
+            with torch.autocast(device_type=self.device.type, enabled=False) if self.amp_dtype else _null():
+                for m in self.sn_modules:
+                    _ = m.weight
+            yield
+
+    def step(self, real: torch.Tensor, y_real: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:
+        """Update D then G once; returns detached fp32 [loss_d, loss_g, d_real, d_fake] without syncing the device."""
+        g, d, policy = self.g, self.d, self.policy
+        b = real.shape[0]
+        d.requires_grad_(True)
+        with self.spectral_norm_fp32(), self.autocast():
+            # One G forward serves both updates: D sees it detached, then G's loss reuses it after D has stepped.
+            fake = g(z, y_fake)
+            # Real and fake go through D as one batch: half the kernel launches and one power iteration per step.
+            both = diff_augment(torch.cat([real, fake.detach()]), policy)
+            logits = d(both, torch.cat([y_real, y_fake])).float()
+            d_real, d_fake = logits[:b], logits[b:]
+            loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+
+        d.requires_grad_(False)  # G's update needs gradients w.r.t. D's input only, not D's weights
+        try:
+            with self.spectral_norm_fp32(), self.autocast():
+                loss_g = -d(diff_augment(fake, policy), y_fake).float().mean()
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler_g.scale(loss_g).backward()
+            self.scaler_g.step(self.opt_g)
+            self.scaler_g.update()
+        finally:
+            d.requires_grad_(True)
+        return torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean(), d_fake.detach().mean()])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser and scaler state for checkpoints."""
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned (scaler state is optional)."""
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if state.get("scaler_g") and self.scaler_g.is_enabled():
+            self.scaler_g.load_state_dict(state["scaler_g"])
+        if state.get("scaler_d") and self.scaler_d.is_enabled():
+            self.scaler_d.load_state_dict(state["scaler_d"])
+
+
+def to_model_input(images_u8: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """uint8 [B,3,S,S] (already on device) -> float [-1, 1] in the model's memory format."""
+    return images_u8.float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)
+
+
+@contextlib.contextmanager
+def thread_limit(num_threads: int) -> Iterator[None]:
+    """Temporarily set torch's CPU thread count (0 = leave it), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if num_threads > 0:
+            torch.set_num_threads(before)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timings mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compute_limit_sec_per_step(data: LabelledImages, config: GanConfig, steps: int = 20) -> float:
+    """Seconds per bare G/D step on preloaded tensors (no sampling, EMA, logging, grids or checkpoints)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(data) == 0:
+        raise ValueError("data is empty")
+    device = resolve_device(config.device)
+    with thread_limit(config.num_threads):
+        torch.manual_seed(config.seed)
+        num_classes = int(data.labels.max()) + 1
+        g, d = build_networks(config, num_classes)
+        stepper = GanStepper(g, d, config, device)
+        pick = torch.randint(len(data), (config.batch_size,))
+        real = to_model_input(data.images[pick].to(device), stepper.memory_format)
+        y_real = data.labels[pick].to(device)
+        z = torch.randn(config.batch_size, config.z_dim, device=device)
+        y_fake = torch.randint(num_classes, (config.batch_size,), device=device)
+        for _ in range(3):  # warm-up: allocator, cuDNN autotuning, oneDNN primitive caches
+            stepper.step(real, y_real, z, y_fake)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            stepper.step(real, y_real, z, y_fake)
+        synchronize(device)
+        return (time.perf_counter() - start) / steps

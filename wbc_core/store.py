@@ -1,0 +1,125 @@
+"""Cached uint8 tensor store: each cell is decoded and resized once per (dataset, size).
+
+Training loops then index one contiguous uint8 tensor instead of opening files every step,
+which is what makes CPU training fast here (see bench/train.py). The cache is a plain file
+under WBC_HOME/cache, rebuilt incrementally: a request decodes only the ids it lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from db.datasets import ImageRow
+from wbc_core.settings import cache_dir, wbc_home
+from wbc_core.types import LabelledImages
+
+_memory: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (dataset, size) -> (ids, images)
+_lock = threading.Lock()
+
+
+def decode_cell(path: Path, size: int) -> np.ndarray:
+    """Decode one stored cell to uint8 [3, size, size]: centre-cropped to a square, then resized."""
+    with Image.open(path) as im:
+        # JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale directly: far cheaper
+        # than decoding full size and resizing, and the final resize still sets the exact size.
+        im.draft("RGB", (size, size))
+        im = im.convert("RGB")
+        w, h = im.size
+        if w != h:
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def decode_many(paths: Sequence[Path], size: int, workers: int | None = None) -> torch.Tensor:
+    """Decode many cells in parallel (Pillow releases the GIL while decoding) to uint8 [N,3,S,S]."""
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    if not paths:
+        return torch.from_numpy(out)
+
+    def work(i: int) -> None:
+        out[i] = decode_cell(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+        list(pool.map(work, range(len(paths))))
+    return torch.from_numpy(out)
+
+
+def _cache_file(dataset_id: int, size: int) -> Path:
+    folder = cache_dir() / "tensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"dataset_{dataset_id}_size_{size}.pt"
+
+
+def _load(dataset_id: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (dataset_id, size)
+    if key in _memory:
+        return _memory[key]
+    path = _cache_file(dataset_id, size)
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            return blob["ids"], blob["images"]
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    return torch.empty(0, dtype=torch.int64), torch.empty((0, 3, size, size), dtype=torch.uint8)
+
+
+def _save(dataset_id: int, size: int, ids: torch.Tensor, images: torch.Tensor) -> None:
+    path = _cache_file(dataset_id, size)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"ids": ids, "images": images}, tmp)
+    os.replace(tmp, path)  # atomic: concurrent readers see the old or the new file, never half of one
+
+
+def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Tensor:
+    """uint8 [N,3,S,S] for rows (in their order), decoding and caching only what is not cached yet."""
+    with _lock:
+        ids, images = _load(dataset_id, size)
+        known = {int(i): pos for pos, i in enumerate(ids.tolist())}
+        missing = [r for r in rows if r.id not in known]
+        if missing:
+            home = wbc_home()
+            fresh = decode_many([home / r.path for r in missing], size)
+            ids = torch.cat([ids, torch.tensor([r.id for r in missing], dtype=torch.int64)])
+            images = torch.cat([images, fresh])
+            _save(dataset_id, size, ids, images)
+            known.update({r.id: len(known) + k for k, r in enumerate(missing)})
+        _memory[(dataset_id, size)] = (ids, images)
+        index = torch.tensor([known[r.id] for r in rows], dtype=torch.int64)
+        return images.index_select(0, index) if len(rows) else images[:0]
+
+
+def labelled(dataset_id: int, rows: Sequence[ImageRow], class_names: list[str], size: int,
+             labels: Iterable[str] | None = None) -> LabelledImages:
+    """Images of rows with class indices from class_names (labels overrides row.class_name, e.g. relabels)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    names = list(labels) if labels is not None else [r.class_name for r in rows]
+    return LabelledImages(images_for(dataset_id, rows, size), torch.tensor([index[n] for n in names],
+                                                                             dtype=torch.int64))
+
+
+def forget_memory() -> None:
+    """Drop the in-process copies (tests; a long-lived UI process after a dataset is deleted)."""
+    with _lock:
+        _memory.clear()
+
+
+def image_set_hash(rows: Iterable[tuple[int, str, str]]) -> str:
+    """Hash of an exact training set: sorted (image id, sha256, label) triples."""
+    digest = hashlib.sha256()
+    for image_id, sha, label in sorted(rows):
+        digest.update(f"{image_id}:{sha}:{label}\n".encode())
+    return digest.hexdigest()
