@@ -21,17 +21,79 @@ def ensure_ready() -> None:
     _schema_ready()
 
 
+def run_frame() -> None:
+    """The app frame: page config, schema check, navigation over the pages, shared sidebar; runs the page."""
+    st.set_page_config(page_title="wbc-curate", page_icon="🩸", layout="wide")
+    ensure_ready()
+    navigation = st.navigation(
+        {
+            "Data": [st.Page("pages/data.py", title="Data", icon="🗂️", default=True)],
+            "Synthetic cells": [
+                st.Page("pages/generate.py", title="Generate", icon="🧪"),
+                st.Page("pages/review.py", title="Review", icon="✅"),
+            ],
+            "Classifier": [
+                st.Page("pages/train.py", title="Train", icon="🏋️"),
+                st.Page("pages/dashboard.py", title="Dashboard", icon="📈"),
+            ],
+        }
+    )
+    sidebar()
+    navigation.run()
+
+
+def _legacy_pages_mode() -> bool:
+    """Whether Streamlit is treating this app as an old-style `pages/` folder app right now.
+
+    Our page scripts live in a folder named `pages/` next to app.py. Until st.navigation has run once in
+    the server process, Streamlit (1.67) runs the URL's file from that folder *directly*, without app.py:
+    a first visit to /review after a server start showed a raw file list (app, common, dashboard, ...) and
+    no sidebar. AppTest resets this flag before every run, so its second run of app.py hits the same path.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # internal module moved: assume the modern behaviour
+        return False
+    return bool(getattr(PagesManager, "uses_pages_directory", False))
+
+
+def ensure_frame() -> None:
+    """First call in every page: if Streamlit ran this page without app.py, run the frame (which runs the
+    page inside it, with the sidebar) and stop this outer run. Cheap no-op otherwise."""
+    if _legacy_pages_mode():
+        run_frame()
+        st.stop()
+
+
+DATASET_KEY = "dataset_name"  # the sidebar's dataset selectbox
+_PENDING_DATASET_KEY = "_select_dataset"  # a dataset to select on the next run (see select_dataset)
+
+
 def sidebar() -> None:
     """Shared sidebar: the active dataset and the reviewer's name."""
     datasets = list_datasets()
     with st.sidebar:
         if datasets:
             names = [d.name for d in datasets]
-            current = st.session_state.get("dataset_name")
-            st.selectbox("Dataset", names, index=names.index(current) if current in names else 0, key="dataset_name")
+            pending = st.session_state.pop(_PENDING_DATASET_KEY, None)
+            # Session state of a widget key may only be written before the widget exists in this run.
+            if pending in names:
+                st.session_state[DATASET_KEY] = pending
+            elif st.session_state.get(DATASET_KEY) not in names:
+                st.session_state[DATASET_KEY] = names[0]
+            st.selectbox("Dataset", names, key=DATASET_KEY)
         else:
             st.caption("No dataset yet: import one or create the demo on the Data page.")
         st.text_input("Reviewer", key="reviewer", placeholder="your name", help="recorded with every decision")
+
+
+def select_dataset(name: str) -> None:
+    """Make a dataset the active one from the next run on (pages call st.rerun() after this).
+
+    Pages must not assign the sidebar's widget key directly: the sidebar has already drawn its selectbox
+    by the time a page runs, and Streamlit raises StreamlitWidgetAlreadyInstantiatedError.
+    """
+    st.session_state[_PENDING_DATASET_KEY] = name
 
 
 def current_dataset() -> DatasetInfo | None:
@@ -40,7 +102,7 @@ def current_dataset() -> DatasetInfo | None:
     datasets = list_datasets()
     if not datasets:
         return None
-    chosen = st.session_state.get("dataset_name")
+    chosen = st.session_state.get(_PENDING_DATASET_KEY) or st.session_state.get(DATASET_KEY)
     for d in datasets:
         if d.name == chosen:
             return d

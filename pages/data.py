@@ -11,6 +11,7 @@ from wbc_core import datasets as data_service
 from wbc_core.data import SplitConfig
 from wbc_core.views import class_counts_frame
 
+common.ensure_frame()
 st.title("Data")
 common.ensure_ready()
 
@@ -25,7 +26,10 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         test = cols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
         seed = cols[3].number_input("Split seed", 0, 10**6, 0)
         submitted = st.form_submit_button("Import", type="primary")
-    if submitted:
+    if submitted and not folder.strip():
+        # An empty path would mean the server's working directory: never import that by accident.
+        common.show_error(ValueError("Enter the folder to import (a path on the server)."))
+    elif submitted:
         bar = st.progress(0.0, text="reading files")
         try:
             result = data_service.import_folder(
@@ -34,7 +38,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         except (ValueError, LookupError, OSError) as exc:
             common.show_error(exc, "Check the folder path (it is read on the server) and the dataset name.")
         else:
-            st.session_state["dataset_name"] = result.name
+            common.select_dataset(result.name)
             st.session_state["last_import"] = result.summary
             st.rerun()
     with upload_tab:
@@ -49,7 +53,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 except (ValueError, LookupError, OSError) as exc:
                     common.show_error(exc)
                 else:
-                    st.session_state["dataset_name"] = result.name
+                    common.select_dataset(result.name)
                     st.session_state["last_import"] = result.summary
                     st.rerun()
     with bloodmnist_tab:
@@ -62,22 +66,27 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 except (ValueError, LookupError, OSError) as exc:
                     common.show_error(exc)
                 else:
-                    st.session_state["dataset_name"] = result.name
+                    common.select_dataset(result.name)
                     st.rerun()
     with demo_tab:
         st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
+        demo_size = st.selectbox("Working size (px)", data_service.SIZES, index=1, key="demo_size",
+                                 help="32 px trains fastest on a CPU")
         if st.button("Create demo dataset", key="create_demo"):
             try:
-                result = data_service.import_demo("demo")
+                result = data_service.import_demo("demo", size=int(demo_size))
             except (ValueError, LookupError) as exc:
                 common.show_error(exc)
             else:
-                st.session_state["dataset_name"] = result.name
+                common.select_dataset(result.name)
                 st.rerun()
 
 if "last_import" in st.session_state:
     st.success(st.session_state.pop("last_import"))
 
+if common.current_dataset() is None:
+    st.info("No dataset yet: import a folder above, or create the demo dataset in the **Demo** tab.")
+    st.stop()
 info = common.require_dataset()
 st.subheader(f"{info.name} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
 counts = class_counts_frame(data_service.class_split_counts(info.id))

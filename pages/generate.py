@@ -5,6 +5,7 @@ import streamlit as st
 from pages import common
 from wbc_core import gan_runs, jobs, views
 
+common.ensure_frame()
 st.title("Generate")
 info = common.require_dataset()
 
@@ -31,17 +32,25 @@ if table.empty:
     st.info("No GAN run yet for this dataset. Start one above; it trains in the background.")
     st.stop()
 run_ids = table["run"].tolist()
-default = st.session_state.get("gan_run", run_ids[0])
-run_id = st.selectbox("GAN run", run_ids, index=run_ids.index(default) if default in run_ids else 0,
-                      format_func=lambda r: f"run {r} · {table.set_index('run').loc[r, 'status']}")
+if st.session_state.get("gan_run") not in run_ids:  # first visit, or another dataset was chosen
+    st.session_state["gan_run"] = run_ids[0]
+# Keyed, with labels that never change: a label carrying the live status would change when the run ends,
+# and Streamlit would then drop the user's choice.
+run_id = st.selectbox("GAN run", run_ids, key="gan_run", format_func=lambda r: f"run {r}")
+
+state = views.run_status(run_id)
 
 
-@st.fragment(run_every=2)
-def live_panel(run_id: int) -> None:
-    """Polls the database every 2 s: status, progress, loss curves and the latest sample grid."""
+@st.fragment(run_every=2 if state["active"] else None)
+def live_panel(run_id: int, was_active: bool) -> None:
+    """Polls the database every 2 s while the run is active: status, progress, loss curves, latest sample grid."""
     state = views.run_status(run_id)
+    if was_active and not state["active"]:
+        st.rerun()  # the run just ended: redraw the whole page (run list, checkpoints, candidate button)
     head = st.columns([3, 1])
-    head[0].progress(state["progress"], text=f"**{state['status']}** · {state['message'] or ''}")
+    # The worker's last progress line is stale once the run has ended, so it is shown only while it runs.
+    message = f" · {state['message']}" if state["active"] and state["message"] else ""
+    head[0].progress(state["progress"], text=f"**{state['status']}**{message}")
     if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
         jobs.cancel(run_id)
         st.toast("Cancel requested; the run saves a checkpoint and stops.")
@@ -56,10 +65,9 @@ def live_panel(run_id: int) -> None:
         right.info("The first sample grid appears after the first sampling interval.")
 
 
-live_panel(run_id)
+live_panel(run_id, state["active"])
 
 st.subheader("Create candidates for review")
-state = views.run_status(run_id)
 steps_saved = [c["step"] for c in state["checkpoints"] if c["has_weights"]]
 if not steps_saved:
     st.info("This run has saved no checkpoint yet.")

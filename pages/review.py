@@ -10,7 +10,10 @@ from wbc_core.settings import wbc_home
 PAGE_SIZE = 48
 COLUMNS = 8
 
+common.ensure_frame()
 st.title("Review")
+if "review_toast" in st.session_state:  # set just before an st.rerun(), shown on the run after it
+    st.toast(st.session_state.pop("review_toast"))
 info = common.require_dataset()
 reviewer = (st.session_state.get("reviewer") or "").strip()
 if not reviewer:
@@ -19,15 +22,20 @@ if not reviewer:
         st.info("Enter your name to start reviewing.")
         st.stop()
 
-summary = {row["class_name"]: row for row in review.class_summary(info.id)}
+summary = review.class_summary(info.id)
 cols = st.columns([2, 2, 1])
-class_name = cols[0].selectbox("Class", info.class_names,
-                               format_func=lambda c: f"{c} ({summary.get(c, {}).get('pending', 0)} pending)")
+# Plain class names as options: a label that carries live counts changes after every decision, and
+# Streamlit then treats the selectbox as a new widget and jumps back to the first class.
+class_name = cols[0].selectbox("Class", info.class_names, key="review_class")
 state = cols[1].segmented_control("Show", ["pending", "decided", "all"], default="pending") or "pending"
 page = int(cols[2].number_input("Page", 0, 10_000, 0))
+if summary:
+    st.caption("Pending per class: " + " · ".join(f"{row['class_name']} {row['pending']}" for row in summary))
 
-st.caption("Real cells of this class (atlas)")
-st.image([str(p) for p in data_service.sample_paths(info.id, class_name, n=12)], width=64)
+atlas = data_service.sample_paths(info.id, class_name, n=12)
+if atlas:
+    st.caption("Real cells of this class (atlas)")
+    st.image([str(p) for p in atlas], width=64)
 
 items, total = review.queue_page(info.id, class_name, reviewer, state=state, page=page, page_size=PAGE_SIZE)
 st.write(f"**{total}** {state} candidates of **{class_name}** for **{reviewer}**")
@@ -42,7 +50,7 @@ if actions[1].button("Reject page", shortcut="x", disabled=not ids):
     st.rerun()
 if actions[2].button("Undo last", shortcut="u"):
     undone = review.undo_last(info.id, reviewer)
-    st.toast(f"undid decision on candidate {undone[0]}" if undone else "nothing to undo")
+    st.session_state["review_toast"] = f"undid decision on candidate {undone[0]}" if undone else "nothing to undo"
     st.rerun()
 
 for start in range(0, len(items), COLUMNS):
@@ -62,4 +70,4 @@ for start in range(0, len(items), COLUMNS):
 
 if total == 0:
     st.success("Nothing left here. Pick another class, or generate more candidates on the Generate page.")
-st.dataframe(review.class_summary(info.id), width="stretch", hide_index=True)
+st.dataframe(summary, width="stretch", hide_index=True)

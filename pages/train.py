@@ -5,6 +5,7 @@ import streamlit as st
 from pages import common
 from wbc_core import jobs, retrain, views
 
+common.ensure_frame()
 st.title("Train")
 info = common.require_dataset()
 
@@ -30,19 +31,25 @@ if table.empty:
     st.info("No classifier run yet. Start one above; the real-only recipe is the baseline to compare against.")
     st.stop()
 run_ids = table["run"].tolist()
-default = st.session_state.get("classifier_run", run_ids[0])
-run_id = st.selectbox("Run", run_ids, index=run_ids.index(default) if default in run_ids else 0,
-                      format_func=lambda r: f"run {r} · {table.set_index('run').loc[r, 'recipe']} · "
-                                            f"{table.set_index('run').loc[r, 'status']}")
+if st.session_state.get("classifier_run") not in run_ids:  # first visit, or another dataset was chosen
+    st.session_state["classifier_run"] = run_ids[0]
+recipes = dict(zip(run_ids, table["recipe"].tolist(), strict=True))
+# Keyed, with labels that never change (no live status in them), so the choice survives a run ending.
+run_id = st.selectbox("Run", run_ids, key="classifier_run", format_func=lambda r: f"run {r} · {recipes[r]}")
+
+active = views.run_status(run_id)["active"]
 
 
-@st.fragment(run_every=2)
-def live_panel(run_id: int) -> None:
-    """Polls the database every 2 s: progress, loss and validation curves, then test results."""
+@st.fragment(run_every=2 if active else None)
+def live_panel(run_id: int, was_active: bool) -> None:
+    """Polls the database every 2 s while the run is active: progress, loss and validation curves, test results."""
     state = views.run_status(run_id)
+    if was_active and not state["active"]:
+        st.rerun()  # the run just ended: redraw the whole page (run list with its status)
     head = st.columns([3, 1])
-    head[0].progress(state["progress"], text=f"**{state['status']}** on {state['device'] or '…'} · "
-                                             f"{state['message'] or ''}")
+    # The worker's last progress line is stale once the run has ended, so it is shown only while it runs.
+    message = f" · {state['message']}" if state["active"] and state["message"] else ""
+    head[0].progress(state["progress"], text=f"**{state['status']}** on {state['device'] or '…'}{message}")
     if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
         jobs.cancel(run_id)
         st.toast("Cancel requested.")
@@ -60,4 +67,4 @@ def live_panel(run_id: int) -> None:
     st.caption(f"training set: {state['train_set_size']} images · hash {(state['train_set_hash'] or '')[:16]}")
 
 
-live_panel(run_id)
+live_panel(run_id, active)

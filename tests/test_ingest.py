@@ -132,9 +132,10 @@ def test_appledouble_and_system_files_are_hidden(good: Path) -> None:
     (good / "neutrophil" / "._cell_0.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
     (good / "neutrophil" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (good / "neutrophil" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    save(good / ".ipynb_checkpoints" / "cell_0.png", noise(1))
     _, report = ingest(good)
     assert set(reasons(report).values()) == {"hidden_file"}
-    assert len(report.skipped) == 3
+    assert len(report.skipped) == 4 and ".ipynb_checkpoints/" in reasons(report)  # a hidden folder: one report
     message = next(s.message for s in report.skipped if s.source.endswith("._cell_0.jpg"))
     assert "AppleDouble" in message
     assert_good_came_through(report)

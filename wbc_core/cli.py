@@ -15,6 +15,8 @@ from typing import Any
 from tqdm import tqdm
 
 EXIT_ERROR = 2
+# Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
+EXTENSION_MODULES: list[str] = []
 
 
 class CliError(Exception):
@@ -100,7 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("cancel", help="ask a running job to stop")
     s.add_argument("run", type=int)
+    for module in _extensions():
+        module.register(sub)
     return p
+
+
+def _extensions() -> list:
+    """CLI modules of larger areas (quality, review admin, results): each has register(sub) and COMMANDS."""
+    import importlib
+
+    return [importlib.import_module(name) for name in EXTENSION_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ensure_schema()
-        out = COMMANDS[args.command](args)
+        handlers = dict(COMMANDS)
+        for module in _extensions():
+            handlers.update(module.COMMANDS)
+        out = handlers[args.command](args)
     except KeyboardInterrupt:
         _emit(args, {"error": "interrupted"}, "interrupted")
         return 130

@@ -103,6 +103,8 @@ def import_demo(name: str = "demo", per_class: int = 60, size: int = 64, seed: i
     _refuse_existing(name)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_demo_folder(Path(tmp) / "demo", per_class=per_class, size=size, seed=seed)
+        for note in folder.glob("*.txt"):  # the folder's own README would only show up as a skipped file
+            note.unlink()
         result = import_folder(folder, name, size=size, split=SplitConfig(seed=seed), kind="demo")
     return result
 

@@ -165,8 +165,10 @@ class _Run:
         cfg = self.cfg
         stopped = early = False
         epochs_done = since_best = 0
-        if self.pretrained_tensors:
-            self._emit(0, {}, f"loaded {self.pretrained_tensors} tensors from {cfg.pretrained_path}")
+        loaded = f", {self.pretrained_tensors} tensors from {cfg.pretrained_path}" if self.pretrained_tensors else ""
+        # An immediate event so the UI shows life before the first (possibly slow) batches finish.
+        self._emit(0, {"epoch_fraction": 0.0}, f"training {cfg.model} on {len(self.x_train)} cells, "
+                   f"{self.steps} batches/epoch, {self.device}{loaded}")
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             train_loss, ips, stopped = self._train_epoch(epoch)

@@ -1,0 +1,131 @@
+"""Fixtures for browser tests: a real `streamlit run app.py` on a free port with its own WBC_HOME,
+and a headless Chromium page driven by Playwright (the system Chromium; nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+START_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    home: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture()
+def e2e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The WBC_HOME the server uses; this test process points at it too, to check the database."""
+    from db.engine import dispose_all
+    from db.migrate import forget_schema_cache
+
+    home = tmp_path / "wbc_home"
+    home.mkdir()
+    monkeypatch.setenv("WBC_HOME", str(home))
+    monkeypatch.delenv("WBC_DB_URL", raising=False)
+    dispose_all()
+    forget_schema_cache()
+    yield home
+    _stop_leftover_runs()
+    dispose_all()
+    forget_schema_cache()
+
+
+def _stop_leftover_runs() -> None:
+    """Workers run in their own sessions and outlive the server: stop any a failed test left behind."""
+    from db import runs as runs_db
+    from db.migrate import ensure_schema
+    from wbc_core import jobs
+
+    ensure_schema()
+    for run in runs_db.active_runs():
+        jobs.cancel(run.id)
+        if jobs.wait(run.id, timeout=30).active:
+            jobs.kill(run.id)
+    for run in runs_db.list_runs():
+        deadline = time.monotonic() + 30
+        while run.pid and jobs.pid_alive(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture()
+def streamlit_server(e2e_home: Path, tmp_path: Path) -> Iterator[Server]:
+    """`streamlit run app.py` in a subprocess, ready once /_stcore/health answers; stopped afterwards."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "streamlit.log"
+    env = {**os.environ, "WBC_HOME": str(e2e_home), "PYTHONUNBUFFERED": "1"}
+    env.pop("WBC_DB_URL", None)
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode} before it was healthy:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield Server(url, e2e_home, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture()
+def browser_page():  # noqa: ANN201
+    """A Playwright page in the system's headless Chromium; fails (never skips) when it is missing."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"end-to-end tests need Chromium at {CHROMIUM} (Debian package 'chromium'); it is missing. "
+                    "Install it with apt; `playwright install` is not used by this project.")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            yield page
+            context.close()
+        finally:
+            browser.close()

@@ -1,0 +1,330 @@
+"""The Streamlit pages under AppTest: every page renders on an empty and on a populated database,
+and the main widgets of each page do what they say (checked in the database, not only on screen).
+
+The populated home (an imported dataset, a finished GAN run with candidates, a finished classifier run)
+is built once per module and copied for every test that uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from db import datasets as ds_db
+from db import review as review_db
+from db import runs as runs_db
+from db.engine import dispose_all
+from db.migrate import ensure_schema, forget_schema_cache
+from wbc_core import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["pages/data.py", "pages/generate.py", "pages/review.py", "pages/train.py", "pages/dashboard.py"]
+DATASET = "cells"
+CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+CANDIDATES_PER_CLASS = 4
+TIMEOUT = 60
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+def _use_home(home: Path) -> None:
+    os.environ["WBC_HOME"] = str(home)
+    os.environ.pop("WBC_DB_URL", None)
+    dispose_all()
+    forget_schema_cache()
+
+
+def _stop_run(run_id: int) -> runs_db.RunInfo:
+    """Cancel a run started by a test and wait until its worker process is gone."""
+    jobs.cancel(run_id)
+    info = jobs.wait(run_id, timeout=120)
+    assert not info.active, f"run {run_id} still {info.status} after cancel"
+    pid = runs_db.get_run(run_id).pid
+    deadline = time.monotonic() + 60
+    while pid and jobs.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (pid and jobs.pid_alive(pid)), f"worker {pid} of run {run_id} outlived its cancel"
+    return info
+
+
+@pytest.fixture(scope="module")
+def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A WBC_HOME with dataset 'cells' (5 classes, 32 px), a finished GAN run with 4 candidates per class
+    and a finished real-only classifier run; built once for the module through the domain API."""
+    from wbc_core import datasets, gan_runs, retrain
+    from wbc_core.data.demo import write_demo_folder
+
+    root = tmp_path_factory.mktemp("pages")
+    home = root / "home"
+    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
+    _use_home(home)
+    try:
+        ensure_schema()
+        folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
+        datasets.import_folder(folder, DATASET, size=32)
+        gan = gan_runs.start_gan_run(DATASET, {"steps": 12, "batch_size": 8, "g_width": 8, "d_width": 8,
+                                               "checkpoint_every": 6})
+        clf = retrain.start_classifier_run(DATASET, "real", {"epochs": 1, "model": "small_cnn"})
+        for run_id in (gan, clf):  # the two jobs train side by side
+            info = jobs.wait(run_id, timeout=180)
+            assert info.status == "succeeded", f"run {run_id}: {info.status} {info.error}"
+        gan_runs.generate_candidates(gan, per_class=CANDIDATES_PER_CLASS)
+    finally:
+        dispose_all()  # closes SQLite connections, so the WAL is folded into wbc.db before copies
+        forget_schema_cache()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    yield home
+
+
+@pytest.fixture()
+def full_home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private copy of the populated home, active for this test."""
+    home = tmp_path / "home"
+    shutil.copytree(built_home, home)
+    monkeypatch.setenv("WBC_HOME", str(home))
+    monkeypatch.delenv("WBC_DB_URL", raising=False)
+    dispose_all()
+    forget_schema_cache()
+    ensure_schema()
+    yield home
+    dispose_all()
+    forget_schema_cache()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def app(script: str, reviewer: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / script), default_timeout=TIMEOUT)
+    if reviewer is not None:
+        at.session_state["reviewer"] = reviewer
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    """Fail with the page's own traceback text when a run raised."""
+    assert not at.exception, "\n\n".join(e.value + "\n" + "\n".join(e.stack_trace) for e in at.exception)
+    return at
+
+
+def by_label(elements, label: str):  # noqa: ANN001, ANN201
+    found = [e for e in elements if e.label == label]
+    assert found, f"no widget labelled {label!r}; have {[e.label for e in elements]}"
+    return found[0]
+
+
+def texts(elements) -> str:  # noqa: ANN001
+    return "\n".join(str(e.value) for e in elements)
+
+
+def dataset_id() -> int:
+    return ds_db.get_dataset(DATASET).id
+
+
+# -- every page renders ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["app.py", *PAGES])
+def test_page_renders_on_an_empty_database(wbc_home, script):
+    at = ok(app(script))
+    assert "No dataset yet" in texts(at.info)
+
+
+@pytest.mark.parametrize("script", ["app.py", *PAGES])
+def test_page_renders_with_data_runs_and_candidates(full_home, script):
+    at = ok(app(script, reviewer="ann"))
+    assert not at.error, texts(at.error)
+    assert at.title
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_frame_runs_every_page_with_the_sidebar(full_home, page):
+    at = ok(app("app.py", reviewer="ann"))
+    ok(at.switch_page(page).run())
+    # AppTest's second run goes through Streamlit's legacy `pages/` folder path; the page must still
+    # run inside the frame (common.ensure_frame), so the shared sidebar is there.
+    assert [s.value for s in at.sidebar.selectbox] == [DATASET]
+    assert [t.key for t in at.sidebar.text_input] == ["reviewer"]
+    ok(at.run())
+    assert [s.value for s in at.sidebar.selectbox] == [DATASET]
+
+
+# -- Data -----------------------------------------------------------------------------------------
+
+
+def test_data_demo_button_creates_the_demo_and_shows_its_classes(wbc_home):
+    at = ok(app("pages/data.py"))
+    at.selectbox(key="demo_size").set_value(32)
+    ok(at.button(key="create_demo").click().run())
+    info = ds_db.get_dataset("demo")
+    assert info.kind == "demo" and info.image_size == 32
+    assert any(s.value.startswith("demo · demo · 5 classes · 32 px") for s in at.subheader)
+    table = at.dataframe[0].value
+    assert list(table.index) == CLASSES
+    assert (table["total real"] == 60).all()
+    assert "not real cells" in texts(at.warning)
+
+
+def test_data_folder_form_imports_and_selects_the_new_dataset(full_home, tmp_path):
+    from wbc_core.data.demo import write_demo_folder
+
+    folder = write_demo_folder(tmp_path / "more", per_class=5, size=32, seed=7)
+    at = ok(app("app.py"))  # through the frame: the sidebar's dataset selectbox already exists
+    by_label(at.text_input, "Folder with one subfolder per class").set_value(str(folder))
+    by_label(at.text_input, "Dataset name").set_value("more")
+    by_label(at.selectbox, "Working size (px)").set_value(32)
+    ok(at.form_submit_button[0].click().run())
+    assert not at.error, texts(at.error)
+    assert {d.name for d in ds_db.list_datasets()} == {DATASET, "more"}
+    assert [s.value for s in at.sidebar.selectbox] == ["more"]
+    assert any(s.value.startswith("more · real · 5 classes · 32 px") for s in at.subheader)
+    assert list(at.dataframe[0].value.index) == CLASSES
+
+
+@pytest.mark.parametrize(("folder", "message"), [
+    ("/definitely/not/here", "does not exist"),
+    ("   ", "Enter the folder to import"),
+])
+def test_data_folder_form_shows_a_plain_error(wbc_home, folder, message):
+    at = ok(app("pages/data.py"))
+    by_label(at.text_input, "Folder with one subfolder per class").set_value(folder)
+    by_label(at.text_input, "Dataset name").set_value("x")
+    ok(at.form_submit_button[0].click().run())
+    assert len(at.error) == 1 and message in at.error[0].value
+    assert "Traceback" not in at.error[0].value
+    assert ds_db.list_datasets() == []
+
+
+# -- Generate -------------------------------------------------------------------------------------
+
+
+def test_generate_form_starts_a_gan_run(full_home):
+    before = {r.id for r in runs_db.list_runs(kind="gan")}
+    at = ok(app("pages/generate.py"))
+    by_label(at.number_input, "Steps").set_value(10)
+    by_label(at.number_input, "Batch").set_value(8)
+    by_label(at.number_input, "Width").set_value(8)
+    by_label(at.selectbox, "Size (px)").set_value(32)
+    ok(at.form_submit_button[0].click().run())
+    new = [r for r in runs_db.list_runs(kind="gan") if r.id not in before]
+    try:
+        assert len(new) == 1
+        run = new[0]
+        assert run.dataset_name == DATASET
+        assert (run.config["steps"], run.config["batch_size"], run.config["g_width"], run.config["image_size"]) == (
+            10, 8, 8, 32)
+        assert at.session_state["gan_run"] == run.id
+        assert by_label(at.selectbox, "GAN run").value == run.id  # the page follows the new run
+    finally:
+        for run in new:
+            _stop_run(run.id)
+
+
+def test_generate_button_adds_candidates(full_home):
+    before = len(ds_db.candidates(dataset_id()))
+    at = ok(app("pages/generate.py"))
+    [bar] = at.get("progress")
+    assert bar.value == 100 and bar.proto.text == "**succeeded**"
+    assert by_label(at.select_slider, "Checkpoint (step)").value == 12
+    by_label(at.number_input, "Candidates per class").set_value(2)
+    ok(by_label(at.button, "Generate candidates").click().run())
+    assert "Added 10 candidates" in texts(at.success)
+    assert len(ds_db.candidates(dataset_id())) == before + 2 * len(CLASSES)
+
+
+# -- Review ---------------------------------------------------------------------------------------
+
+
+def test_review_asks_for_a_name_first(full_home):
+    at = ok(app("pages/review.py"))
+    assert "Enter your name" in texts(at.info)
+    at.text_input(key="reviewer_inline").set_value("bo")
+    ok(at.run())
+    assert by_label(at.button, "Accept page").disabled is False
+
+
+def test_review_accept_page_undo_and_per_cell_buttons(full_home):
+    ds = dataset_id()
+    at = ok(app("pages/review.py", reviewer="ann"))
+    assert by_label(at.selectbox, "Class").value == CLASSES[0]
+    pending = [b.key for b in at.button if b.key and b.key.startswith("acc_")]
+    assert len(pending) == CANDIDATES_PER_CLASS
+
+    ok(by_label(at.button, "Accept page").click().run())
+    decided = review_db.current_decisions(ds, "ann")
+    assert sorted(d["image_id"] for d in decided) == sorted(int(k[4:]) for k in pending)
+    assert {d["verdict"] for d in decided} == {"accept"} and {d["class_name"] for d in decided} == {CLASSES[0]}
+    assert "0** pending" in texts(at.markdown)
+
+    ok(by_label(at.button, "Undo last").click().run())
+    assert len(review_db.current_decisions(ds, "ann")) == CANDIDATES_PER_CLASS - 1
+
+    at.segmented_control[0].set_value("decided")
+    ok(at.run())
+    assert len([b for b in at.button if b.key and b.key.startswith("acc_")]) == CANDIDATES_PER_CLASS - 1
+
+    by_label(at.selectbox, "Class").set_value(CLASSES[1])
+    at.segmented_control[0].set_value("pending")
+    ok(at.run())
+    first = next(b for b in at.button if b.key and b.key.startswith("rej_"))
+    ok(first.click().run())
+    ok(at.button(key=f"acc_{int(first.key[4:]) + 1}").click().run())
+    mine = {d["image_id"]: d["verdict"] for d in review_db.current_decisions(ds, "ann")
+            if d["class_name"] == CLASSES[1]}
+    assert mine == {int(first.key[4:]): "reject", int(first.key[4:]) + 1: "accept"}
+    assert review_db.current_decisions(ds, "someone else") == []
+
+
+# -- Train ----------------------------------------------------------------------------------------
+
+
+def test_train_form_starts_a_classifier_run(full_home):
+    before = {r.id for r in runs_db.list_runs(kind="classifier")}
+    at = ok(app("pages/train.py"))
+    by_label(at.radio, "Recipe").set_value("curated")
+    by_label(at.selectbox, "Model").set_value("small_cnn")
+    by_label(at.number_input, "Epochs").set_value(1)
+    ok(at.form_submit_button[0].click().run())
+    new = [r for r in runs_db.list_runs(kind="classifier") if r.id not in before]
+    try:
+        assert len(new) == 1
+        run = new[0]
+        assert (run.recipe, run.config["model"], run.config["epochs"]) == ("curated", "small_cnn", 1)
+        assert by_label(at.selectbox, "Run").value == run.id
+    finally:
+        for run in new:
+            _stop_run(run.id)
+
+
+def test_train_shows_the_finished_run_with_its_test_score(full_home):
+    at = ok(app("pages/train.py"))
+    [bar] = at.get("progress")
+    assert bar.value == 100 and bar.proto.text.startswith("**succeeded** on ")
+    assert "·" not in bar.proto.text  # no stale progress line from the worker after the run ended
+    assert by_label(at.metric, "Test macro-F1 (real test cells)")
+    assert list(at.dataframe[0].value["class"]) == CLASSES
+
+
+# -- Dashboard ------------------------------------------------------------------------------------
+
+
+def test_dashboard_shows_per_class_f1_of_finished_runs(full_home):
+    at = ok(app("pages/dashboard.py"))
+    assert "Test F1 per class" in texts(at.subheader)
+    runs = at.dataframe[0].value
+    assert list(runs["status"]) == ["succeeded"]
+    run_id = int(runs["run"].iloc[0])
+    assert by_label(at.selectbox, "Baseline (real only)").value == run_id
+    per_class = at.dataframe[1].value
+    assert list(per_class.index) == CLASSES and list(per_class.columns) == [f"run {run_id}"]
