@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -26,6 +27,8 @@ SPLITS = ("train", "val", "test")
 RUN_KINDS = ("gan", "classifier", "selftest")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 VERDICTS = ("accept", "reject", "relabel", "undo")
+ROLES = ("admin", "reviewer", "viewer")
+USER_SOURCES = ("local", "oidc")
 
 
 def utcnow() -> datetime:
@@ -49,6 +52,8 @@ class Dataset(Base):
     split_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     split_hash: Mapped[str] = mapped_column(String(64), default="")
     import_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Consensus rule and per-class quotas: {"min_agreeing": k, "min_votes": n, "quotas": {class: target}}.
+    review_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -172,6 +177,8 @@ class Decision(Base):
         CheckConstraint("verdict != 'relabel' OR new_class IS NOT NULL", name="ck_decisions_relabel_class"),
         Index("ix_decisions_image", "image_id", "reviewer", "id"),
         Index("ix_decisions_reviewer", "reviewer", "created_at"),
+        # The current verdict lookups (queue, consensus) seek on exactly these columns.
+        Index("ix_decisions_current", "image_id", "reviewer", "adjudication", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -180,4 +187,43 @@ class Decision(Base):
     verdict: Mapped[str] = mapped_column(String(10))
     new_class: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # An admin's ruling on a disputed candidate; the latest standing one overrides the reviewers' consensus.
+    adjudication: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class User(Base):
+    """A person who signs in: local password (PBKDF2 hash) or an OIDC identity (no password)."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'reviewer', 'viewer')", name="ck_users_role"),
+        CheckConstraint("source IN ('local', 'oidc')", name="ck_users_source"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200), default="")  # "" for OIDC users: no local login
+    role: Mapped[str] = mapped_column(String(20))
+    display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    source: Mapped[str] = mapped_column(String(10), default="local", server_default="local")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class BlindItem(Base):
+    """A real val cell shown unannounced in one reviewer's candidate queue (blinded realism test)."""
+
+    __tablename__ = "blind_items"
+    __table_args__ = (
+        UniqueConstraint("image_id", "reviewer", name="uq_blind_items_image_reviewer"),
+        Index("ix_blind_items_reviewer", "dataset_id", "reviewer"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(100))
+    # Stable hash of (reviewer, image) in [0, 1): where the cell sits among the candidates in any queue order.
+    position: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,17 +1,27 @@
 """Queries on review decisions. Decisions are only ever inserted; the current verdict of a
-reviewer on a candidate is their latest decision row ('undo' makes it pending again)."""
+reviewer on a candidate is their latest non-adjudication decision row ('undo' makes it pending
+again), and an admin's current ruling on a candidate is the latest adjudication row on it.
+
+Blinded realism test: blind_items lists real val cells shown unannounced in one reviewer's queue.
+Such a reviewer may decide those cells; nobody else may, and consensus never sees them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal, null, or_, select, union_all
 
 from db.engine import read_session, write_session
-from db.models import VERDICTS, Decision, Image
+from db.models import VERDICTS, BlindItem, Dataset, Decision, Image, utcnow
 
 QUEUE_STATES = ("pending", "decided", "all")
+QUEUE_ORDERS = ("id", "judge_prob_desc", "judge_prob_asc", "nearest_real_desc", "nearest_real_asc")
+# Per-cell provenance that only candidates have: hidden from a reviewer in blind mode, since a real cell
+# would otherwise stand out by its empty GAN run.
+PROVENANCE_KEYS = ("gan_run_id", "checkpoint_step", "judge_prob", "nearest_real_distance")
 
 
 class ReviewError(ValueError):
@@ -19,7 +29,7 @@ class ReviewError(ValueError):
 
 
 def record_decisions(image_ids: Iterable[int], reviewer: str, verdict: str, new_class: str | None = None,
-                     reason: str | None = None) -> list[int]:
+                     reason: str | None = None, *, adjudication: bool = False) -> list[int]:
     """Append one decision per candidate in a single transaction; return the decision ids."""
     ids = list(dict.fromkeys(int(i) for i in image_ids))
     reviewer = (reviewer or "").strip()
@@ -36,60 +46,118 @@ def record_decisions(image_ids: Iterable[int], reviewer: str, verdict: str, new_
         missing = [i for i in ids if i not in found]
         if missing:
             raise ReviewError(f"no candidate with id {', '.join(map(str, missing[:10]))}")
+        if verdict == "relabel":
+            for classes in s.scalars(select(Dataset.class_names).join(Image, Image.dataset_id == Dataset.id)
+                                     .where(Image.id.in_(ids)).distinct()):
+                if new_class not in classes:
+                    raise ReviewError(f"unknown class {new_class!r}; classes: {', '.join(classes)}")
         real = [i for i in ids if found[i] != "synthetic"]
+        if real and not adjudication:
+            blind = set(s.scalars(select(BlindItem.image_id).where(BlindItem.reviewer == reviewer,
+                                                                   BlindItem.image_id.in_(real))))
+            real = [i for i in real if i not in blind]
         if real:
             raise ReviewError(f"images {real[:10]} are real cells, not candidates; only candidates are reviewed")
-        rows = [Decision(image_id=i, reviewer=reviewer, verdict=verdict,
-                         new_class=new_class if verdict == "relabel" else None, reason=reason) for i in ids]
+        now = utcnow()
+        rows = [Decision(image_id=i, reviewer=reviewer, verdict=verdict, adjudication=adjudication,
+                         new_class=new_class if verdict == "relabel" else None, reason=reason, created_at=now)
+                for i in ids]
         s.add_all(rows)
         s.flush()
         return [row.id for row in rows]
 
 
-def _latest_ids(reviewer: str | None = None):  # noqa: ANN202
-    query = select(func.max(Decision.id).label("decision_id")).group_by(Decision.image_id, Decision.reviewer)
+def _latest_ids(reviewer: str | None = None, adjudication: bool = False):  # noqa: ANN202
+    query = (select(func.max(Decision.id).label("decision_id"))
+             .where(Decision.adjudication.is_(adjudication))
+             .group_by(Decision.image_id, Decision.reviewer))
     if reviewer is not None:
         query = query.where(Decision.reviewer == reviewer)
     return query.subquery()
 
 
-def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "pending", limit: int = 48,
-                 offset: int = 0, gan_run_id: int | None = None, order: str = "id") -> tuple[list[dict[str, Any]], int]:
-    """One page of a class's candidates for a reviewer, with their own current verdict, and the total count."""
-    if state not in QUEUE_STATES:
-        raise ReviewError(f"state must be one of {QUEUE_STATES}")
-    latest = _latest_ids(reviewer)
-    mine = select(Decision).join(latest, Decision.id == latest.c.decision_id).subquery()
-    query = (
-        select(Image.id, Image.path, Image.class_name, Image.gan_run_id, Image.checkpoint_step, Image.judge_prob,
-               Image.nearest_real_distance, mine.c.verdict, mine.c.new_class, mine.c.reason)
-        .outerjoin(mine, mine.c.image_id == Image.id)
-        .where(Image.dataset_id == dataset_id, Image.origin == "synthetic", Image.class_name == class_name)
-    )
-    if gan_run_id is not None:
-        query = query.where(Image.gan_run_id == gan_run_id)
-    is_pending = or_(mine.c.verdict.is_(None), mine.c.verdict == "undo")
+def _queue_part(reviewer: str, state: str, provenance: bool):  # noqa: ANN202
+    """SELECT of queue rows with the reviewer's own current decision, joined per image by index seek."""
+    # A correlated max(id) per image seeks ix_decisions_current directly: it costs the same for a reviewer
+    # with 10 or 10,000 decisions, unlike a GROUP BY over all of their decisions.
+    mine_id = (select(func.max(Decision.id))
+               .where(Decision.image_id == Image.id, Decision.reviewer == reviewer, Decision.adjudication.is_(False))
+               .correlate(Image).scalar_subquery())
+    cols = [Image.id, Image.path, Image.sha256, Image.class_name]
+    cols += [getattr(Image, k) if provenance else null().label(k) for k in PROVENANCE_KEYS]
+    query = select(*cols, Decision.verdict, Decision.new_class, Decision.reason).outerjoin(
+        Decision, Decision.id == mine_id)
+    is_pending = or_(Decision.verdict.is_(None), Decision.verdict == "undo")
     if state == "pending":
         query = query.where(is_pending)
     elif state == "decided":
         query = query.where(~is_pending)
-    order_by = {
-        "id": [Image.id],
-        "judge_prob_desc": [Image.judge_prob.desc().nulls_last(), Image.id],
-        "judge_prob_asc": [Image.judge_prob.asc().nulls_last(), Image.id],
-        "nearest_real_desc": [Image.nearest_real_distance.desc().nulls_last(), Image.id],
-        "nearest_real_asc": [Image.nearest_real_distance.asc().nulls_last(), Image.id],
-    }.get(order)
-    if order_by is None:
-        raise ReviewError(f"unknown order {order!r}")
+    return query
+
+
+def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "pending", limit: int = 48,
+                 offset: int = 0, gan_run_id: int | None = None, order: str = "id",
+                 checkpoint_step: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """One page of a class's candidates for a reviewer, with their own current verdict, and the total count.
+
+    A reviewer in blind mode also gets their blind real cells, interleaved at stable hashed positions
+    and with the same keys; provenance keys are then None on every row of that reviewer's queue.
+    """
+    if state not in QUEUE_STATES:
+        raise ReviewError(f"state must be one of {QUEUE_STATES}")
+    if order not in QUEUE_ORDERS:
+        raise ReviewError(f"unknown order {order!r}; one of {', '.join(QUEUE_ORDERS)}")
+    where = [Image.dataset_id == dataset_id, Image.origin == "synthetic", Image.class_name == class_name]
+    if gan_run_id is not None:
+        where.append(Image.gan_run_id == gan_run_id)
+    if checkpoint_step is not None:
+        where.append(Image.checkpoint_step == checkpoint_step)
+    column = {"judge_prob": Image.judge_prob, "nearest_real": Image.nearest_real_distance}.get(order.rsplit("_", 1)[0])
     with read_session() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = s.execute(query.order_by(*order_by).limit(limit).offset(offset)).all()
+        blind_mode = s.scalar(select(BlindItem.id).where(BlindItem.dataset_id == dataset_id,
+                                                         BlindItem.reviewer == reviewer).limit(1)) is not None
+        # A run or step filter inspects one GAN run's output: real cells belong to none, and mixing them
+        # into a small run's view would inflate their share there.
+        with_blind = blind_mode and gan_run_id is None and checkpoint_step is None
+        cand = _queue_part(reviewer, state, not blind_mode).where(*where)
+        cand = cand.add_columns(Image.id.label("k_id"), (column if column is not None else Image.id).label("k_1"))
+        parts = [cand]
+        if with_blind:
+            parts.append(_blind_part(s, dataset_id, class_name, reviewer, state, where, column))
+        query = union_all(*parts).subquery() if len(parts) > 1 else cand.subquery()
+        key = query.c.k_1.desc().nulls_last() if order.endswith("_desc") else query.c.k_1.asc().nulls_last()
+        total = s.scalar(select(func.count()).select_from(query)) or 0
+        page = select(*[c for c in query.c if not c.name.startswith("k_")]).order_by(key, query.c.k_id, query.c.id)
+        rows = s.execute(page.limit(limit).offset(offset)).all()
     return [dict(r._mapping) for r in rows], int(total)
 
 
-def current_decisions(dataset_id: int, reviewer: str | None = None) -> list[dict[str, Any]]:
-    """Every reviewer's current (latest, not undone) verdict on the dataset's candidates."""
+def _blind_part(s, dataset_id: int, class_name: str, reviewer: str, state: str, where: list, column):  # noqa: ANN001, ANN202
+    """The reviewer's blind real cells of the class, with sort keys spread over the candidates' key range."""
+    # Sort keys are interpolated into the candidates' range by each item's stored hash position, so the
+    # real cells sit among the candidates in every order (never all first or last). Real ids are smaller
+    # than candidate ids (imported earlier), and real cells have no judge scores.
+    lo_id, hi_id, lo, hi = s.execute(select(func.min(Image.id), func.max(Image.id),
+                                            func.min(column if column is not None else Image.id),
+                                            func.max(column if column is not None else Image.id))
+                                     .where(*where)).one()
+    lo_id, hi_id = lo_id or 0, hi_id or 0
+    k_id = literal(float(lo_id)) + BlindItem.position * float(hi_id - lo_id)
+    # Unscored classes sort every candidate by id only; so do the real cells then.
+    k_1 = null() if lo is None else literal(float(lo)) + BlindItem.position * float(hi - lo)
+    return (_queue_part(reviewer, state, False)
+            .join(BlindItem, and_(BlindItem.image_id == Image.id, BlindItem.reviewer == reviewer))
+            .where(BlindItem.dataset_id == dataset_id, Image.class_name == class_name)
+            .add_columns(k_id.label("k_id"), k_1.label("k_1")))
+
+
+def current_decisions(dataset_id: int, reviewer: str | None = None, origin: str | None = "synthetic"
+                      ) -> list[dict[str, Any]]:
+    """Every reviewer's current (latest, not undone) verdict on the dataset's candidates.
+
+    origin="synthetic" (default) keeps blind real cells out of everything built on this (consensus,
+    agreement, curated set); origin="real" gives the blind-test verdicts; None gives both.
+    """
     latest = _latest_ids(reviewer)
     query = (
         select(Decision.id, Decision.image_id, Decision.reviewer, Decision.verdict, Decision.new_class,
@@ -97,6 +165,23 @@ def current_decisions(dataset_id: int, reviewer: str | None = None) -> list[dict
         .join(latest, Decision.id == latest.c.decision_id)
         .join(Image, Image.id == Decision.image_id)
         .where(Image.dataset_id == dataset_id, Decision.verdict != "undo")
+    )
+    if origin is not None:
+        query = query.where(Image.origin == origin)
+    with read_session() as s:
+        return [dict(r._mapping) for r in s.execute(query.order_by(Decision.id))]
+
+
+def current_adjudications(dataset_id: int) -> list[dict[str, Any]]:
+    """The standing adjudication per candidate (latest adjudication row, withdrawn ones left out)."""
+    latest = (select(func.max(Decision.id).label("decision_id")).where(Decision.adjudication.is_(True))
+              .group_by(Decision.image_id).subquery())
+    query = (
+        select(Decision.id, Decision.image_id, Decision.reviewer, Decision.verdict, Decision.new_class,
+               Decision.reason, Decision.created_at, Image.class_name)
+        .join(latest, Decision.id == latest.c.decision_id)
+        .join(Image, Image.id == Decision.image_id)
+        .where(Image.dataset_id == dataset_id, Image.origin == "synthetic", Decision.verdict != "undo")
     )
     with read_session() as s:
         return [dict(r._mapping) for r in s.execute(query.order_by(Decision.id))]
@@ -106,7 +191,7 @@ def decision_history(image_id: int) -> list[dict[str, Any]]:
     """Every decision ever recorded on one candidate, oldest first."""
     with read_session() as s:
         rows = s.execute(select(Decision.id, Decision.reviewer, Decision.verdict, Decision.new_class,
-                                Decision.reason, Decision.created_at)
+                                Decision.reason, Decision.adjudication, Decision.created_at)
                          .where(Decision.image_id == image_id).order_by(Decision.id))
         return [dict(r._mapping) for r in rows]
 
@@ -127,7 +212,7 @@ def last_effective_decisions(dataset_id: int, reviewer: str, n: int = 1) -> list
 
 
 def progress_by_reviewer(dataset_id: int) -> list[dict[str, Any]]:
-    """Counts of current verdicts per reviewer, class and verdict."""
+    """Counts of current verdicts per reviewer, class and verdict (candidates and the reviewer's blind cells)."""
     latest = _latest_ids()
     query = (
         select(Decision.reviewer, Image.class_name, Decision.verdict, func.count().label("n"))
@@ -138,3 +223,87 @@ def progress_by_reviewer(dataset_id: int) -> list[dict[str, Any]]:
     )
     with read_session() as s:
         return [dict(r._mapping) for r in s.execute(query)]
+
+
+def candidate_counts(dataset_id: int) -> dict[str, int]:
+    """Number of candidates per intended class."""
+    with read_session() as s:
+        rows = s.execute(select(Image.class_name, func.count()).where(
+            Image.dataset_id == dataset_id, Image.origin == "synthetic").group_by(Image.class_name))
+        return {c: int(n) for c, n in rows}
+
+
+def decisions_since(reviewer: str, since: datetime) -> tuple[int, datetime | None]:
+    """How many cells the reviewer decided since a time (undo and adjudication excluded), and the first one's time."""
+    with read_session() as s:
+        n, first = s.execute(select(func.count(), func.min(Decision.created_at)).where(
+            Decision.reviewer == reviewer, Decision.created_at >= since, Decision.verdict != "undo",
+            Decision.adjudication.is_(False))).one()
+    return int(n), first
+
+
+# -- review settings -------------------------------------------------------------------------------------
+
+def get_review_settings(dataset_id: int) -> dict[str, Any]:
+    """The dataset's stored review settings JSON ({} when never set)."""
+    with read_session() as s:
+        ds = s.get(Dataset, dataset_id)
+        if ds is None:
+            raise LookupError(f"no dataset with id {dataset_id}")
+        return dict(ds.review_settings or {})
+
+
+def set_review_settings(dataset_id: int, settings: dict[str, Any]) -> None:
+    """Replace the dataset's review settings JSON."""
+    with write_session() as s:
+        ds = s.get(Dataset, dataset_id)
+        if ds is None:
+            raise LookupError(f"no dataset with id {dataset_id}")
+        ds.review_settings = dict(settings)
+
+
+# -- blinded realism test ---------------------------------------------------------------------------------
+
+def add_blind_items(dataset_id: int, reviewer: str, items: list[tuple[int, float]]) -> int:
+    """Record (real image id, hash position) blind items for a reviewer, skipping ones already there."""
+    with write_session() as s:
+        have = set(s.scalars(select(BlindItem.image_id).where(BlindItem.reviewer == reviewer,
+                                                              BlindItem.dataset_id == dataset_id)))
+        rows = [BlindItem(dataset_id=dataset_id, image_id=i, reviewer=reviewer, position=p)
+                for i, p in items if i not in have]
+        s.add_all(rows)
+        return len(rows)
+
+
+def blind_items(dataset_id: int, reviewer: str | None = None) -> list[dict[str, Any]]:
+    """Blind items {image_id, reviewer, class_name} of a dataset (optionally of one reviewer)."""
+    query = (select(BlindItem.image_id, BlindItem.reviewer, Image.class_name)
+             .join(Image, Image.id == BlindItem.image_id).where(BlindItem.dataset_id == dataset_id))
+    if reviewer is not None:
+        query = query.where(BlindItem.reviewer == reviewer)
+    with read_session() as s:
+        return [dict(r._mapping) for r in s.execute(query.order_by(BlindItem.id))]
+
+
+def is_blind_item(image_id: int, reviewer: str) -> bool:
+    """Whether the image is a hidden real cell in that reviewer's queue."""
+    with read_session() as s:
+        return s.scalar(select(BlindItem.id).where(BlindItem.image_id == image_id,
+                                                   BlindItem.reviewer == reviewer)) is not None
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+def export_rows(dataset_id: int) -> list[dict[str, Any]]:
+    """Every image of a dataset with its provenance columns, in id order."""
+    query = select(Image.id, Image.origin, Image.class_name, Image.split, Image.sha256, Image.path,
+                   Image.gan_run_id, Image.checkpoint_step, Image.seed).where(Image.dataset_id == dataset_id)
+    with read_session() as s:
+        return [dict(r._mapping) for r in s.execute(query.order_by(Image.id))]
+
+
+def dataset_of_images(image_ids: Iterable[int]) -> dict[int, int]:
+    """image id -> dataset id for the ids that exist."""
+    ids = list(image_ids)
+    with read_session() as s:
+        return dict(s.execute(select(Image.id, Image.dataset_id).where(Image.id.in_(ids))).all())

@@ -96,6 +96,11 @@ def select_dataset(name: str) -> None:
     st.session_state[_PENDING_DATASET_KEY] = name
 
 
+def dataset_names() -> list[str]:
+    """Names of all datasets, newest first."""
+    return [d.name for d in list_datasets()]
+
+
 def current_dataset() -> DatasetInfo | None:
     """The dataset chosen in the sidebar, else the newest one; None when there is none."""
     ensure_ready()

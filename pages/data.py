@@ -72,7 +72,10 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
         demo_size = st.selectbox("Working size (px)", data_service.SIZES, index=1, key="demo_size",
                                  help="32 px trains fastest on a CPU")
-        if st.button("Create demo dataset", key="create_demo"):
+        demo_exists = "demo" in common.dataset_names()
+        if demo_exists:
+            st.caption("The demo dataset exists already: choose **demo** in the sidebar.")
+        if st.button("Create demo dataset", key="create_demo", disabled=demo_exists):
             try:
                 result = data_service.import_demo("demo", size=int(demo_size))
             except (ValueError, LookupError) as exc:

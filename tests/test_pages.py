@@ -174,6 +174,7 @@ def test_data_demo_button_creates_the_demo_and_shows_its_classes(wbc_home):
     assert list(table.index) == CLASSES
     assert (table["total real"] == 60).all()
     assert "not real cells" in texts(at.warning)
+    assert at.button(key="create_demo").disabled  # a second demo could only fail on its name
 
 
 def test_data_folder_form_imports_and_selects_the_new_dataset(full_home, tmp_path):
@@ -258,6 +259,9 @@ def test_review_accept_page_undo_and_per_cell_buttons(full_home):
     ds = dataset_id()
     at = ok(app("pages/review.py", reviewer="ann"))
     assert by_label(at.selectbox, "Class").value == CLASSES[0]
+    # AppTest cannot press keys, but it sees each button's shortcut ("C" and "R" are reserved by Streamlit).
+    assert {b.label: b.shortcut for b in at.button if b.label in ("Accept page", "Reject page", "Undo last")} == {
+        "Accept page": "a", "Reject page": "x", "Undo last": "u"}
     pending = [b.key for b in at.button if b.key and b.key.startswith("acc_")]
     assert len(pending) == CANDIDATES_PER_CLASS
 

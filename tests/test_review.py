@@ -1,12 +1,19 @@
-"""Review service: queue, undo, consensus rules and the curated set."""
+"""Review service: queue (orders, filters, blind cells), undo, consensus, adjudication, quotas, thumbnails."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
+from conftest import draw_cell
+from PIL import Image
 
 from db import datasets
+from db import review as review_db
 from wbc_core import review
 from wbc_core.review import ConsensusRule, outcome_of
+from wbc_core.thumbnails import thumbnail_path
 
 
 @pytest.fixture()
@@ -85,3 +92,182 @@ def test_curated_set_applies_relabels_and_consensus(queue):
     assert review.accepted_candidates(dataset_id, ConsensusRule(min_agreeing=2)) == []
     summary = {r["class_name"]: r for r in review.class_summary(dataset_id)}
     assert summary["a"]["accepted"] == 2 and summary["a"]["rejected"] == 1 and summary["a"]["pending"] == 3
+
+
+# -- adjudication, settings and quotas ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def admin(wbc_home, monkeypatch):
+    from wbc_core import auth
+
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    return auth.create_user("eve", "password1", "admin")
+
+
+def test_adjudication_overrides_consensus_and_latest_wins(queue, admin):
+    dataset_id, ids = queue
+    review.decide([ids[0]], "ann", "accept")
+    review.decide([ids[0]], "bob", "reject", reason="GAN texture artefact")
+    assert review.consensus(dataset_id)[ids[0]].status == "disputed"
+    disputed = review.disputed_candidates(dataset_id)
+    assert [(d["image_id"], d["votes"], d["reasons"]) for d in disputed] == [
+        (ids[0], {"ann": "accept", "bob": "reject"}, {"bob": "GAN texture artefact"})]
+    review.adjudicate([ids[0]], admin, "reject")
+    review.adjudicate([ids[0]], admin, "relabel", new_class="b")
+    outcome = review.consensus(dataset_id)[ids[0]]
+    assert (outcome.status, outcome.final_class, outcome.adjudicated) == ("accepted", "b", True)
+    assert outcome.votes == {"ann": "accept", "bob": "reject"}  # the reviewers' votes are kept, not replaced
+    assert review.disputed_candidates(dataset_id) == []
+    assert {row.id: label for row, label in review.accepted_candidates(dataset_id)} == {ids[0]: "b"}
+    # The admin's ruling is not their vote: their own review queue still shows the cell as pending.
+    assert ids[0] in [p["id"] for p in review.queue_page(dataset_id, "a", "eve")[0]]
+    review.adjudicate([ids[0]], admin, "undo")  # withdrawn: back to the reviewers' dispute
+    assert review.consensus(dataset_id)[ids[0]].status == "disputed"
+    with pytest.raises(ValueError, match="unknown class"):
+        review.adjudicate([ids[1]], admin, "relabel", new_class="zebra")
+
+
+def test_review_settings_are_the_default_rule_and_quotas_count_final_classes(queue, admin):
+    dataset_id, ids = queue
+    assert review.get_review_settings(dataset_id) == review.ReviewSettings()
+    review.decide(ids[:3], "ann", "accept")
+    review.decide([ids[3]], "ann", "relabel", new_class="b")
+    review.decide(ids[:2], "bob", "accept")
+    settings = review.ReviewSettings(ConsensusRule(min_agreeing=2), {"a": 2, "b": 1})
+    review.set_review_settings(dataset_id, settings, admin)
+    assert review.get_review_settings(dataset_id) == review.ReviewSettings(ConsensusRule(2, 2), {"a": 2, "b": 1})
+    assert {row.id for row, _ in review.accepted_candidates(dataset_id)} == set(ids[:2])
+    assert len(review.accepted_candidates(dataset_id, ConsensusRule())) == 4  # an explicit rule still wins
+    summary = {r["class_name"]: r for r in review.class_summary(dataset_id)}
+    assert (summary["a"]["accepted"], summary["a"]["pending"], summary["a"]["quota"], summary["a"]["quota_met"]) == (
+        2, 4, 2, True)
+    assert (summary["b"]["candidates"], summary["b"]["accepted_final"], summary["b"]["quota_met"]) == (0, 0, False)
+    review.set_review_settings(dataset_id, review.ReviewSettings(ConsensusRule(), {"b": 1}), None)
+    summary = {r["class_name"]: r for r in review.class_summary(dataset_id)}
+    assert summary["b"]["accepted_final"] == 1 and summary["b"]["quota_met"] is True  # the relabel counts for b
+    assert summary["a"]["quota"] is None and summary["a"]["quota_met"] is None
+    with pytest.raises(ValueError, match="unknown class 'zebra'"):
+        review.set_review_settings(dataset_id, review.ReviewSettings(quotas={"zebra": 3}), admin)
+
+
+def test_reject_reasons_are_numbered_for_the_keyboard():
+    assert len(review.REJECT_REASONS) == 6
+    assert review.reject_reason(4) == review.reject_reason("4") == "GAN texture artefact"
+    assert review.reject_reason("GAN texture artefact") == "GAN texture artefact"
+    for bad in (0, 7, "nonsense"):
+        with pytest.raises(ValueError):
+            review.reject_reason(bad)
+
+
+# -- queue ordering and filters ---------------------------------------------------------------------------------
+
+@pytest.fixture()
+def scored(wbc_home):
+    from db import runs
+
+    rows = [dict(origin="real", class_name=c, split=split, sha256=f"r{c}{split}{i}", path=f"p{c}{split}{i}",
+                 width=8, height=8) for c in ("a", "b") for split in ("train", "val") for i in range(10)]
+    dataset_id = datasets.create_dataset("d", "real", "src", ["a", "b"], {}, "h", {}, rows)
+    run1 = runs.create_run("gan", dataset_id, {}, seed=0)
+    run2 = runs.create_run("gan", dataset_id, {}, seed=1)
+    probs = [0.2, None, 0.9, 0.5, 0.7, 0.1, None, 0.3, 0.8, 0.4]
+    ids = datasets.add_images(dataset_id, [
+        dict(origin="synthetic", class_name="a", split=None, sha256=f"s{i}", path=f"q{i}", width=8, height=8,
+             gan_run_id=run1 if i < 6 else run2, checkpoint_step=100 * (i % 2), judge_prob=p,
+             nearest_real_distance=float(10 - i)) for i, p in enumerate(probs)])
+    return dataset_id, ids, (run1, run2), probs
+
+
+def test_queue_orders_by_judge_prob_and_distance_with_unscored_last(scored):
+    dataset_id, ids, _, probs = scored
+    rows, total = review.queue_page(dataset_id, "a", "ann", order="judge_prob_desc")
+    assert total == 10 and [r["judge_prob"] for r in rows] == [0.9, 0.8, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1, None, None]
+    rows, _ = review.queue_page(dataset_id, "a", "ann", order="judge_prob_asc")
+    assert [r["judge_prob"] for r in rows][:3] == [0.1, 0.2, 0.3] and rows[-1]["judge_prob"] is None
+    rows, _ = review.queue_page(dataset_id, "a", "ann", order="nearest_real_asc")
+    assert [r["id"] for r in rows] == ids[::-1]
+    assert set(rows[0]) == {"id", "path", "sha256", "class_name", "gan_run_id", "checkpoint_step", "judge_prob",
+                            "nearest_real_distance", "verdict", "new_class", "reason"}
+    with pytest.raises(ValueError, match="unknown order"):
+        review.queue_page(dataset_id, "a", "ann", order="random")
+
+
+def test_queue_filters_by_gan_run_and_checkpoint_step(scored):
+    dataset_id, ids, (run1, run2), _ = scored
+    assert [r["id"] for r in review.queue_page(dataset_id, "a", "ann", gan_run_id=run2)[0]] == ids[6:]
+    rows, total = review.queue_page(dataset_id, "a", "ann", gan_run_id=run1, checkpoint_step=100)
+    assert total == 3 and [r["id"] for r in rows] == [ids[1], ids[3], ids[5]]
+    review.decide([ids[1]], "ann", "accept")
+    assert review.queue_page(dataset_id, "a", "ann", gan_run_id=run1, checkpoint_step=100)[1] == 2
+
+
+# -- blinded realism test -----------------------------------------------------------------------------------------
+
+def test_blind_cells_are_interleaved_only_in_that_reviewers_queue(scored):
+    dataset_id, ids, _, _ = scored
+    val_a = {r.id for r in datasets.real_images(dataset_id, split="val", class_name="a")}
+    added = review.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1)
+    assert added == {"a": 4}  # 0.3 of the resulting queue: round(0.3 * 10 / 0.7) real cells
+    blind = {b["image_id"] for b in review_db.blind_items(dataset_id, "ann")}
+    assert len(blind) == 4 and blind <= val_a
+    rows, total = review.queue_page(dataset_id, "a", "ann", page_size=100)
+    assert total == 14 and {r["id"] for r in rows} == set(ids) | blind
+    positions = [k for k, r in enumerate(rows) if r["id"] in blind]
+    assert positions != list(range(4)) and positions != list(range(10, 14))  # mixed in, not first or last
+    assert all(set(r) == set(rows[0]) for r in rows)
+    # Blind mode hides provenance on every row, so a real cell does not stand out by its empty GAN run.
+    assert all(r[k] is None for r in rows for k in review_db.PROVENANCE_KEYS)
+    assert all(review.is_blind_item(i, "ann") for i in blind) and not review.is_blind_item(ids[0], "ann")
+    ordered, _ = review.queue_page(dataset_id, "a", "ann", order="judge_prob_desc", page_size=100)
+    assert {k for k, r in enumerate(ordered) if r["id"] in blind} != set(range(10, 14))
+    assert review.queue_page(dataset_id, "a", "ann", order="judge_prob_desc", page_size=100)[0] == ordered
+    # Another reviewer's queue has no real cells and keeps its provenance.
+    other, n = review.queue_page(dataset_id, "a", "bob", page_size=100)
+    assert n == 10 and not {r["id"] for r in other} & blind and other[0]["gan_run_id"] is not None
+    assert review.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1) == {"a": 0}  # already topped up
+
+
+def test_blind_decisions_never_reach_consensus_or_the_curated_set(scored):
+    dataset_id, ids, _, _ = scored
+    review.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1)
+    blind = [b["image_id"] for b in review_db.blind_items(dataset_id, "ann")]
+    rows, _ = review.queue_page(dataset_id, "a", "ann", page_size=100)
+    review.decide([r["id"] for r in rows], "ann", "accept")  # "accept page" over candidates and hidden cells
+    review.decide([blind[0]], "ann", "reject", reason="GAN texture artefact")
+    assert review.queue_page(dataset_id, "a", "ann")[1] == 0
+    with pytest.raises(ValueError, match="real cells"):
+        review.decide([blind[0]], "bob", "accept")  # not bob's blind item
+    outcomes = review.consensus(dataset_id)
+    assert set(outcomes) == set(ids) and not set(outcomes) & set(blind)
+    assert {row.id for row, _ in review.accepted_candidates(dataset_id)} == set(ids)
+    assert sum(r["accepted"] for r in review.class_summary(dataset_id)) == 10
+    progress = review.reviewer_progress(dataset_id)
+    assert progress == [{"reviewer": "ann", "class_name": "a", "queue": 14, "decided": 14, "accepted": 13,
+                         "rejected": 1, "relabelled": 0, "pending": 0}]
+    assert review.undo_last(dataset_id, "ann") == [blind[0]]  # undo covers the hidden cells too
+
+
+def test_decision_rate_counts_cells_per_minute(queue):
+    dataset_id, ids = queue
+    assert review.decision_rate("ann") == 0.0
+    review.decide(ids[:4], "ann", "accept")
+    review.undo_last(dataset_id, "ann")
+    # 4 cells within the last 10 s floor -> 4 / (10/60) = 24 per minute; the undo is not a cell decided.
+    assert review.decision_rate("ann", window_minutes=5) == pytest.approx(24.0, rel=0.05)
+
+
+def test_thumbnails_are_made_once_and_reused(wbc_home):
+    src = wbc_home / "images" / "cell.jpg"
+    src.parent.mkdir(parents=True)
+    draw_cell(np.random.default_rng(0), 128, (120, 60, 160)).save(src)
+    thumb = thumbnail_path("images/cell.jpg", size=48)
+    assert thumb.is_relative_to(wbc_home / "cache" / "thumbs") and thumb.suffix == ".png"
+    with Image.open(thumb) as im:
+        assert im.size == (48, 48) and im.format == "PNG"
+    os.utime(thumb, (1_000_000, 1_000_000))
+    again = thumbnail_path({"path": "images/cell.jpg"}, size=48)
+    assert again == thumb and thumb.stat().st_mtime == 1_000_000  # reused, not rewritten
+    assert thumbnail_path(src, size=96) != thumb
+    assert len(list((wbc_home / "cache" / "thumbs").rglob("*.png"))) == 2
+    with pytest.raises(FileNotFoundError):
+        thumbnail_path("images/missing.png")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 EXIT_ERROR = 2
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
-EXTENSION_MODULES: list[str] = []
+EXTENSION_MODULES: list[str] = ["wbc_core.cli_review"]
 
 
 class CliError(Exception):

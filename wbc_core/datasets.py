@@ -79,6 +79,8 @@ def import_folder(source: str | Path, name: str, size: int = 64, split: SplitCon
     if not name or not name.strip():
         raise ValueError("a dataset name is required")
     name = name.strip()
+    if not str(source).strip():  # Path("") would silently mean the current directory
+        raise ValueError("a folder or .zip path is required")
     _refuse_existing(name)
     started = time.monotonic()
     images, report = ingest(Path(source).expanduser(), config, progress=progress)

@@ -1,15 +1,33 @@
-"""Expert review of candidates: decisions, undo, consensus and the curated set."""
+"""Expert review of candidates: decisions, undo, consensus, adjudication, quotas, the blinded realism
+test and the curated set.
+
+Acting user: functions that change state take `user` (a wbc_core.auth.User). Given, it is re-read and
+checked against the needed permission and must be the named reviewer; None means a trusted headless
+caller (CLI, scripts, tests) that has already decided who acts.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from db import datasets as ds_db
 from db import review as review_db
 from db.datasets import ImageRow
+from db.models import utcnow
+from db.review import QUEUE_ORDERS, QUEUE_STATES, ReviewError
+from wbc_core.auth import PermissionDenied, User, authorize
 
+__all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
+           "ReviewSettings", "accepted_candidates", "adjudicate", "class_summary", "consensus", "decide",
+           "decision_rate", "disputed_candidates", "enable_blind_test", "get_review_settings", "is_blind_item",
+           "outcome_of", "queue_page", "reject_reason", "reviewer_progress", "set_review_settings", "undo_last"]
+
+# Numbered 1-6 in this order for keyboard use (reject_reason(3) -> "stain or colour artefact").
 REJECT_REASONS = (
     "wrong class morphology",
     "implausible nucleus or granules",
@@ -18,6 +36,7 @@ REJECT_REASONS = (
     "broken or smudged cell",
     "too close to a real cell",
 )
+MAX_BLIND_FRACTION = 0.5  # beyond this the "candidate" queue would be mostly real cells
 
 
 @dataclass(frozen=True)
@@ -35,28 +54,72 @@ class ConsensusRule:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """A dataset's review settings, stored as JSON on the dataset."""
+
+    rule: ConsensusRule = ConsensusRule()  # consensus rule used by default everywhere for this dataset
+    quotas: dict[str, int] = field(default_factory=dict)  # class -> target number of accepted candidates
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON form."""
+        return {"min_agreeing": self.rule.min_agreeing, "min_votes": self.rule.min_votes,
+                "quotas": dict(self.quotas)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ReviewSettings:
+        """Parse the stored JSON form (missing keys take defaults)."""
+        rule = ConsensusRule(int(raw.get("min_agreeing", 1)), int(raw.get("min_votes", 1)))
+        return cls(rule, {str(k): int(v) for k, v in (raw.get("quotas") or {}).items()})
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The consensus on one candidate."""
 
     status: str  # accepted | rejected | pending | disputed
     final_class: str | None  # class it enters the curated set with (relabels applied); None unless accepted
     votes: dict[str, str]  # reviewer -> verdict ("accept", "reject" or "relabel:<class>")
+    adjudicated: bool = False  # an admin's standing adjudication decided it, overriding the votes
+
+
+def reject_reason(key: int | str) -> str:
+    """The reject reason for a keyboard number 1-6, or the reason itself if given as text."""
+    if isinstance(key, str) and not key.strip().isdigit():
+        if key not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {key!r}")
+        return key
+    n = int(key)
+    if not 1 <= n <= len(REJECT_REASONS):
+        raise ValueError(f"reject reasons are numbered 1-{len(REJECT_REASONS)}, got {n}")
+    return REJECT_REASONS[n - 1]
+
+
+def _acting(user: User | None, permission: str, reviewer: str | None = None) -> User | None:
+    if user is None:
+        return None
+    current = authorize(user, permission)
+    if reviewer is not None and reviewer.strip() != current.username:
+        # Otherwise one signed-in person could record verdicts under a colleague's name.
+        raise PermissionDenied(f"signed in as '{current.username}': decisions are recorded under your own name")
+    return current
 
 
 def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | None = None,
-           reason: str | None = None) -> list[int]:
+           reason: str | None = None, *, user: User | None = None) -> list[int]:
     """Record one reviewer's verdict on candidates (appended, never overwriting); return decision ids."""
+    _acting(user, "review", reviewer)
     if reason is not None and verdict != "reject":
         reason = None  # reasons explain rejections only
     return review_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
 
 
-def undo_last(dataset_id: int, reviewer: str, n: int = 1) -> list[int]:
+def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User | None = None) -> list[int]:
     """Withdraw the reviewer's n most recent standing decisions (by appending 'undo'); return the image ids."""
+    _acting(user, "review", reviewer)
     last = review_db.last_effective_decisions(dataset_id, reviewer, n)
     image_ids = [row["image_id"] for row in last]
-    for image_id in image_ids:
-        review_db.record_decisions([image_id], reviewer, "undo")
+    if image_ids:  # one transaction: a crash cannot leave half of a multi-undo applied
+        review_db.record_decisions(image_ids, reviewer, "undo")
     return image_ids
 
 
@@ -64,14 +127,33 @@ def _vote(row: dict[str, Any]) -> str:
     return f"relabel:{row['new_class']}" if row["verdict"] == "relabel" else row["verdict"]
 
 
-def consensus(dataset_id: int, rule: ConsensusRule = ConsensusRule()) -> dict[int, Outcome]:
-    """Outcome per decided candidate under the rule; candidates nobody decided are absent (pending)."""
+def _rule(dataset_id: int, rule: ConsensusRule | None) -> ConsensusRule:
+    return rule if rule is not None else get_review_settings(dataset_id).rule
+
+
+def consensus(dataset_id: int, rule: ConsensusRule | None = None) -> dict[int, Outcome]:
+    """Outcome per decided candidate (rule: the dataset's stored one by default); undecided ones are absent.
+
+    A standing adjudication overrides the reviewers' votes. Blind real cells never appear here.
+    """
+    return _consensus(dataset_id, _rule(dataset_id, rule))[0]
+
+
+def _consensus(dataset_id: int, rule: ConsensusRule) -> tuple[dict[int, Outcome], dict[int, str]]:
+    """Outcomes and the intended class of each decided candidate."""
     votes: dict[int, dict[str, str]] = defaultdict(dict)
     intended: dict[int, str] = {}
-    for row in review_db.current_decisions(dataset_id):
+    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
         votes[row["image_id"]][row["reviewer"]] = _vote(row)
         intended[row["image_id"]] = row["class_name"]
-    return {image_id: outcome_of(v, intended[image_id], rule) for image_id, v in votes.items()}
+    outcomes = {image_id: outcome_of(v, intended[image_id], rule) for image_id, v in votes.items()}
+    for row in review_db.current_adjudications(dataset_id):
+        final = row["new_class"] if row["verdict"] == "relabel" else row["class_name"]
+        accepted = row["verdict"] != "reject"
+        intended[row["image_id"]] = row["class_name"]
+        outcomes[row["image_id"]] = Outcome("accepted" if accepted else "rejected", final if accepted else None,
+                                            votes.get(row["image_id"], {}), adjudicated=True)
+    return outcomes, intended
 
 
 def outcome_of(votes: dict[str, str], intended_class: str, rule: ConsensusRule) -> Outcome:
@@ -89,30 +171,176 @@ def outcome_of(votes: dict[str, str], intended_class: str, rule: ConsensusRule) 
     return Outcome("accepted", final, votes)
 
 
-def accepted_candidates(dataset_id: int, rule: ConsensusRule = ConsensusRule()) -> list[tuple[ImageRow, str]]:
-    """Candidates accepted by consensus, with the class they count as (after relabels)."""
+def accepted_candidates(dataset_id: int, rule: ConsensusRule | None = None) -> list[tuple[ImageRow, str]]:
+    """Candidates accepted by consensus or adjudication, with the class they count as (after relabels)."""
     outcomes = consensus(dataset_id, rule)
     accepted = {i: o.final_class for i, o in outcomes.items() if o.status == "accepted"}
     rows = ds_db.images_by_ids(sorted(accepted))
     return [(row, accepted[row.id]) for row in rows if row.origin == "synthetic"]
 
 
-def class_summary(dataset_id: int, rule: ConsensusRule = ConsensusRule()) -> list[dict[str, Any]]:
-    """Per intended class: candidates, accepted, rejected, disputed and pending counts."""
-    outcomes = consensus(dataset_id, rule)
+def class_summary(dataset_id: int, rule: ConsensusRule | None = None) -> list[dict[str, Any]]:
+    """Per intended class: candidates, accepted, rejected, disputed, pending; accepted_final, quota, quota_met.
+
+    accepted_final counts accepted candidates by their final class (relabels applied): what the quota is on.
+    """
+    settings = get_review_settings(dataset_id)
+    outcomes, intended = _consensus(dataset_id, rule if rule is not None else settings.rule)
+    # Counted in SQL plus the decided ones only: loading 100k candidate rows would take seconds per rerun.
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for row in ds_db.candidates(dataset_id):
-        status = outcomes[row.id].status if row.id in outcomes else "pending"
-        per_class[row.class_name]["candidates"] += 1
-        per_class[row.class_name][status] += 1
-    return [{"class_name": c, **{k: counts.get(k, 0) for k in
-                                 ("candidates", "accepted", "rejected", "disputed", "pending")}}
-            for c, counts in sorted(per_class.items())]
+    for class_name, n in review_db.candidate_counts(dataset_id).items():
+        per_class[class_name]["candidates"] = per_class[class_name]["pending"] = n
+    final: Counter = Counter()
+    for image_id, outcome in outcomes.items():
+        counts = per_class[intended[image_id]]
+        if outcome.status != "pending":
+            counts["pending"] -= 1
+            counts[outcome.status] += 1
+        if outcome.status == "accepted":
+            final[outcome.final_class] += 1
+    out = []
+    for c in sorted(set(per_class) | set(settings.quotas)):
+        counts = per_class[c]
+        quota = settings.quotas.get(c)
+        out.append({"class_name": c, **{k: counts.get(k, 0) for k in
+                                        ("candidates", "accepted", "rejected", "disputed", "pending")},
+                    "accepted_final": final[c], "quota": quota,
+                    "quota_met": None if quota is None else final[c] >= quota})
+    return out
 
 
 def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pending", page: int = 0,
-               page_size: int = 48, order: str = "id", gan_run_id: int | None = None
-               ) -> tuple[list[dict[str, Any]], int]:
-    """One page of a reviewer's queue for a class, and the total number of matching candidates."""
+               page_size: int = 48, order: str = "id", gan_run_id: int | None = None,
+               checkpoint_step: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """One page of a reviewer's queue for a class, and the total number of matching items.
+
+    Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
+    verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
+    """
     return review_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
-                                  offset=page * page_size, gan_run_id=gan_run_id, order=order)
+                                  offset=page * page_size, gan_run_id=gan_run_id, order=order,
+                                  checkpoint_step=checkpoint_step)
+
+
+# -- settings and quotas -------------------------------------------------------------------------------------
+
+def get_review_settings(dataset_id: int) -> ReviewSettings:
+    """The dataset's consensus rule and quotas (defaults: 1 agreeing vote of 1, no quotas)."""
+    return ReviewSettings.from_dict(review_db.get_review_settings(dataset_id))
+
+
+def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User | None) -> ReviewSettings:
+    """Store the dataset's consensus rule and quotas (admin only); quota 0 removes a class's quota."""
+    _acting(user, "configure_review")
+    classes = ds_db.get_dataset(dataset_id).class_names
+    unknown = sorted(set(settings.quotas) - set(classes))
+    if unknown:
+        raise ValueError(f"unknown class {', '.join(map(repr, unknown))}; classes: {', '.join(classes)}")
+    if any(int(v) < 0 for v in settings.quotas.values()):
+        raise ValueError("a quota is a number of cells, 0 or more")
+    clean = ReviewSettings(settings.rule, {c: int(v) for c, v in sorted(settings.quotas.items()) if int(v) > 0})
+    review_db.set_review_settings(dataset_id, clean.to_dict())
+    return clean
+
+
+# -- adjudication ------------------------------------------------------------------------------------------------
+
+def disputed_candidates(dataset_id: int, rule: ConsensusRule | None = None) -> list[dict[str, Any]]:
+    """The adjudication queue: disputed, not yet adjudicated candidates with everyone's votes and reasons."""
+    outcomes = consensus(dataset_id, rule)
+    ids = sorted(i for i, o in outcomes.items() if o.status == "disputed")
+    reasons: dict[int, dict[str, str]] = defaultdict(dict)
+    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+        if row["image_id"] in outcomes and row["reason"]:
+            reasons[row["image_id"]][row["reviewer"]] = row["reason"]
+    return [{"image_id": row.id, "path": row.path, "sha256": row.sha256, "class_name": row.class_name,
+             "votes": dict(outcomes[row.id].votes), "reasons": reasons.get(row.id, {})}
+            for row in ds_db.images_by_ids(ids)]
+
+
+def adjudicate(image_ids: list[int], admin_user: User, verdict: str, new_class: str | None = None,
+               reason: str | None = None) -> list[int]:
+    """An admin's ruling on candidates (accept, reject, relabel; 'undo' withdraws it); the latest one wins."""
+    admin = authorize(admin_user, "adjudicate")
+    if verdict not in ("accept", "reject", "relabel", "undo"):
+        raise ReviewError(f"an adjudication is accept, reject, relabel or undo, got {verdict!r}")
+    return review_db.record_decisions(image_ids, admin.username, verdict, new_class=new_class,
+                                      reason=reason if verdict == "reject" else None, adjudication=True)
+
+
+# -- progress -------------------------------------------------------------------------------------------------------
+
+def reviewer_progress(dataset_id: int) -> list[dict[str, Any]]:
+    """Per reviewer and intended class: queue size, decided, accepted, rejected, relabelled, pending.
+
+    Counts include the reviewer's own blind real cells, so they match what that reviewer's queue shows.
+    """
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for row in review_db.progress_by_reviewer(dataset_id):
+        counts[(row["reviewer"], row["class_name"])][row["verdict"]] += row["n"]
+    candidates = review_db.candidate_counts(dataset_id)
+    blind = Counter((b["reviewer"], b["class_name"]) for b in review_db.blind_items(dataset_id))
+    out = []
+    for reviewer, class_name in sorted(set(counts) | set(blind)):
+        c = counts[(reviewer, class_name)]
+        decided = c["accept"] + c["reject"] + c["relabel"]
+        queue = candidates.get(class_name, 0) + blind[(reviewer, class_name)]
+        out.append({"reviewer": reviewer, "class_name": class_name, "queue": queue, "decided": decided,
+                    "accepted": c["accept"], "rejected": c["reject"], "relabelled": c["relabel"],
+                    "pending": max(queue - decided, 0)})
+    return out
+
+
+def decision_rate(reviewer: str, window_minutes: float = 5.0) -> float:
+    """Cells per minute the reviewer decided over the last window (undo and adjudication not counted).
+
+    The clock starts at their first decision inside the window (at least 10 s ago), so a session that
+    began two minutes ago is not diluted over the whole window.
+    """
+    now = utcnow()
+    n, first = review_db.decisions_since(reviewer, now - timedelta(minutes=window_minutes))
+    if n == 0 or first is None:
+        return 0.0
+    minutes = max((now - first).total_seconds(), 10.0) / 60.0
+    return n / minutes
+
+
+# -- blinded realism test -----------------------------------------------------------------------------------------
+
+def _position(reviewer: str, image_id: int) -> float:
+    digest = hashlib.sha256(f"{reviewer}\0{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def enable_blind_test(dataset_id: int, reviewer: str, fraction: float = 0.1, seed: int = 0,
+                      *, user: User | None = None) -> dict[str, int]:
+    """Mix real val cells unannounced into a reviewer's queue; return how many were added per class.
+
+    Per class, real cells make up `fraction` of that reviewer's resulting queue (n = f*N/(1-f) for N
+    candidates), capped by the class's val cells. Calling again tops up (e.g. after new candidates).
+    """
+    _acting(user, "configure_review")
+    if not 0 < fraction <= MAX_BLIND_FRACTION:
+        raise ValueError(f"the blind fraction must be above 0 and at most {MAX_BLIND_FRACTION}")
+    reviewer = (reviewer or "").strip()
+    if not reviewer:
+        raise ValueError("a reviewer name is required")
+    have = Counter(b["class_name"] for b in review_db.blind_items(dataset_id, reviewer))
+    chosen_ids = {b["image_id"] for b in review_db.blind_items(dataset_id, reviewer)}
+    rng = random.Random(f"{seed}:{reviewer}")
+    added: dict[str, int] = {}
+    items: list[tuple[int, float]] = []
+    for class_name, n_cand in sorted(review_db.candidate_counts(dataset_id).items()):
+        target = round(fraction * n_cand / (1 - fraction))
+        pool = [r.id for r in ds_db.real_images(dataset_id, split="val", class_name=class_name)
+                if r.id not in chosen_ids]
+        picked = rng.sample(pool, min(max(target - have[class_name], 0), len(pool)))
+        items += [(i, _position(reviewer, i)) for i in picked]
+        added[class_name] = len(picked)
+    review_db.add_blind_items(dataset_id, reviewer, items)
+    return added
+
+
+def is_blind_item(image_id: int, reviewer: str) -> bool:
+    """Whether an image in the reviewer's queue is a hidden real cell (for scoring; never show it to them)."""
+    return review_db.is_blind_item(image_id, reviewer)

@@ -121,6 +121,10 @@ def main(run_id: int) -> int:
         return 1
     done.set()
     status = "cancelled" if ctx.should_stop() else "succeeded"
+    try:
+        ctx.beat()  # publish the last progress line, so a finished run does not show a stale one
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
     result = {**result, "wall_seconds": round(time.monotonic() - started, 2)}
     runs.finish_run(run_id, status, result=result)
     print(f"run {run_id} {status}", flush=True)

@@ -21,6 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 START_TIMEOUT_S = 60
+UI_TIMEOUT_MS = 20_000  # one script run (an import, a rerun) on a busy 2-core CI box; runs get longer waits
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def streamlit_server(e2e_home: Path, tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture()
 def browser_page():  # noqa: ANN201
     """A Playwright page in the system's headless Chromium; fails (never skips) when it is missing."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     if not CHROMIUM.exists():
         pytest.fail(f"end-to-end tests need Chromium at {CHROMIUM} (Debian package 'chromium'); it is missing. "
@@ -125,6 +126,7 @@ def browser_page():  # noqa: ANN201
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.set_default_timeout(30_000)
+            expect.set_options(timeout=UI_TIMEOUT_MS)
             yield page
             context.close()
         finally:

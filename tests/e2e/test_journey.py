@@ -46,6 +46,11 @@ def progress_text(page: Page) -> Locator:
     return main(page).get_by_test_id("stProgress").first
 
 
+def idle(page: Page) -> None:
+    """Wait until no script run is in progress (the 'Running...' status widget is gone)."""
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=30_000)
+
+
 def wait_for(condition, timeout_s: float = 15.0, what: str = "condition"):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + timeout_s
     while True:
@@ -59,7 +64,7 @@ def wait_for(condition, timeout_s: float = 15.0, what: str = "condition"):  # no
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_expert_journey(streamlit_server, browser_page: Page, tmp_path):
+def test_expert_journey(browser_page: Page, streamlit_server, tmp_path):
     page = browser_page
     page.goto(streamlit_server.url)
 
@@ -74,7 +79,7 @@ def test_expert_journey(streamlit_server, browser_page: Page, tmp_path):
     class_table = main(page).get_by_test_id("stDataFrame").first
     for class_name in DEMO_CLASSES:
         expect(class_table).to_contain_text(class_name)
-    expect(page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox")).to_contain_text("demo")
+    expect(page.get_by_test_id("stSidebar").get_by_role("combobox", name="Dataset")).to_have_value("demo")
     info = ds_db.get_dataset("demo")
     assert (info.kind, info.image_size) == ("demo", 32)
 
@@ -97,10 +102,14 @@ def test_expert_journey(streamlit_server, browser_page: Page, tmp_path):
 
     # Review: name in the sidebar, then the keyboard shortcut "a" accepts the page of the first class.
     go_to(page, "Review")
-    reviewer = page.get_by_test_id("stSidebar").get_by_label("Reviewer")
+    reviewer = page.get_by_test_id("stSidebar").get_by_role("textbox", name="Reviewer", exact=True)
     reviewer.fill("eve")
     reviewer.press("Enter")
     expect(main(page).get_by_text("4 pending candidates of eosinophil for eve")).to_be_visible()
+    accept = main(page).get_by_role("button", name="Accept page")
+    expect(accept).to_be_enabled()
+    expect(main(page).get_by_role("button", name="✓")).to_have_count(4)
+    idle(page)
     main(page).get_by_role("heading", name="Review", level=1).click()  # focus leaves the text field
     page.screenshot(path=str(REVIEW_SCREENSHOT), full_page=True)
     page.keyboard.press("a")
@@ -127,4 +136,5 @@ def test_expert_journey(streamlit_server, browser_page: Page, tmp_path):
     expect(main(page).get_by_role("heading", name="Test F1 per class")).to_be_visible()
     expect(main(page).get_by_test_id("stDataFrame").first).to_contain_text("succeeded")
     expect(main(page).get_by_text(f"run {clf.id}: confusion on real test cells")).to_be_visible()
+    idle(page)
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

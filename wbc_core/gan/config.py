@@ -27,7 +27,7 @@ class GanConfig:
     lr_g: float = 2e-4  # generator Adam learning rate
     lr_d: float = 2e-4  # discriminator Adam learning rate
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas for both networks
-    ema_decay: float = 0.999  # per-step decay of the generator weight average used for samples
+    ema_decay: float = 0.999  # per-step decay (cap) of the generator weight average used for samples
     ema_start: int = 500  # before this step the EMA generator simply copies the live one
     bn_refresh_batches: int = 8  # batches used to recompute EMA batch-norm stats before sampling/saving
     diffaug: str = "color,translation,cutout"  # DiffAugment policy, comma-separated; "" disables it

@@ -17,7 +17,6 @@ from wbc_core.gan.models import Discriminator, Generator, build_networks
 from wbc_core.types import LabelledImages
 
 METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake")
-_null = contextlib.nullcontext
 
 
 class GanStepper:
@@ -51,11 +50,12 @@ class GanStepper:
     @contextlib.contextmanager
     def spectral_norm_fp32(self) -> Iterator[None]:
         """Compute D's spectrally normalised weights once, in fp32, and reuse them until the context exits."""
-        # Under autocast the power iteration's matrix-vector products would run in bf16/fp16 and mix dtypes
-        # inside torch's parametrization (a known autocast pitfall); caching the weights computed outside
-        # autocast sidesteps that and keeps exactly one power iteration per D forward, as before.
+        # Under autocast the power iteration's matrix-vector products run in bf16/fp16 and mix dtypes inside
+        # torch's parametrization (this has broken before: pytorch#125544) and lose precision; computing the
+        # weights outside autocast and caching them avoids both, with one power iteration per D forward.
+        no_amp = torch.autocast(device_type=self.device.type, enabled=False) if self.amp_dtype else None
         with parametrize.cached():
-            with torch.autocast(device_type=self.device.type, enabled=False) if self.amp_dtype else _null():
+            with no_amp or contextlib.nullcontext():
                 for m in self.sn_modules:
                     _ = m.weight
             yield

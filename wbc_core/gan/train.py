@@ -176,7 +176,10 @@ class _Run:
             self.step += 1
             window_steps += 1
             if self.step > c.ema_start:
-                _ema_update(self.ema, self.g, c.ema_decay)
+                # Warm the decay up (TF ExponentialMovingAverage style): a fixed 0.999 right after ema_start would
+                # keep most of the weight on the early, fast-moving generator for ~1000 steps and blur the grids.
+                t = self.step - c.ema_start
+                _ema_update(self.ema, self.g, min(c.ema_decay, (1.0 + t) / (10.0 + t)))
             else:  # early weights move too fast for an average to be useful: track the live generator exactly
                 with torch.no_grad():
                     torch._foreach_copy_(list(self.ema.parameters()), list(self.g.parameters()))

@@ -1,0 +1,155 @@
+"""Curated export: ImageFolder zip layout, manifest provenance, hygiene (candidates only in train, blind cells
+never as candidates), permissions, and the `export` CLI command end to end."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_cell
+
+from db import datasets as ds_db
+from db import review as review_db
+from wbc_core import auth, review
+from wbc_core.datasets import import_folder
+from wbc_core.export import MANIFEST_COLUMNS, export_curated_zip, safe_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def curated(wbc_home, tiny_folder):
+    """tiny (3 classes x 12 real JPEGs) plus 6 platelet candidates as PNG files, with decisions."""
+    result = import_folder(tiny_folder, "tiny", size=32)
+    folder = wbc_home / "images" / "cands"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(6):
+        path = folder / f"c{i}.png"
+        draw_cell(rng, 32, (90, 40, 110)).save(path)
+        rows.append(dict(origin="synthetic", class_name="platelet", split=None, sha256=f"{i:064d}",
+                         path=str(path.relative_to(wbc_home)), width=32, height=32, checkpoint_step=12, seed=7 + i))
+    ids = ds_db.add_images(result.dataset_id, rows)
+    review.decide([ids[0]], "ann", "accept")
+    review.decide([ids[0]], "bob", "accept")
+    review.decide([ids[1]], "ann", "relabel", new_class="lymphocyte")
+    review.decide([ids[2]], "ann", "reject", reason="GAN texture artefact")
+    review.decide([ids[3]], "ann", "accept")
+    review.decide([ids[3]], "bob", "reject", reason="stain or colour artefact")  # disputed: left out
+    return result.dataset_id, ids
+
+
+def _read(zip_path: Path) -> tuple[dict[str, zipfile.ZipInfo], list[dict[str, str]], zipfile.ZipFile]:
+    zf = zipfile.ZipFile(zip_path)
+    manifest = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
+    return {i.filename: i for i in zf.infolist()}, manifest, zf
+
+
+def test_export_layout_manifest_and_hygiene(curated, tmp_path):
+    dataset_id, ids = curated
+    summary = export_curated_zip(dataset_id, tmp_path / "out" / "curated.zip")
+    entries, manifest, zf = _read(summary.path)
+    real = ds_db.real_images(dataset_id)
+    assert summary.files == len(real) + 2 == len(manifest) and summary.candidates == 2
+    assert set(entries) == {m["path"] for m in manifest} | {"manifest.csv"}
+    assert list(manifest[0]) == list(MANIFEST_COLUMNS)
+    by_origin = {o: [m for m in manifest if m["origin"] == o] for o in ("real", "synthetic")}
+    # Candidates only in train, under their final class; val and test hold real cells only.
+    cands = {m["path"]: m for m in by_origin["synthetic"]}
+    assert {(m["split"], m["class"], m["intended_class"]) for m in cands.values()} == {
+        ("train", "platelet", "platelet"), ("train", "lymphocyte", "platelet")}
+    assert all(p.startswith(f"train/{m['class']}/cand_") for p, m in cands.items())
+    for m in manifest:
+        assert m["path"].split("/")[0] == m["split"]
+        assert m["path"].split("/")[1] == m["class"]
+    assert sorted(m["split"] for m in by_origin["real"]) == sorted(r.split for r in real)
+    accepted = next(m for m in by_origin["synthetic"] if m["class"] == "platelet")
+    assert (accepted["decisions"], accepted["consensus"], accepted["adjudicated"]) == (
+        "ann:accept;bob:accept", "accepted", "")
+    assert (accepted["checkpoint_step"], accepted["seed"], accepted["gan_run_id"]) == ("12", "7", "")
+    relabelled = next(m for m in by_origin["synthetic"] if m["class"] == "lymphocyte")
+    assert relabelled["decisions"] == "ann:relabel(lymphocyte)"
+    # sha256 is of the exported bytes; images are stored as they are, the manifest is deflated.
+    for m in manifest:
+        assert hashlib.sha256(zf.read(m["path"])).hexdigest() == m["sha256"]
+        assert entries[m["path"]].compress_type == zipfile.ZIP_STORED
+    assert entries["manifest.csv"].compress_type == zipfile.ZIP_DEFLATED
+    assert len({m["path"].rsplit("/", 1)[1] for m in manifest}) == len(manifest)  # unique file names
+    assert summary.counts["train"]["lymphocyte"] == sum(r.split == "train" and r.class_name == "lymphocyte"
+                                                        for r in real) + 1
+    assert not (tmp_path / "out" / "curated.zip.tmp").exists()
+
+
+def test_export_uses_the_stored_rule_adjudication_and_never_blind_cells(curated, tmp_path, monkeypatch):
+    dataset_id, ids = curated
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    admin = auth.create_user("eve", "password1", "admin")
+    review.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=0)
+    blind = [b["image_id"] for b in review_db.blind_items(dataset_id, "ann")]
+    assert blind
+    review.decide(blind, "ann", "accept")  # accepted "candidates" that are really real val cells
+    review.adjudicate([ids[3]], admin, "accept")
+    review.set_review_settings(dataset_id, review.ReviewSettings(review.ConsensusRule(min_agreeing=2)), admin)
+    _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "a.zip").path)
+    cands = [m for m in manifest if m["origin"] == "synthetic"]
+    # Under "2 agree" only ids[0] passes the vote; ids[3] is in by adjudication.
+    assert sorted(m["decisions"] for m in cands) == ["ann:accept;bob:accept",
+                                                     "ann:accept;bob:reject(stain or colour artefact)"]
+    assert [m["adjudicated"] for m in cands if "bob:reject" in m["decisions"]] == ["eve:accept"]
+    blind_rows = ds_db.images_by_ids(blind)
+    blind_files = {f"real_{i:08d}" for i in blind}
+    exported = {m["path"].rsplit("/", 1)[1].split(".")[0]: m for m in manifest}
+    assert all(exported[name]["split"] == "val" and exported[name]["decisions"] == "" for name in blind_files)
+    assert all(r.split == "val" for r in blind_rows)
+    assert len([m for m in manifest if m["split"] == "train" and m["origin"] == "real"]) == len(
+        ds_db.real_images(dataset_id, split="train"))
+
+
+def test_export_needs_the_export_permission_and_all_files(curated, tmp_path, monkeypatch, wbc_home):
+    dataset_id, ids = curated
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    viewer = auth.create_user("vic", "password1", "viewer")
+    with pytest.raises(auth.PermissionDenied, match="viewer 'vic' may not export"):
+        export_curated_zip(dataset_id, tmp_path / "v.zip", user=viewer)
+    assert export_curated_zip(dataset_id, tmp_path / "r.zip",
+                              user=auth.create_user("rita", "password1", "reviewer")).files > 0
+    (wbc_home / ds_db.images_by_ids([ids[0]])[0].path).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        export_curated_zip(dataset_id, tmp_path / "m.zip")
+    assert not (tmp_path / "m.zip").exists()
+
+
+@pytest.mark.parametrize(("name", "safe"), [("band neutrophil", "band neutrophil"), ("../../etc", "_.._etc"),
+                                            ("a/b\\c", "a_b_c"), ("...", "_"), ("IG (immature)", "IG _immature_")])
+def test_safe_names(name, safe):
+    assert safe_name(name) == safe
+
+
+def test_cli_export(tiny_folder, tmp_path):
+    home = tmp_path / "home"
+    env = {**os.environ, "WBC_HOME": str(home)}
+    env.pop("WBC_DB_URL", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("import", str(tiny_folder), "--name", "tiny", "--size", "32").returncode == 0
+    out = cli("export", "--dataset", "tiny", "--out", str(tmp_path / "tiny.zip"))
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["files"] == 36 and payload["candidates"] == 0 and payload["path"] == str(tmp_path / "tiny.zip")
+    with zipfile.ZipFile(tmp_path / "tiny.zip") as zf:
+        assert len(zf.namelist()) == 37 and "manifest.csv" in zf.namelist()
+    missing = cli("export", "--dataset", "nope", "--out", str(tmp_path / "x.zip"))
+    assert missing.returncode == 2 and "no dataset 'nope'" in missing.stderr

@@ -1,0 +1,187 @@
+"""Users, passwords and permissions. Never imports streamlit: the UI calls these after its own login form.
+
+Passwords: PBKDF2-HMAC-SHA256 with a random 16-byte salt, stored as
+"pbkdf2_sha256$<iterations>$<salt_b64>$<hash_b64>" and compared in constant time.
+
+OIDC: the first OIDC login of an installation with no users at all creates an admin (someone must be
+able to hand out roles); every later first login creates a viewer, whom an admin then promotes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+
+from db import users as users_db
+from db.models import ROLES
+from db.users import User, UserExists, UserNotFound
+
+__all__ = ["PERMISSIONS", "PermissionDenied", "User", "UserExists", "UserNotFound", "authenticate", "authorize",
+           "can", "create_user", "disable_user", "ensure_oidc_user", "get_user", "has_users", "list_users",
+           "set_password", "set_role"]
+
+# OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256 (~0.2 s here); the count is stored with each hash,
+# so raising it later upgrades old hashes at their next successful login.
+PBKDF2_ITERATIONS = 600_000
+MIN_PASSWORD_LENGTH = 8
+USERNAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "view": frozenset({"admin", "reviewer", "viewer"}),
+    "review": frozenset({"admin", "reviewer"}),
+    "adjudicate": frozenset({"admin"}),
+    "import": frozenset({"admin"}),
+    "train": frozenset({"admin"}),
+    "manage_users": frozenset({"admin"}),
+    "export": frozenset({"admin", "reviewer"}),
+    # Consensus rule, quotas and the blinded realism test decide what enters training: admins only.
+    "configure_review": frozenset({"admin"}),
+}
+_ROLE_ORDER = ("viewer", "reviewer", "admin")  # least privileged first, for "ask for the X role"
+
+# Verified against when the user is unknown, disabled or OIDC-only, so every failed login costs the
+# same time and the answer does not reveal which names exist.
+_DUMMY_HASH = "pbkdf2_sha256${}${}${}".format(PBKDF2_ITERATIONS, base64.b64encode(b"\0" * 16).decode(),
+                                              base64.b64encode(b"\0" * 32).decode())
+
+
+class PermissionDenied(PermissionError):
+    """The acting user's role does not allow the action (message says which role would)."""
+
+
+def validate_username(username: str) -> str:
+    """Return the trimmed name, or raise ValueError saying what is allowed."""
+    name = (username or "").strip()
+    if not USERNAME_RE.fullmatch(name):
+        raise ValueError(f"user name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '@' or '-'")
+    return name
+
+
+def validate_password(password: str) -> None:
+    """Raise ValueError unless the password is long enough."""
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _validate_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return role
+
+
+def hash_password(password: str, iterations: int | None = None) -> str:
+    """A salted PBKDF2-SHA256 hash in the stored string format (default: PBKDF2_ITERATIONS rounds)."""
+    iterations = iterations or PBKDF2_ITERATIONS
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if the password matches the stored hash (constant-time comparison)."""
+    try:
+        scheme, iterations, salt_b64, hash_b64 = stored.split("$")
+        if scheme != "pbkdf2_sha256":
+            return False
+        expected = base64.b64decode(hash_b64)
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), base64.b64decode(salt_b64), int(iterations))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+def create_user(username: str, password: str, role: str, display_name: str | None = None) -> User:
+    """Create a local user with a hashed password; raise ValueError (UserExists) with a plain message."""
+    name = validate_username(username)
+    validate_password(password)
+    return users_db.insert_user(name, hash_password(password), _validate_role(role), display_name or None, "local")
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The user if the name and password match an enabled local account, else None (same answer for every failure)."""
+    found = users_db.get_credentials((username or "").strip())
+    usable = found is not None and not found[0].disabled and found[1].startswith("pbkdf2_sha256$")
+    stored = found[1] if usable else _DUMMY_HASH
+    ok = verify_password(password or "", stored)
+    if not (usable and ok):
+        return None
+    user = found[0]
+    if int(stored.split("$")[1]) < PBKDF2_ITERATIONS:
+        users_db.update_user(user.username, password_hash=hash_password(password))
+    return user
+
+
+def set_role(username: str, role: str) -> User:
+    """Give a user another role (the last enabled admin cannot be demoted)."""
+    return users_db.update_user(username, role=_validate_role(role))
+
+
+def set_password(username: str, password: str) -> User:
+    """Replace a local user's password."""
+    validate_password(password)
+    user = users_db.get_user(username)
+    if user is None:
+        raise UserNotFound(f"no user {username!r}")
+    if user.source != "local":
+        raise ValueError(f"{username!r} signs in through the identity provider and has no local password")
+    return users_db.update_user(username, password_hash=hash_password(password))
+
+
+def disable_user(username: str, disabled: bool = True) -> User:
+    """Block (or with disabled=False, re-enable) a user; their decisions stay. The last admin cannot be disabled."""
+    return users_db.update_user(username, disabled=disabled)
+
+
+def get_user(username: str) -> User | None:
+    """The user with that name, or None."""
+    return users_db.get_user(username)
+
+
+def list_users() -> list[User]:
+    """All users, by name."""
+    return users_db.list_users()
+
+
+def has_users() -> bool:
+    """Whether any user exists (the UI offers first-admin setup when not)."""
+    return users_db.count_users() > 0
+
+
+def ensure_oidc_user(email: str, name: str | None = None) -> User:
+    """The user for an OIDC identity, created on first login (admin if first user ever, else viewer).
+
+    An existing local user with the same name is the same person (admins create local names on purpose).
+    A disabled account raises PermissionDenied.
+    """
+    username = validate_username((email or "").strip().lower())
+    user = users_db.insert_first_admin_or(username, "viewer", (name or "").strip() or None, "oidc")
+    if user.disabled:
+        raise PermissionDenied(f"the account {username!r} is disabled; ask an admin to enable it")
+    return user
+
+
+def can(user: User | None, permission: str) -> bool:
+    """Whether the user's role allows the permission (no database access; for showing or hiding buttons)."""
+    if permission not in PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+    return user is not None and not user.disabled and user.role in PERMISSIONS[permission]
+
+
+def authorize(user: User, permission: str) -> User:
+    """Re-read the user (role changes and disabling apply at once) and raise PermissionDenied unless allowed."""
+    if permission not in PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+    current = users_db.get_user_by_id(user.id) if user is not None else None
+    if current is None:
+        raise PermissionDenied("sign in first")
+    if current.disabled:
+        raise PermissionDenied(f"the account {current.username!r} is disabled; ask an admin to enable it")
+    allowed = PERMISSIONS[permission]
+    if current.role not in allowed:
+        needed = next(r for r in _ROLE_ORDER if r in allowed)
+        raise PermissionDenied(f"{current.role} '{current.username}' may not {permission.replace('_', ' ')}; "
+                               f"ask an admin for the {needed} role")
+    return current
