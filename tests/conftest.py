@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Set before torch starts its OpenMP pool: idle threads then sleep instead of spinning, which keeps
+# in-process training in tests fast while worker processes train beside it on the same two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

@@ -240,6 +240,11 @@ def test_blind_decisions_never_reach_consensus_or_the_curated_set(scored):
     outcomes = review.consensus(dataset_id)
     assert set(outcomes) == set(ids) and not set(outcomes) & set(blind)
     assert {row.id for row, _ in review.accepted_candidates(dataset_id)} == set(ids)
+    assert not {d["image_id"] for d in review_db.current_decisions(dataset_id)} & set(blind)
+    from wbc_core.retrain import build_training_set
+
+    rows, _ = build_training_set(dataset_id, "curated")
+    assert {r.id for r in rows if r.origin == "synthetic"} == set(ids) and not {r.id for r in rows} & set(blind)
     assert sum(r["accepted"] for r in review.class_summary(dataset_id)) == 10
     progress = review.reviewer_progress(dataset_id)
     assert progress == [{"reviewer": "ann", "class_name": "a", "queue": 14, "decided": 14, "accepted": 13,

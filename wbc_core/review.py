@@ -325,8 +325,9 @@ def enable_blind_test(dataset_id: int, reviewer: str, fraction: float = 0.1, see
     reviewer = (reviewer or "").strip()
     if not reviewer:
         raise ValueError("a reviewer name is required")
-    have = Counter(b["class_name"] for b in review_db.blind_items(dataset_id, reviewer))
-    chosen_ids = {b["image_id"] for b in review_db.blind_items(dataset_id, reviewer)}
+    existing = review_db.blind_items(dataset_id, reviewer)
+    have = Counter(b["class_name"] for b in existing)
+    chosen_ids = {b["image_id"] for b in existing}
     rng = random.Random(f"{seed}:{reviewer}")
     added: dict[str, int] = {}
     items: list[tuple[int, float]] = []
