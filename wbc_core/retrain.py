@@ -14,7 +14,7 @@ from db import runs as runs_db
 from db.datasets import ImageRow
 from wbc_core import jobs, store
 from wbc_core.gan_runs import training_set_record
-from wbc_core.review import ConsensusRule, accepted_candidates
+from wbc_core.review import ConsensusRule, accepted_candidates, get_review_settings
 
 RECIPES = ("real", "curated", "all-synthetic")
 
@@ -23,7 +23,7 @@ class RetrainError(ValueError):
     """A classifier run that cannot be started as asked."""
 
 
-def build_training_set(dataset_id: int, recipe: str, rule: ConsensusRule = ConsensusRule(),
+def build_training_set(dataset_id: int, recipe: str, rule: ConsensusRule | None = None,
                        synthetic_cap: float | None = None, seed: int = 0) -> tuple[list[ImageRow], list[str]]:
     """Rows and labels of the training set for a recipe: real train cells plus the recipe's candidates.
 
@@ -71,13 +71,14 @@ def _cap(synthetic: list[tuple[ImageRow, str]], real: list[ImageRow], cap: float
 
 
 def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: dict[str, Any] | None = None,
-                         rule: ConsensusRule = ConsensusRule(), synthetic_cap: float | None = None,
+                         rule: ConsensusRule | None = None, synthetic_cap: float | None = None,
                          group_name: str | None = None, launch: bool = True) -> int:
     """Freeze the recipe's training set, record the run, and launch the training job."""
     from wbc_core.classifier import ClassifierConfig
 
     info = ds_db.get_dataset(dataset)
     config = ClassifierConfig.from_dict({"image_size": info.image_size, **(overrides or {})})
+    rule = rule or get_review_settings(info.id).rule  # the dataset's own consensus rule unless overridden
     rows, labels = build_training_set(info.id, recipe, rule, synthetic_cap, seed=config.seed)
     if not rows:
         raise RetrainError(f"dataset {info.name!r} has no train cells")
