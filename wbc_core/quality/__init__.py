@@ -1,0 +1,1 @@
+"""Offline quality measures for generated cells: features, distances, memorisation, distribution metrics."""
