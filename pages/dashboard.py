@@ -1,9 +1,11 @@
 """Dashboard: compare classifier runs per class against a real-only baseline, on real test cells only."""
 
+from functools import partial
+
 import streamlit as st
 
 from pages import common
-from wbc_core import views
+from wbc_core import results, views
 
 common.ensure_frame()
 st.title("Dashboard")
@@ -17,6 +19,11 @@ if table.empty:
 
 ACTIVE = ("queued", "running")
 any_active = bool(table["status"].isin(ACTIVE).any())
+filters = st.columns(2)
+recipes = filters[0].multiselect("Filter by recipe", sorted(table["recipe"].dropna().unique()),
+                                 placeholder="all recipes")
+statuses = filters[1].multiselect("Filter by status", ["queued", "running", "succeeded", "failed", "cancelled"],
+                                  placeholder="all statuses")
 
 
 @st.fragment(run_every=2 if any_active else None)
@@ -25,23 +32,30 @@ def runs_table(was_active: bool) -> None:
     runs = views.runs_frame(info.id, kind="classifier")
     if was_active and not runs["status"].isin(ACTIVE).any():
         st.rerun()  # every run has ended: redraw the whole page (baselines, per-class table, confusion)
-    st.dataframe(runs, width="stretch", hide_index=True,
+    st.dataframe(views.filter_runs(runs, recipes, statuses), width="stretch", hide_index=True,
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
 
 
 runs_table(any_active)
+shown = views.filter_runs(table, recipes, statuses)
+labels = {r: f"run {r} · {rec} · seed {s}" for r, rec, s in zip(table["run"], table["recipe"], table["seed"],
+                                                                 strict=True)}
+choices = shown["run"].tolist()
+picked = st.multiselect("Runs to compare", choices, default=choices[: min(3, len(choices))], format_func=labels.get)
 done = table[table["status"] == "succeeded"]
-choices = table["run"].tolist()
-picked = st.multiselect("Runs to compare", choices, default=choices[: min(3, len(choices))])
 baselines = done[done["recipe"] == "real"]["run"].tolist()
 baseline = st.selectbox("Baseline (real only)", baselines or [None],
-                        format_func=lambda r: "none yet" if r is None else f"run {r}")
+                        format_func=lambda r: "none yet" if r is None else labels[r])
 
 
 @st.fragment(run_every=2 if any_active else None)
 def curves(picked: list[int]) -> None:
-    """Live validation curves of the picked runs."""
-    st.plotly_chart(views.curves_figure(picked, ["val_macro_f1"], "val macro-F1 per epoch"), width="stretch")
+    """Live training curves of the picked runs, overlaid."""
+    left, right = st.columns(2)
+    left.plotly_chart(views.curves_figure(picked, ["val_macro_f1", "val_accuracy"], "validation", x="epoch"),
+                      width="stretch")
+    right.plotly_chart(views.curves_figure(picked, ["train_loss", "val_loss"], "loss per epoch", x="epoch"),
+                       width="stretch")
 
 
 if picked:
@@ -50,7 +64,52 @@ if picked:
     if not per_class.empty:
         st.subheader("Test F1 per class")
         st.dataframe(per_class.style.format("{:.3f}"), width="stretch")
-    for run_id in picked:
-        fig = views.confusion_figure(run_id)
-        if fig is not None:
-            st.plotly_chart(fig, width="stretch")
+        st.plotly_chart(views.per_class_f1_figure(picked, baseline), width="stretch")
+        st.subheader("Test metrics with bootstrap 95% CIs")
+        st.caption("CIs resample the real test cells (1000×); Δ CIs are paired: both models on the same resamples.")
+        st.dataframe(views.test_metrics_frame(picked, baseline), width="stretch", hide_index=True)
+        st.subheader("Confusion matrices")
+        for run_id in picked:
+            counts, rates = views.confusion_figure(run_id), views.confusion_figure(run_id, normalised=True)
+            if counts is not None:
+                left, right = st.columns(2)
+                left.plotly_chart(counts, width="stretch")
+                right.plotly_chart(rates, width="stretch")
+
+groups = views.groups_frame(info.id)
+if not groups.empty:
+    st.subheader("Groups: mean ± std over seeds per arm")
+    st.dataframe(groups, width="stretch", hide_index=True)
+
+finished = done["run"].tolist()
+if finished:
+    st.subheader("Embedding map")
+    st.caption("Real train, real test and synthetic cells in the classifier's feature space (t-SNE of its "
+               "penultimate features); colour = class, symbol = origin. Computed on demand, cached per run.")
+    cols = st.columns([2, 1, 1])
+    emb_run = cols[0].selectbox("Run for the embedding map", finished, format_func=labels.get)
+    max_points = cols[1].number_input("Max cells", 100, 3000, 1500, step=100)
+    compute = cols[2].button("Compute embedding map", key="compute_embedding")
+    try:
+        with st.spinner("Extracting features and running t-SNE…"):
+            figure = views.embedding_map_figure(emb_run, int(max_points), compute=compute)
+    except (ValueError, LookupError) as exc:
+        common.show_error(exc)
+    else:
+        if figure is not None:
+            st.plotly_chart(figure, width="stretch")
+
+    st.subheader("Download a model")
+    dl_run = st.selectbox("Run to download", finished, format_func=labels.get)
+    d = st.columns(3)
+    # Callables: the bytes are produced only when clicked (the TorchScript export takes a few seconds).
+    d[0].download_button("Download checkpoint (model.pt)", partial(results.model_bytes, dl_run, "checkpoint"),
+                         file_name=f"run_{dl_run}_model.pt", mime="application/octet-stream", key="dl_checkpoint",
+                         help="state dict + class names + normalisation + config; load with "
+                              "wbc_core.classifier.load_classifier")
+    d[1].download_button("Download TorchScript", partial(results.model_bytes, dl_run, "torchscript"),
+                         file_name=f"run_{dl_run}_model.torchscript.pt", mime="application/octet-stream",
+                         key="dl_torchscript", help="torch.jit.load; uint8 [N,3,S,S] in, probabilities out")
+    d[2].download_button("Download class map (JSON)", partial(results.model_bytes, dl_run, "card"),
+                         file_name=f"run_{dl_run}_classes.json", mime="application/json", key="dl_card")
+    st.caption(f"`python -m wbc_core predict --model run_{dl_run}_model.pt IMAGE...` works with either file.")

@@ -14,6 +14,7 @@ from wbc_core.views import class_counts_frame
 common.ensure_frame()
 st.title("Data")
 common.ensure_ready()
+can_import = common.require_permission("import", "import datasets")
 
 with st.expander("Import cells", expanded=common.current_dataset() is None):
     source_tab, upload_tab, bloodmnist_tab, demo_tab = st.tabs(["Folder on server", "Upload zip", "BloodMNIST", "Demo"])
@@ -25,7 +26,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         val = cols[1].number_input("Val fraction", 0.0, 0.5, 0.15, 0.05)
         test = cols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
         seed = cols[3].number_input("Split seed", 0, 10**6, 0)
-        submitted = st.form_submit_button("Import", type="primary")
+        submitted = st.form_submit_button("Import", type="primary", disabled=not can_import)
     if submitted and not folder.strip():
         # An empty path would mean the server's working directory: never import that by accident.
         common.show_error(ValueError("Enter the folder to import (a path on the server)."))
@@ -44,7 +45,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
     with upload_tab:
         upload = st.file_uploader("Zip with one folder per class", type=["zip"])
         upload_name = st.text_input("Dataset name", key="upload_name")
-        if st.button("Import upload", disabled=upload is None or not upload_name):
+        if st.button("Import upload", disabled=not can_import or upload is None or not upload_name):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(upload.getvalue())
@@ -59,7 +60,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
     with bloodmnist_tab:
         st.write("BloodMNIST (MedMNIST v2): the same PBC cells with official splits. Needs internet.")
         mnist_size = st.selectbox("Size", [28, 64, 128, 224], index=1)
-        if st.button("Download and import BloodMNIST"):
+        if st.button("Download and import BloodMNIST", disabled=not can_import):
             with st.spinner("downloading"):
                 try:
                     result = data_service.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
@@ -75,7 +76,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         demo_exists = "demo" in common.dataset_names()
         if demo_exists:
             st.caption("The demo dataset exists already: choose **demo** in the sidebar.")
-        if st.button("Create demo dataset", key="create_demo", disabled=demo_exists):
+        if st.button("Create demo dataset", key="create_demo", disabled=demo_exists or not can_import):
             try:
                 result = data_service.import_demo("demo", size=int(demo_size))
             except (ValueError, LookupError) as exc:

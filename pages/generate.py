@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import common
 from wbc_core import gan_runs, jobs, views
+from wbc_core.quality import views as quality_views
 
 common.ensure_frame()
 st.title("Generate")
@@ -77,12 +78,45 @@ step = cols[0].select_slider("Checkpoint (step)", steps_saved, value=steps_saved
 grid = next((c["grid"] for c in state["checkpoints"] if c["step"] == step and c["grid"]), None)
 if grid:
     st.image(grid, caption=f"samples at step {step}", width=480)
-per_class = cols[1].number_input("Candidates per class", 1, 5000, 48)
-if cols[2].button("Generate candidates", type="primary"):
-    with st.spinner("sampling"):
+per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
+if cols[2].button("Generate candidates", type="primary", key="generate"):
+    with st.spinner("sampling and scoring (the first time also trains the judge)"):
         try:
             out = gan_runs.generate_candidates(run_id, int(per_class), step=int(step))
         except (ValueError, LookupError) as exc:
             common.show_error(exc)
         else:
-            st.success(f"Added {out['candidates']} candidates (seed {out['seed']}) to the review queue.")
+            scoring = out.get("scoring") or {}
+            note = (f" Scored {scoring['scored']} for review sorting ({scoring.get('memorised', 0)} look memorised)."
+                    if scoring.get("scored") else f" Not scored: {scoring['reason']}" if scoring.get("reason") else "")
+            st.success(f"Added {out['candidates']} candidates (seed {out['seed']}) to the review queue.{note}")
+
+st.subheader("Quality over checkpoints")
+st.caption("Measured offline against the dataset's real cells with a real-only judge classifier: FD ratio "
+           "(1 = as close as two halves of the real val cells), density/coverage, precision/recall, memorised "
+           "share, the data-copying score C_T (below -3 = copying), acceptance (judge p ≥ 0.9 for the intended "
+           "class) and train-on-synthetic accuracy on real val cells.")
+qcols = st.columns([1, 3])
+quality_n = qcols[0].number_input("Cells per class to score", 8, 1000, 64, key="quality_per_class")
+if qcols[1].button(f"Score quality for step {step}", key="score_quality"):
+    with st.status(f"Scoring checkpoint {step} (seconds to a minute; the first time also trains the judge)") as box:
+        try:
+            gan_runs.measure_checkpoint(run_id, step=int(step), per_class=int(quality_n))
+        except (ValueError, LookupError) as exc:
+            box.update(label="Scoring failed", state="error")
+            common.show_error(exc)
+        else:
+            box.update(label=f"Scored checkpoint {step}", state="complete")
+frame = quality_views.quality_frame(run_id)
+if frame.empty:
+    st.info("No quality metrics yet for this run: score a checkpoint above.")
+else:
+    names = quality_views.quality_metric_names(frame)
+    groups = ["all", *sorted(g for g in frame["group"].unique() if g != "all")]
+    pick = st.columns([1, 3])
+    metric = pick[0].selectbox("Metric", names, key="quality_metric")
+    shown = pick[1].multiselect("Classes", groups, default=["all"], key="quality_groups")
+    st.plotly_chart(quality_views.quality_figure(frame, metric, shown), width="stretch")
+    table = quality_views.quality_table(frame, int(step))
+    if not table.empty:
+        st.dataframe(table.style.format("{:.3f}"), width="stretch")

@@ -1,4 +1,4 @@
-"""Train: one click retrains the classifier on a recipe's training set, as a background job."""
+"""Train: one click retrains the classifier on a recipe (or an ablation over all recipes) as background jobs."""
 
 import streamlit as st
 
@@ -8,23 +8,55 @@ from wbc_core import jobs, retrain, views
 common.ensure_frame()
 st.title("Train")
 info = common.require_dataset()
+can_train = common.require_permission("train", "retrain classifiers")
 
 with st.form("train_classifier"):
     cols = st.columns(4)
-    recipe = cols[0].radio("Recipe", retrain.RECIPES, help="real: real train cells only (baseline); curated: plus "
-                           "accepted candidates; all-synthetic: plus every candidate, unfiltered")
-    model = cols[1].selectbox("Model", ["resnet18", "small_cnn"], help="small_cnn is fast on CPU")
+    recipe = cols[0].radio("Recipe", retrain.LAUNCH_CHOICES, help="real: real train cells only (baseline); curated: "
+                           "plus accepted candidates; all-synthetic: plus every candidate, unfiltered; ablation: all "
+                           "three with the same seed and settings, trained one after another and grouped")
+    model = cols[1].selectbox("Model", retrain.MODEL_CHOICES, help="small_cnn is fast on CPU")
     epochs = cols[2].number_input("Epochs", 1, 500, 15)
-    seed = cols[3].number_input("Seed", 0, 10**6, 0)
-    if st.form_submit_button("Retrain", type="primary"):
+    seeds = cols[3].text_input("Seeds", "0", help="one seed, or several (e.g. `0 1 2`): one run per seed, grouped, "
+                               "reported as mean ± std")
+    with st.expander("Advanced"):
+        a = st.columns(4)
+        other_model = a[0].text_input("Other torchvision model", "", help="any torchvision classification model "
+                                      "name, e.g. densenet121; overrides Model")
+        batch = a[1].number_input("Batch size", 2, 4096, 128)
+        optimizer = a[2].selectbox("Optimizer", ["adamw", "sgd"], help="sgd = nesterov, momentum 0.9 (lr ~0.1)")
+        lr = a[3].number_input("Peak learning rate", 1e-5, 5.0, 2e-3, format="%.5f")
+        b = st.columns(4)
+        weight_decay = b[0].number_input("Weight decay", 0.0, 0.9, 0.05, format="%.4f")
+        smoothing = b[1].number_input("Label smoothing", 0.0, 0.5, 0.1)
+        schedule = b[2].selectbox("LR schedule", ["onecycle", "cosine"])
+        augment = b[3].selectbox("Augmentation", ["cell", "none"], help="cell: flips, 90° rotations, mild colour")
+        c = st.columns(4)
+        balanced = c[0].checkbox("Balanced sampling", True, help="draw every class equally often")
+        patience = c[1].number_input("Early stopping patience", 0, 100, 0, help="epochs without val macro-F1 "
+                                     "improvement before stopping; 0 = off")
+        cap = c[2].number_input("Synthetic cap (× real per class)", 0.0, 100.0, 0.0, help="0 = no cap")
+        device = c[3].selectbox("Device", ["auto", "cpu", "cuda", "mps"])
+        d = st.columns(4)
+        amp = d[0].checkbox("AMP + channels_last (CUDA)", True)
+        threads = d[1].number_input("CPU threads (0 = default)", 0, 256, 0)
+        pretrained = d[2].text_input("Pretrained weights (local file)", "", help="a state dict or model.pt on this "
+                                     "machine; nothing is downloaded")
+    if st.form_submit_button("Retrain", type="primary", disabled=not can_train):
+        overrides = {"model": other_model.strip() or model, "epochs": int(epochs), "batch_size": int(batch),
+                     "optimizer": optimizer, "lr": float(lr), "weight_decay": float(weight_decay),
+                     "label_smoothing": float(smoothing), "schedule": schedule, "augment": augment,
+                     "balanced_sampling": bool(balanced), "early_stopping_patience": int(patience),
+                     "device": device, "amp": bool(amp), "num_threads": int(threads),
+                     "pretrained_path": pretrained.strip() or None}
         try:
-            run_id = retrain.start_classifier_run(info.id, recipe, {"model": model, "epochs": int(epochs),
-                                                                    "seed": int(seed)})
+            launched = retrain.start_training(info.id, recipe, overrides, seeds, synthetic_cap=cap or None)
         except (ValueError, LookupError) as exc:
             common.show_error(exc)
         else:
-            st.session_state["classifier_run"] = run_id
-            st.toast(f"classifier run {run_id} started ({recipe})")
+            st.session_state["classifier_run"] = launched.run_ids[0]
+            group = f" as group {launched.group_name}, one after another" if launched.group_name else ""
+            st.toast(f"started {len(launched.run_ids)} classifier run(s){group}")
 
 table = views.runs_frame(info.id, kind="classifier")
 if table.empty:
@@ -33,38 +65,61 @@ if table.empty:
 run_ids = table["run"].tolist()
 if st.session_state.get("classifier_run") not in run_ids:  # first visit, or another dataset was chosen
     st.session_state["classifier_run"] = run_ids[0]
-recipes = dict(zip(run_ids, table["recipe"].tolist(), strict=True))
+labels = {r: f"run {r} · {rec}" + (f" · {g}" if g else "")
+          for r, rec, g in zip(run_ids, table["recipe"], table["group"], strict=True)}
 # Keyed, with labels that never change (no live status in them), so the choice survives a run ending.
-run_id = st.selectbox("Run", run_ids, key="classifier_run", format_func=lambda r: f"run {r} · {recipes[r]}")
+run_id = st.selectbox("Run", run_ids, key="classifier_run", format_func=labels.get)
 
 active = views.run_status(run_id)["active"]
 
 
 @st.fragment(run_every=2 if active else None)
 def live_panel(run_id: int, was_active: bool) -> None:
-    """Polls the database every 2 s while the run is active: progress, loss and validation curves, test results."""
+    """Polls the database every 2 s while the run is active: progress, live metrics, curves, test results."""
     state = views.run_status(run_id)
     if was_active and not state["active"]:
         st.rerun()  # the run just ended: redraw the whole page (run list with its status)
-    head = st.columns([3, 1])
+    live = state["live"]
+    head = st.columns([3, 1, 1])
     # The worker's last progress line is stale once the run has ended, so it is shown only while it runs.
-    message = f" · {state['message']}" if state["active"] and state["message"] else ""
-    head[0].progress(state["progress"], text=f"**{state['status']}** on {state['device'] or '…'}{message}")
-    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
+    detail = ""
+    if state["active"]:
+        detail = f" · epoch {live['epochs_done']:.2f}/{live['epochs']}" if state["status"] == "running" else ""
+        detail += f" · {state['message']}" if state["message"] else ""
+    bar = live["fraction"] if state["active"] else state["progress"]
+    head[0].progress(min(1.0, bar), text=f"**{state['status']}** on {state['device'] or '…'}{detail}")
+    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}", disabled=not can_train):
         jobs.cancel(run_id)
         st.toast("Cancel requested.")
+    if state["group_active"] and head[2].button("Cancel group", key=f"cancel_group_{run_id}",
+                                         help=f"stop every queued or running run of {state['group']}",
+                                         disabled=not can_train):
+        st.toast(f"Cancel requested for runs {retrain.cancel_group(state['group'])}.")
+    if state["active"]:
+        m = st.columns(5)
+        m[0].metric("Train loss", "–" if live["train_loss"] is None else f"{live['train_loss']:.4f}")
+        m[1].metric("Val accuracy", "–" if live["val_accuracy"] is None else f"{live['val_accuracy']:.4f}")
+        m[2].metric("Val macro-F1", "–" if live["val_macro_f1"] is None else f"{live['val_macro_f1']:.4f}")
+        m[3].metric("Images / s", "–" if live["images_per_sec"] is None else f"{live['images_per_sec']:.0f}")
+        m[4].metric("ETA", views.format_seconds(live["eta_seconds"]), help="at most: early stopping may end sooner")
     if state["error"]:
         st.error(state["error"].split("\n\n")[0])
     left, right = st.columns(2)
-    left.plotly_chart(views.curves_figure([run_id], ["train_loss", "val_loss"], "loss"), width="stretch")
-    right.plotly_chart(views.curves_figure([run_id], ["val_accuracy", "val_macro_f1"], "validation"),
+    left.plotly_chart(views.curves_figure([run_id], ["train_loss_running", "train_loss", "val_loss"], "loss",
+                                          x="epoch"), width="stretch")
+    right.plotly_chart(views.curves_figure([run_id], ["val_accuracy", "val_macro_f1"], "validation", x="epoch"),
                        width="stretch")
     test = state["result"].get("test")
     if test:
-        st.metric("Test macro-F1 (real test cells)", f"{test['macro_f1']:.4f}")
+        ci = test.get("ci") or {}
+        span = f"95% CI {ci['macro_f1'][0]:.4f}–{ci['macro_f1'][1]:.4f}" if ci.get("macro_f1") else None
+        st.metric("Test macro-F1 (real test cells)", f"{test['macro_f1']:.4f}", help=span)
         st.dataframe({"class": list(test["per_class_f1"]), "F1": list(test["per_class_f1"].values())},
                      hide_index=True)
-    st.caption(f"training set: {state['train_set_size']} images · hash {(state['train_set_hash'] or '')[:16]}")
+    summary = state["train_set_summary"] or {}
+    st.caption(f"training set: {state['train_set_size']} images · hash {(state['train_set_hash'] or '')[:16]} · "
+               f"decisions snapshot {(summary.get('decisions_snapshot') or '')[:16]} · seed {state['seed']}"
+               + (f" · group {state['group']}" if state["group"] else ""))
 
 
 live_panel(run_id, active)

@@ -353,3 +353,17 @@ def test_torchscript_export_matches_eager(trained, data, tmp_path):
 def test_compute_limit_epoch_seconds_is_positive(data):
     seconds = compute_limit_epoch_seconds(data[0], fast_config(), max_batches=2)
     assert 0 < seconds < 60
+
+
+@pytest.mark.parametrize("total_steps", range(1, 12))
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_schedules_work_for_very_short_runs(total_steps, schedule):
+    from wbc_core.classifier.train import make_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = make_scheduler(optimizer, ClassifierConfig(model="small_cnn", schedule=schedule), total_steps)
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+    assert all(group["lr"] >= 0 for group in optimizer.param_groups)

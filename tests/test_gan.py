@@ -387,3 +387,67 @@ def test_overfits_red_versus_blue(tmp_path: Path) -> None:
     for cls, (near, far) in ((0, (0, 2)), (1, (2, 0))):
         mean = sample_cells(loaded, cls, 16, seed=0).float().mean(dim=(0, 2, 3))
         assert mean[near] > mean[far] + 40, f"class {cls} mean colour {mean.tolist()}"
+
+
+# --- light checkpoints and the AC-GAN head -----------------------------------------------------------------
+
+
+def test_only_the_latest_checkpoint_is_full(trained, tmp_path: Path) -> None:
+    from wbc_core.gan import latest_full_checkpoint
+    from wbc_core.gan.checkpoint import load_checkpoint
+
+    _, _, out = trained
+    (step4, old), (step8, new) = list_checkpoints(out)
+    assert (step4, step8) == (4, 8)
+    light, full = load_checkpoint(old), load_checkpoint(new)
+    assert light.get("light") and "discriminator" not in light and "opt_d" not in light
+    assert "discriminator" in full and "opt_g" in full
+    assert old.stat().st_size * 2 < new.stat().st_size
+    assert latest_full_checkpoint(out) == new
+    # Both stay usable for sampling: the light one gives the same cells as the EMA weights it kept.
+    for path, step in ((old, 4), (new, 8)):
+        loaded = load_generator(path)
+        assert loaded.step == step and sample_cells(loaded, 0, 3, seed=1).shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match="light"):
+        train_gan(tiny_data(), CLASSES, tiny_config(steps=10), tmp_path / "again", resume_from=old)
+
+
+def test_resume_lightens_the_checkpoint_it_resumed_from(tmp_path: Path) -> None:
+    from wbc_core.gan.checkpoint import load_checkpoint
+
+    first = train_gan(tiny_data(), CLASSES, tiny_config(steps=4), tmp_path)
+    second = train_gan(tiny_data(), CLASSES, tiny_config(steps=8), tmp_path, resume_from=first.last_checkpoint)
+    assert load_checkpoint(first.last_checkpoint).get("light")
+    assert not load_checkpoint(second.last_checkpoint).get("light")
+
+
+def test_aux_classifier_head_trains_on_real_labels_and_changes_losses() -> None:
+    cfg = tiny_config(aux_weight=0.5)
+    g, d = build_networks(cfg, 3)
+    assert d.classify is not None and build_networks(tiny_config(), 3)[1].classify is None
+    data = tiny_data(n=8)
+    real = data.images.float() / 127.5 - 1
+    z = torch.randn(8, cfg.z_dim)
+    torch.manual_seed(0)
+    with_aux = GanStepper(g, d, cfg, torch.device("cpu"))
+    head_before = d.classify.parametrizations.weight.original.clone()
+    losses = with_aux.step(real, data.labels, z, data.labels)
+    assert not torch.equal(head_before, d.classify.parametrizations.weight.original)  # D's class head learns
+    assert torch.isfinite(losses).all()
+    # The class loss is added on top of the hinge loss: positive cross-entropy makes loss_d larger than hinge alone.
+    assert float(losses[0]) > 0
+
+
+def test_resume_refuses_toggling_the_aux_head(trained, tmp_path: Path) -> None:
+    result, _, _ = trained
+    with pytest.raises(ValueError, match="aux classifier head"):
+        train_gan(tiny_data(), CLASSES, tiny_config(steps=12, aux_weight=0.3), tmp_path,
+                  resume_from=result.last_checkpoint)
+
+
+def test_config_validates_quality_and_aux_fields() -> None:
+    with pytest.raises(ValueError, match="aux_weight"):
+        tiny_config(aux_weight=-1)
+    with pytest.raises(ValueError, match="quality_per_class"):
+        tiny_config(quality_per_class=1)
+    assert GanConfig().quality_every_checkpoint is False and GanConfig().aux_weight == 0.0

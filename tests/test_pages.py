@@ -17,7 +17,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db import datasets as ds_db
-from db import review as review_db
 from db import runs as runs_db
 from db.engine import dispose_all
 from db.migrate import ensure_schema, forget_schema_cache
@@ -102,6 +101,14 @@ def full_home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     forget_schema_cache()
 
 
+@pytest.fixture(autouse=True)
+def _no_sign_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the pages' work, not sign-in (tests/test_pages_review.py covers that): run every
+    page as the implicit local admin of WBC_AUTH=off."""
+    monkeypatch.setenv("WBC_AUTH", "off")
+    monkeypatch.delenv("WBC_USER", raising=False)
+
+
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -155,7 +162,7 @@ def test_frame_runs_every_page_with_the_sidebar(full_home, page):
     # AppTest's second run goes through Streamlit's legacy `pages/` folder path; the page must still
     # run inside the frame (common.ensure_frame), so the shared sidebar is there.
     assert [s.value for s in at.sidebar.selectbox] == [DATASET]
-    assert [t.key for t in at.sidebar.text_input] == ["reviewer"]
+    assert "Sign-in is off" in texts(at.sidebar.caption)  # the frame's sign-in line (was: a reviewer text box)
     ok(at.run())
     assert [s.value for s in at.sidebar.selectbox] == [DATASET]
 
@@ -245,49 +252,7 @@ def test_generate_button_adds_candidates(full_home):
 
 
 # -- Review ---------------------------------------------------------------------------------------
-
-
-def test_review_asks_for_a_name_first(full_home):
-    at = ok(app("pages/review.py"))
-    assert "Enter your name" in texts(at.info)
-    at.text_input(key="reviewer_inline").set_value("bo")
-    ok(at.run())
-    assert by_label(at.button, "Accept page").disabled is False
-
-
-def test_review_accept_page_undo_and_per_cell_buttons(full_home):
-    ds = dataset_id()
-    at = ok(app("pages/review.py", reviewer="ann"))
-    assert by_label(at.selectbox, "Class").value == CLASSES[0]
-    # AppTest cannot press keys, but it sees each button's shortcut ("C" and "R" are reserved by Streamlit).
-    assert {b.label: b.shortcut for b in at.button if b.label in ("Accept page", "Reject page", "Undo last")} == {
-        "Accept page": "a", "Reject page": "x", "Undo last": "u"}
-    pending = [b.key for b in at.button if b.key and b.key.startswith("acc_")]
-    assert len(pending) == CANDIDATES_PER_CLASS
-
-    ok(by_label(at.button, "Accept page").click().run())
-    decided = review_db.current_decisions(ds, "ann")
-    assert sorted(d["image_id"] for d in decided) == sorted(int(k[4:]) for k in pending)
-    assert {d["verdict"] for d in decided} == {"accept"} and {d["class_name"] for d in decided} == {CLASSES[0]}
-    assert "0** pending" in texts(at.markdown)
-
-    ok(by_label(at.button, "Undo last").click().run())
-    assert len(review_db.current_decisions(ds, "ann")) == CANDIDATES_PER_CLASS - 1
-
-    at.segmented_control[0].set_value("decided")
-    ok(at.run())
-    assert len([b for b in at.button if b.key and b.key.startswith("acc_")]) == CANDIDATES_PER_CLASS - 1
-
-    by_label(at.selectbox, "Class").set_value(CLASSES[1])
-    at.segmented_control[0].set_value("pending")
-    ok(at.run())
-    first = next(b for b in at.button if b.key and b.key.startswith("rej_"))
-    ok(first.click().run())
-    ok(at.button(key=f"acc_{int(first.key[4:]) + 1}").click().run())
-    mine = {d["image_id"]: d["verdict"] for d in review_db.current_decisions(ds, "ann")
-            if d["class_name"] == CLASSES[1]}
-    assert mine == {int(first.key[4:]): "reject", int(first.key[4:]) + 1: "accept"}
-    assert review_db.current_decisions(ds, "someone else") == []
+# The review page is tested in tests/test_pages_review.py (sign-in, keyboard actions, bulk, undo, roles).
 
 
 # -- Train ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 EXIT_ERROR = 2
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
-EXTENSION_MODULES: list[str] = ["wbc_core.cli_review"]
+EXTENSION_MODULES: list[str] = ["wbc_core.cli_review", "wbc_core.cli_quality", "wbc_core.cli_results"]
 
 
 class CliError(Exception):

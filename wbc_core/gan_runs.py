@@ -1,4 +1,4 @@
-"""GAN runs: start one as a background job, the job body, and candidate generation from a checkpoint."""
+"""GAN runs: start one as a background job, the job body, candidate generation and quality scoring of checkpoints."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, l
 
 def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
     """Job body: train the GAN on the recorded training set, reporting through ctx."""
-    from wbc_core.gan import GanConfig, latest_checkpoint, train_gan
+    from wbc_core.gan import GanConfig, latest_full_checkpoint, train_gan
 
     info = ds_db.get_dataset(run.dataset_id)
     config = GanConfig.from_dict(run.config)
@@ -68,9 +68,21 @@ def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
         raise GanRunError("the dataset's train split changed since this run was created; start a new run")
     data = store.labelled(info.id, rows, info.class_names, config.image_size)
     out_dir = jobs.run_dir(run.id)
-    resume = latest_checkpoint(out_dir) or _parent_checkpoint(run)
+    resume = latest_full_checkpoint(out_dir) or _parent_checkpoint(run)
     runs_db.set_device(run.id, _device_name(config.device))
-    result = train_gan(data, info.class_names, config, out_dir, progress=ctx.progress, should_stop=ctx.should_stop,
+    progress = ctx.progress
+    if config.quality_every_checkpoint:
+        def progress(event):  # noqa: ANN001, ANN202 - wraps ctx.progress: metrics for each checkpoint it records
+            ctx.progress(event)
+            if event.artifacts.get("checkpoint"):
+                from wbc_core.quality.judge import QualityError
+
+                try:
+                    measure_checkpoint_file(run.id, info.id, Path(event.artifacts["checkpoint"]),
+                                            config.quality_per_class)
+                except QualityError as exc:  # unmeasurable data must not cost the GAN run; the log says why
+                    print(f"quality not measured at step {event.step}: {exc}", flush=True)
+    result = train_gan(data, info.class_names, config, out_dir, progress=progress, should_stop=ctx.should_stop,
                        resume_from=resume)
     return {"steps_done": result.steps_done, "stopped": result.stopped, "sec_per_step": result.sec_per_step,
             "last_checkpoint": ctx.relative(result.last_checkpoint), "device": result.device}
@@ -91,12 +103,12 @@ def _device_name(device: str) -> str:
 
 def resume_gan_run(run_id: int, launch: bool = True) -> int:
     """Continue a cancelled or failed GAN run from its last checkpoint, as a new run that records its parent."""
-    from wbc_core.gan import latest_checkpoint
+    from wbc_core.gan import latest_full_checkpoint
 
     old = runs_db.get_run(run_id)
     if old.kind != "gan" or old.active:
         raise GanRunError(f"run {run_id} is not a finished GAN run")
-    checkpoint = latest_checkpoint(jobs.run_dir(run_id))
+    checkpoint = latest_full_checkpoint(jobs.run_dir(run_id))
     if checkpoint is None:
         raise GanRunError(f"run {run_id} saved no checkpoint to resume from; start a new run instead")
     config = {**old.config, "resume_from_checkpoint": str(checkpoint.relative_to(wbc_home())),
@@ -121,8 +133,9 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
 
 
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
-                        classes: list[str] | None = None, progress=None) -> dict[str, Any]:  # noqa: ANN001
-    """Sample per_class cells of each class from a GAN checkpoint into the review queue."""
+                        classes: list[str] | None = None, progress=None,  # noqa: ANN001
+                        score: bool = True) -> dict[str, Any]:
+    """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them."""
     from wbc_core.gan import load_generator, sample_cells
 
     if per_class < 1:
@@ -140,9 +153,11 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
         seed = _next_seed(run_id)
     folder = images_dir() / f"dataset_{run.dataset_id}" / "synthetic" / f"run_{run_id:05d}"
     rows: list[dict[str, Any]] = []
+    generated: list[Any] = []
     for done, class_name in enumerate(wanted):
         class_index = loaded.class_names.index(class_name)
         cells = sample_cells(loaded, class_index, per_class, seed=seed * 1009 + class_index)
+        generated.append(cells)
         (folder / class_name).mkdir(parents=True, exist_ok=True)
         for i, cell in enumerate(cells):
             content = _png_bytes(cell)
@@ -156,8 +171,15 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
         if progress is not None:
             progress(done + 1, len(wanted))
     ids = ds_db.add_images(run.dataset_id, rows)
-    return {"run_id": run_id, "checkpoint_step": step, "seed": seed, "per_class": per_class,
-            "classes": wanted, "candidates": len(ids), "first_id": ids[0] if ids else None}
+    out = {"run_id": run_id, "checkpoint_step": step, "seed": seed, "per_class": per_class,
+           "classes": wanted, "candidates": len(ids), "first_id": ids[0] if ids else None}
+    if score and ids:
+        import torch
+
+        images = torch.cat(generated)
+        labels = [r["class_name"] for r in rows]
+        out["scoring"] = _score_or_reason(run.dataset_id, loaded.config.image_size, ids, images, labels)
+    return out
 
 
 def _next_seed(run_id: int) -> int:
@@ -169,3 +191,90 @@ def _png_bytes(cell) -> bytes:  # noqa: ANN001
     buffer = io.BytesIO()
     Image.fromarray(cell.permute(1, 2, 0).numpy(), "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# -- quality -----------------------------------------------------------------------------------------
+
+_references: dict[tuple[int, int, str], Any] = {}  # (dataset, size, split hash) -> judge Reference, per process
+
+
+def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
+    """The dataset's judge Reference at size, trained and cached on first use (then kept in this process)."""
+    from wbc_core.quality.judge import dataset_reference
+
+    info = ds_db.get_dataset(dataset_id)
+    key = (info.id, int(size), info.split_hash)
+    if key not in _references:
+        _references[key] = dataset_reference(info.id, size)
+    return _references[key]
+
+
+def _score_or_reason(dataset_id: int, size: int, ids: list[int], images, labels: list[str]) -> dict[str, Any]:  # noqa: ANN001
+    from wbc_core.quality.judge import QualityError
+
+    try:
+        return _store_scores(dataset_id, size, ids, images, labels)
+    except QualityError as exc:  # e.g. no val cells: candidates stay unscored, generation still succeeds
+        return {"scored": 0, "reason": str(exc)}
+
+
+def _store_scores(dataset_id: int, size: int, ids: list[int], images, labels: list[str]) -> dict[str, Any]:  # noqa: ANN001
+    import torch
+
+    from db import quality as quality_db
+    from wbc_core.quality.evaluate import score_cells
+
+    ref = quality_reference(dataset_id, size)
+    index = {n: i for i, n in enumerate(ref.class_names)}
+    y = torch.tensor([index[n] for n in labels], dtype=torch.int64)
+    s = score_cells(ref, images, y)
+    rows = [{"id": i, "judge_prob": float(p), "judge_top_class": ref.class_names[int(t)],
+             "nearest_real_id": int(n) if int(n) >= 0 else None, "nearest_real_distance": float(d),
+             "memorised": bool(m)}
+            for i, p, t, n, d, m in zip(ids, s.judge_prob, s.judge_top, s.nearest_id, s.nearest_distance,
+                                        s.memorised, strict=True)]
+    quality_db.set_candidate_scores(rows)
+    return {"scored": len(rows), "memorised": int(s.memorised.sum()),
+            "mean_judge_prob": float(s.judge_prob.mean()) if len(rows) else None}
+
+
+def score_candidates(dataset: str | int, run_id: int | None = None) -> dict[str, Any]:
+    """(Re)score a dataset's candidates (of one GAN run, or all) with the judge, for review sorting."""
+    from wbc_core.store import decode_many
+
+    info = ds_db.get_dataset(dataset)
+    rows = ds_db.candidates(info.id, gan_run_id=run_id)
+    if not rows:
+        return {"scored": 0}
+    size = int(runs_db.get_run(run_id).config.get("image_size", info.image_size)) if run_id else info.image_size
+    images = decode_many([wbc_home() / r.path for r in rows], size)
+    return _store_scores(info.id, size, [r.id for r in rows], images, [r.class_name for r in rows])
+
+
+def measure_checkpoint_file(run_id: int, dataset_id: int, path: Path, per_class: int = 64) -> dict[str, float]:
+    """Sample per_class cells per class from a checkpoint file, compute quality metrics, store them at its step."""
+    import torch
+
+    from wbc_core.gan import load_generator, sample_cells
+    from wbc_core.quality.evaluate import compute_metrics
+
+    if per_class < 2:
+        raise GanRunError("per_class must be at least 2 to measure quality")
+    loaded = load_generator(path)
+    ref = quality_reference(dataset_id, loaded.config.image_size)
+    # A fixed seed per class: every checkpoint is measured on the same noise, so curves compare like with like.
+    cells = [sample_cells(loaded, c, per_class, seed=900_001 + c) for c in range(len(loaded.class_names))]
+    labels = torch.arange(len(loaded.class_names)).repeat_interleave(per_class)
+    values = compute_metrics(ref, torch.cat(cells), labels)
+    runs_db.add_metrics(run_id, loaded.step, values)
+    return values
+
+
+def measure_checkpoint(run_id: int, step: int | None = None, per_class: int = 64) -> dict[str, Any]:
+    """Quality metrics of a GAN run's checkpoint (default: newest), stored as run metrics at its step."""
+    run = runs_db.get_run(run_id)
+    if run.kind != "gan":
+        raise GanRunError(f"run {run_id} is a {run.kind} run, not a GAN run")
+    path, step = checkpoint_path(run_id, step)
+    values = measure_checkpoint_file(run_id, run.dataset_id, path, per_class)
+    return {"run_id": run_id, "step": step, "per_class": per_class, "metrics": values}

@@ -5,6 +5,8 @@ Pages call one function here and render what it returns; nothing here knows abou
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -12,24 +14,49 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from db import runs as runs_db
+from db.models import utcnow
 from wbc_core import jobs
 from wbc_core.settings import wbc_home
 
+LIVE_METRICS = ("train_loss_running", "epoch_fraction", "images_per_sec", "train_loss", "val_loss", "val_accuracy",
+                "val_macro_f1", "epoch_seconds")
 
-def runs_frame(dataset_id: int | None = None, kind: str | None = None) -> pd.DataFrame:
-    """One row per run with status, recipe, device, progress and headline test metrics."""
+
+def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: Sequence[str] | None = None,
+               statuses: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run with status, recipe, group, device, progress, curated-set version and test metrics."""
     jobs.reconcile()  # every poll of the runs list also notices dead workers
     rows: list[dict[str, Any]] = []
     for r in runs_db.list_runs(dataset_id=dataset_id, kind=kind):
+        if (recipes and r.recipe not in recipes) or (statuses and r.status not in statuses):
+            continue
         test = r.result.get("test") or {}
+        ci = (test.get("ci") or {}).get("macro_f1")
         rows.append({
             "run": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
             "group": r.group_name, "progress": round(r.progress_fraction, 3), "device": r.device, "seed": r.seed,
-            "created": r.created_at, "train set": r.train_set_size,
-            "train set hash": (r.train_set_hash or "")[:12], "test accuracy": test.get("accuracy"),
-            "test macro-F1": test.get("macro_f1"), "message": r.progress_message,
+            "model": r.config.get("model"), "created": r.created_at, "train set": r.train_set_size,
+            "train set hash": (r.train_set_hash or "")[:12],
+            "decisions hash": (r.train_set_summary.get("decisions_snapshot") or "")[:12],
+            "test accuracy": test.get("accuracy"), "test macro-F1": test.get("macro_f1"),
+            "macro-F1 95% CI": _ci_text(ci), "message": r.progress_message,
         })
     return pd.DataFrame(rows)
+
+
+def filter_runs(frame: pd.DataFrame, recipes: Sequence[str] | None = None,
+                statuses: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows of a runs_frame with one of the recipes and statuses (an empty filter keeps everything)."""
+    if frame.empty:
+        return frame
+    keep = frame["recipe"].isin(recipes) if recipes else pd.Series(True, index=frame.index)
+    if statuses:
+        keep &= frame["status"].isin(statuses)
+    return frame[keep]
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def metrics_frame(run_ids: list[int], names: list[str] | None = None) -> pd.DataFrame:
@@ -39,21 +66,35 @@ def metrics_frame(run_ids: list[int], names: list[str] | None = None) -> pd.Data
     return frame.rename(columns={"run_id": "run"})
 
 
-def curves_figure(run_ids: list[int], names: list[str], title: str = "") -> go.Figure:
-    """Line chart of the named metrics over steps, one line per run and metric."""
-    frame = metrics_frame(run_ids, names)
+def training_curves_frame(run_ids: list[int], names: Sequence[str]) -> pd.DataFrame:
+    """Metric rows with a fractional epoch axis: within-epoch rows sit at step + epoch_fraction."""
+    frame = metrics_frame(run_ids, sorted({*names, "epoch_fraction"}))
+    frame["epoch"] = frame["step"].astype(float)
+    fractions = frame[frame["name"] == "epoch_fraction"][["id", "run", "value"]].rename(columns={"value": "fraction"})
+    running = frame[frame["name"] == "train_loss_running"]
+    if not running.empty and not fractions.empty:
+        # A progress event stores train_loss_running just before its epoch_fraction (consecutive ids).
+        matched = pd.merge_asof(running.sort_values("id"), fractions.sort_values("id"), on="id", by="run",
+                                direction="forward")
+        frame.loc[running.index, "epoch"] = (matched["step"] + matched["fraction"].fillna(0.0)).to_numpy()
+    return frame[frame["name"].isin(names)].reset_index(drop=True)
+
+
+def curves_figure(run_ids: list[int], names: list[str], title: str = "", x: str = "step") -> go.Figure:
+    """Line chart of the named metrics over steps (x="step") or fractional epochs (x="epoch", classifiers)."""
+    frame = training_curves_frame(run_ids, names) if x == "epoch" else metrics_frame(run_ids, names)
     if frame.empty:
         fig = go.Figure()
         fig.update_layout(title=title or "no metrics yet", height=320)
         return fig
     frame["series"] = "run " + frame["run"].astype(str) + " · " + frame["name"]
-    fig = px.line(frame, x="step", y="value", color="series", markers=len(frame) < 60, title=title)
+    fig = px.line(frame, x=x, y="value", color="series", markers=len(frame) < 60, title=title)
     fig.update_layout(height=340, legend_title_text="", margin={"t": 40, "b": 10})
     return fig
 
 
 def run_status(run_id: int) -> dict[str, Any]:
-    """A run's live state for a polling panel: status, progress, message, error, latest grid and result."""
+    """A run's live state for a polling panel: status, progress, live metrics with ETA, error, result."""
     jobs.reconcile()
     r = runs_db.get_run(run_id)
     checkpoints = runs_db.checkpoints(run_id)
@@ -61,15 +102,58 @@ def run_status(run_id: int) -> dict[str, Any]:
     return {
         "id": r.id, "kind": r.kind, "status": r.status, "active": r.active, "progress": r.progress_fraction,
         "message": r.progress_message, "error": r.error, "device": r.device, "result": r.result,
-        "config": r.config, "recipe": r.recipe, "train_set_hash": r.train_set_hash,
-        "train_set_size": r.train_set_size, "train_set_summary": r.train_set_summary,
-        "heartbeat_at": r.heartbeat_at, "started_at": r.started_at, "finished_at": r.finished_at,
+        "config": r.config, "recipe": r.recipe, "group": r.group_name, "seed": r.seed,
+        "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
+        "train_set_summary": r.train_set_summary, "heartbeat_at": r.heartbeat_at, "started_at": r.started_at,
+        "finished_at": r.finished_at, "live": _live(r) if r.kind == "classifier" else {},
+        "group_active": bool(r.group_name) and any(
+            x.active for x in runs_db.list_runs(dataset_id=r.dataset_id, kind=r.kind) if x.group_name == r.group_name),
         "latest_grid": str(wbc_home() / grids[-1]["grid_path"]) if grids else None,
         "latest_grid_step": grids[-1]["step"] if grids else None,
         "checkpoints": [{"step": c["step"], "has_weights": bool(c["path"]),
                          "grid": str(wbc_home() / c["grid_path"]) if c["grid_path"] else None} for c in checkpoints],
     }
 
+
+def _live(r: runs_db.RunInfo) -> dict[str, Any]:
+    """Latest loss / val metrics / throughput, epochs done (fractional) and the ETA of a classifier run."""
+    latest: dict[str, tuple[int, float]] = {}
+    epoch_seconds: list[float] = []
+    for row in runs_db.metrics([r.id], list(LIVE_METRICS)):
+        latest[row["name"]] = (row["step"], row["value"])
+        if row["name"] == "epoch_seconds":
+            epoch_seconds.append(row["value"])
+    total = int(r.config.get("epochs") or 0)
+    step, fraction = latest.get("epoch_fraction", (0, 0.0))
+    done = min(float(total), step + fraction) if total else 0.0
+    ips = latest.get("images_per_sec", (0, 0.0))[1]
+    eta: float | None = None
+    if r.active and total and done > 0:
+        if epoch_seconds:  # measured epochs include validation, so they predict the rest best
+            eta = (total - done) * statistics.fmean(epoch_seconds)
+        elif ips > 0 and r.train_set_size:
+            eta = (total - done) * r.train_set_size / ips
+    elapsed = (utcnow() - r.started_at).total_seconds() if r.started_at else None
+    if elapsed is not None and r.finished_at is not None:
+        elapsed = (r.finished_at - r.started_at).total_seconds()
+    return {"epochs_done": round(done, 3), "epochs": total, "fraction": done / total if total else 0.0,
+            "train_loss": latest.get("train_loss_running", latest.get("train_loss", (0, None)))[1],
+            "val_accuracy": latest.get("val_accuracy", (0, None))[1],
+            "val_macro_f1": latest.get("val_macro_f1", (0, None))[1], "images_per_sec": ips or None,
+            "eta_seconds": eta, "elapsed_seconds": elapsed}
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'1 h 02 min', '3 min 05 s', '12 s' or '–'."""
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+# -- comparison ---------------------------------------------------------------------------------------
 
 def per_class_f1_frame(run_ids: list[int], baseline_run: int | None = None) -> pd.DataFrame:
     """Test F1 per class (rows) for each run (columns), plus deltas against a baseline run."""
@@ -88,6 +172,54 @@ def per_class_f1_frame(run_ids: list[int], baseline_run: int | None = None) -> p
     return frame
 
 
+def per_class_f1_figure(run_ids: list[int], baseline_run: int | None = None) -> go.Figure | None:
+    """Grouped bars of test F1 per class and run; a second row shows deltas against the baseline."""
+    frame = per_class_f1_frame(run_ids, baseline_run)
+    if frame.empty:
+        return None
+    long = frame.reset_index(names="class").melt(id_vars="class", var_name="series", value_name="F1")
+    long["panel"] = long["series"].map(lambda s: "Δ vs baseline" if s.startswith("Δ") else "F1")
+    long["series"] = long["series"].str.replace("Δ ", "").str.replace(" vs baseline", "")
+    fig = px.bar(long, x="class", y="F1", color="series", barmode="group", facet_row="panel",
+                 title="test F1 per class" + (f" (Δ against run {baseline_run})" if baseline_run else ""))
+    fig.update_yaxes(matches=None)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_layout(height=520 if long["panel"].nunique() > 1 else 340, legend_title_text="",
+                      margin={"t": 50, "b": 10})
+    return fig
+
+
+def test_metrics_frame(run_ids: list[int], baseline_run: int | None = None) -> pd.DataFrame:
+    """Test accuracy and macro-F1 with bootstrap 95% CIs, and paired deltas against the baseline."""
+    from wbc_core import results
+
+    rows = []
+    for row in results.compare_runs(run_ids, baseline_run)["runs"]:
+        delta = (row.get("delta_vs_baseline") or {}).get("macro_f1") or {}
+        rows.append({"run": row["run"], "recipe": row["recipe"], "seed": row["seed"], "group": row["group"],
+                     "accuracy": row["accuracy"], "accuracy 95% CI": _ci_text(row["accuracy_ci"]),
+                     "macro-F1": row["macro_f1"], "macro-F1 95% CI": _ci_text(row["macro_f1_ci"]),
+                     "Δ macro-F1 vs baseline": delta.get("delta"), "Δ 95% CI (paired)": _ci_text(delta.get("ci"))})
+    return pd.DataFrame(rows)
+
+
+def groups_frame(dataset_id: int | None = None) -> pd.DataFrame:
+    """Ablation and multi-seed groups: mean ± std over seeds of test accuracy and macro-F1 per arm."""
+    from wbc_core import results
+
+    rows = []
+    for g in results.group_summary(dataset_id):
+        rows.append({"group": g["group"], "arm": g["recipe"], "runs": ", ".join(map(str, g["runs"])), "n": g["n"],
+                     "accuracy": _mean_std(g["accuracy_mean"], g["accuracy_std"]),
+                     "macro-F1": _mean_std(g["macro_f1_mean"], g["macro_f1_std"]),
+                     "macro-F1 mean": g["macro_f1_mean"], "macro-F1 std": g["macro_f1_std"]})
+    return pd.DataFrame(rows)
+
+
+def _mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f} (1 seed)"
+
+
 def confusion_figure(run_id: int, normalised: bool = False) -> go.Figure | None:
     """Heatmap of a classifier run's confusion matrix on real test cells (rows = true class)."""
     result = runs_db.get_run(run_id).result
@@ -103,6 +235,27 @@ def confusion_figure(run_id: int, normalised: bool = False) -> go.Figure | None:
                     title=f"run {run_id}: confusion on real test cells" + (" (row-normalised)" if normalised else ""))
     fig.update_layout(height=420, margin={"t": 50, "b": 10})
     return fig
+
+
+def embedding_figure(frame: pd.DataFrame, run_id: int) -> go.Figure:
+    """Scatter of an embedding map: colour = class, symbol = origin (real train, real test, synthetic)."""
+    fig = px.scatter(frame, x="x", y="y", color="class", symbol="origin", hover_data=["image_id", "in_train_set"],
+                     symbol_map={"real train": "circle", "real test": "diamond", "synthetic": "x"},
+                     title=f"run {run_id}: t-SNE of classifier features ({len(frame)} cells)")
+    fig.update_traces(marker={"size": 6, "opacity": 0.75})
+    fig.update_layout(height=560, xaxis={"visible": False}, yaxis={"visible": False}, margin={"t": 50, "b": 10})
+    return fig
+
+
+def embedding_map_figure(run_id: int, max_points: int = 1500, compute: bool = False) -> go.Figure | None:
+    """The run's embedding map figure: the cached one, a fresh one when compute=True, else None."""
+    from wbc_core import embedding
+
+    if compute:
+        frame = embedding.embedding_map(run_id, max_points, refresh=True)
+    else:
+        frame = embedding.cached_embedding(run_id, max_points)
+    return None if frame is None else embedding_figure(frame, run_id)
 
 
 def class_counts_frame(counts: dict[str, dict[str, int]]) -> pd.DataFrame:

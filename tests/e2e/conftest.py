@@ -80,13 +80,11 @@ def _stop_leftover_runs() -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture()
-def streamlit_server(e2e_home: Path, tmp_path: Path) -> Iterator[Server]:
-    """`streamlit run app.py` in a subprocess, ready once /_stcore/health answers; stopped afterwards."""
+def _serve(home: Path, log: Path, env_overrides: dict[str, str]) -> tuple[Server, subprocess.Popen]:
+    """Start `streamlit run app.py` on a free port and wait until /_stcore/health answers."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "streamlit.log"
-    env = {**os.environ, "WBC_HOME": str(e2e_home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WBC_HOME": str(home), "PYTHONUNBUFFERED": "1", **env_overrides}
     env.pop("WBC_DB_URL", None)
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -94,22 +92,56 @@ def streamlit_server(e2e_home: Path, tmp_path: Path) -> Iterator[Server]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(url):
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode} before it was healthy:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{log.read_text()}")
+        time.sleep(0.25)
+    return Server(url, home, log), proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode} before it was healthy:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{log.read_text()}")
-            time.sleep(0.25)
-        yield Server(url, e2e_home, log)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture()
+def streamlit_server(e2e_home: Path, tmp_path: Path) -> Iterator[Server]:
+    """`streamlit run app.py` in a subprocess, ready once /_stcore/health answers; stopped afterwards.
+
+    Sign-in is off (WBC_AUTH=off): the expert journey runs as the single local user 'eve'.
+    """
+    server, proc = _serve(e2e_home, tmp_path / "streamlit.log", {"WBC_AUTH": "off", "WBC_USER": "eve"})
+    try:
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        _stop(proc)
+
+
+@pytest.fixture()
+def start_streamlit(e2e_home: Path, tmp_path: Path) -> Iterator:
+    """A function that starts `streamlit run app.py` with sign-in on (after the test has prepared users and data)
+    and returns its Server; every server it started is stopped afterwards. Keyword arguments are extra env vars."""
+    procs: list[subprocess.Popen] = []
+
+    def start(**env: str) -> Server:
+        server, proc = _serve(e2e_home, tmp_path / f"streamlit_{len(procs)}.log",
+                              {"WBC_AUTH": "on", "WBC_USER": "", **env})
+        procs.append(proc)
+        return server
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            _stop(proc)
 
 
 @pytest.fixture()

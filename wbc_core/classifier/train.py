@@ -84,7 +84,9 @@ def make_optimizer(model: nn.Module, config: ClassifierConfig, device: torch.dev
 def make_scheduler(optimizer: torch.optim.Optimizer, config: ClassifierConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step lr schedule over all planned steps: one-cycle, or linear warm-up + cosine to zero."""
-    if config.schedule == "onecycle":
+    # OneCycleLR divides by the length of its phases, which are zero steps long for very short runs
+    # (it raised ZeroDivisionError at 4 steps); such runs fall back to warm-up + cosine.
+    if config.schedule == "onecycle" and total_steps >= 8:
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
                                                    pct_start=0.25, div_factor=25.0, final_div_factor=1e4)
     warmup = max(1, int(0.05 * total_steps))

@@ -1,6 +1,13 @@
 """Class-conditional GAN for white-blood-cell images: config, networks, DiffAugment, training and sampling."""
 
-from wbc_core.gan.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, latest_checkpoint, list_checkpoints
+from wbc_core.gan.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    latest_checkpoint,
+    latest_full_checkpoint,
+    lighten_checkpoint,
+    list_checkpoints,
+)
 from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.diffaug import diff_augment
 from wbc_core.gan.models import Discriminator, Generator, build_networks, count_params, refresh_bn_stats
@@ -21,6 +28,8 @@ __all__ = [
     "count_params",
     "diff_augment",
     "latest_checkpoint",
+    "latest_full_checkpoint",
+    "lighten_checkpoint",
     "list_checkpoints",
     "load_generator",
     "refresh_bn_stats",

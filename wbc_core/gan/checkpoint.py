@@ -16,6 +16,8 @@ CHECKPOINT_FORMAT = "wbc-gan"
 CHECKPOINT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 REQUIRED_KEYS = ("config", "class_names", "step", "generator", "generator_ema", "discriminator")
+# A "light" checkpoint keeps only what sampling and grids need: ~1/7 of a full one at the default width.
+LIGHT_KEYS = ("config", "class_names", "step", "generator_ema")
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -66,10 +68,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     version = data.get("format_version")
     if version != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is wbc-gan checkpoint version {version!r}; this code reads {CHECKPOINT_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
+    missing = [k for k in (LIGHT_KEYS if data.get("light") else REQUIRED_KEYS) if k not in data]
     if missing:
         raise ValueError(f"{path} is a damaged wbc-gan checkpoint: missing {', '.join(missing)}")
     return data
+
+
+def is_full(data: dict[str, Any]) -> bool:
+    """True for a checkpoint that can resume training (D, optimisers, RNG), False for a light one."""
+    return not data.get("light")
+
+
+def lighten_checkpoint(path: Path) -> Path:
+    """Rewrite a full checkpoint in place as a light one: EMA generator, config, classes, step and metrics."""
+    data = load_checkpoint(path)
+    if not is_full(data):
+        return Path(path)
+    light = {k: data[k] for k in (*LIGHT_KEYS, "metrics") if k in data}
+    return save_checkpoint({**light, "light": True}, path)
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
@@ -86,6 +102,17 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The highest-step checkpoint under out_dir/checkpoints, or None."""
+    """The highest-step checkpoint under out_dir/checkpoints (full or light), or None."""
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+def latest_full_checkpoint(out_dir: Path) -> Path | None:
+    """The highest-step checkpoint that can resume training, or None."""
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            if is_full(load_checkpoint(path)):
+                return path
+        except ValueError:  # a damaged file is skipped; an older full one may still resume the run
+            continue
+    return None

@@ -65,7 +65,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama 2018): spectral-normed strided convs; linear(h) + <embed(y), h>."""
 
-    def __init__(self, num_classes: int, image_size: int = 64, width: int = 64) -> None:
+    def __init__(self, num_classes: int, image_size: int = 64, width: int = 64, aux_classifier: bool = False) -> None:
         super().__init__()
         stages = {32: 3, 64: 4, 128: 5}[image_size]
         ch = stage_channels(width, stages)[::-1]  # mirror of the generator: narrow at full size, wide at 4x4
@@ -76,21 +76,28 @@ class Discriminator(nn.Module):
         self.conv4 = spectral_norm(nn.Conv2d(ch[-1], ch[-1], 3, padding=1))  # one more mixing layer at 4x4
         self.linear = spectral_norm(nn.Linear(ch[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, ch[-1]))
+        # Optional AC-GAN head on the same pooled features: only built when used, so older checkpoints still load.
+        self.classify = spectral_norm(nn.Linear(ch[-1], num_classes)) if aux_classifier else None
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Score images x [B,3,S,S] of classes y [B]; returns logits [B] (higher = more real)."""
+        return self.forward_with_class(x, y)[0]
+
+    def forward_with_class(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(realness logits [B], class logits [B, K] or None without the aux head)."""
         h = x
         for down in self.downs:
             h = self.act(down(h))
         h = self.act(self.conv4(h)).sum(dim=(2, 3))  # sum pooling, as in SN-GAN
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        cls = self.classify(h) if self.classify is not None else None
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1), cls
 
 
 def build_networks(config: GanConfig, num_classes: int) -> tuple[Generator, Discriminator]:
     """Fresh generator and discriminator for config and num_classes (on CPU, fp32)."""
     g = Generator(num_classes, config.image_size, config.z_dim, config.g_width)
-    d = Discriminator(num_classes, config.image_size, config.d_width)
+    d = Discriminator(num_classes, config.image_size, config.d_width, aux_classifier=config.aux_weight > 0)
     return g, d
 
 

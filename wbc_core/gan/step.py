@@ -24,6 +24,7 @@ class GanStepper:
 
     def __init__(self, g: Generator, d: Discriminator, config: GanConfig, device: torch.device) -> None:
         self.g, self.d, self.policy = g, d, config.diffaug
+        self.aux_weight = float(config.aux_weight) if d.classify is not None else 0.0
         self.device = device
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
@@ -70,9 +71,15 @@ class GanStepper:
             fake = g(z, y_fake)
             # Real and fake go through D as one batch: half the kernel launches and one power iteration per step.
             both = diff_augment(torch.cat([real, fake.detach()]), policy)
-            logits = d(both, torch.cat([y_real, y_fake])).float()
+            logits, cls = d.forward_with_class(both, torch.cat([y_real, y_fake]))
+            logits = logits.float()
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+            if self.aux_weight:
+                # AC-GAN's class loss for D on *real* cells only: D learns what makes a basophil a basophil from
+                # data, never from the generator's (possibly wrong) fakes, which avoids the class-collapse of
+                # training the classifier on fakes too.
+                loss_d = loss_d + self.aux_weight * F.cross_entropy(cls[:b].float(), y_real)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss_d).backward()
         self.scaler_d.step(self.opt_d)
@@ -81,7 +88,10 @@ class GanStepper:
         d.requires_grad_(False)  # G's update needs gradients w.r.t. D's input only, not D's weights
         try:
             with self.spectral_norm_fp32(), self.autocast():
-                loss_g = -d(diff_augment(fake, policy), y_fake).float().mean()
+                adv, cls_fake = d.forward_with_class(diff_augment(fake, policy), y_fake)
+                loss_g = -adv.float().mean()
+                if self.aux_weight:  # G is pushed to make fakes that D's real-trained head calls the intended class
+                    loss_g = loss_g + self.aux_weight * F.cross_entropy(cls_fake.float(), y_fake)
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self.scaler_g.step(self.opt_g)

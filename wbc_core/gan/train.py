@@ -11,7 +11,15 @@ from typing import Any
 
 import torch
 
-from wbc_core.gan.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, write_atomic
+from wbc_core.gan.checkpoint import (
+    checkpoint_dir,
+    checkpoint_path,
+    is_full,
+    lighten_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
 from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.models import Generator, build_networks, refresh_bn_stats
 from wbc_core.gan.sample import generate, grid_noise, save_grid
@@ -95,9 +103,13 @@ def _restore_rng(state: dict[str, Any], device: torch.device, sampler: BalancedS
 
 def _load_resume(path: Path, config: GanConfig, class_names: list[str]) -> dict[str, Any]:
     state = load_checkpoint(path, map_location="cpu")
+    if not is_full(state):
+        raise ValueError(f"cannot resume {path}: it is a light (generator-only) checkpoint; resume from the latest one")
     saved = GanConfig.from_dict(state["config"])
     clash = [f"{f}: checkpoint {getattr(saved, f)} vs config {getattr(config, f)}"
              for f in _ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if (saved.aux_weight > 0) != (config.aux_weight > 0):
+        clash.append(f"aux classifier head: checkpoint {saved.aux_weight > 0} vs config {config.aux_weight > 0}")
     if clash:
         raise ValueError(f"cannot resume {path}: architecture differs ({'; '.join(clash)})")
     if list(state["class_names"]) != list(class_names):
@@ -120,6 +132,8 @@ def train_gan(data: LabelledImages, class_names: list[str], config: GanConfig, o
         run = _Run(data, class_names, config, out_dir, device, progress)
         if resume is not None:
             run.restore(resume)
+            if Path(resume_from).resolve().parent == checkpoint_dir(out_dir).resolve():
+                run.last_checkpoint = Path(resume_from)  # lightened once the next full checkpoint is safely written
         return run.loop(should_stop, t_call)
 
 
@@ -254,5 +268,11 @@ class _Run:
             "rng": _rng_state(self.device, self.sampler),
             "metrics": dict(self.last_metrics),
         }
+        previous = self.last_checkpoint
         self.last_checkpoint = save_checkpoint(payload, checkpoint_path(self.out_dir, self.step))
+        # Only the newest checkpoint keeps D and the optimisers (resume needs nothing older); older ones shrink to
+        # the EMA generator, which is all sampling and grids use. The new file is written first, so a crash in
+        # between leaves two full files rather than none.
+        if previous is not None and previous != self.last_checkpoint and previous.is_file():
+            lighten_checkpoint(previous)
         return self.last_checkpoint

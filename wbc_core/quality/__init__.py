@@ -1,1 +1,8 @@
-"""Offline quality measures for generated cells: features, distances, memorisation, distribution metrics."""
+"""Offline quality measures for generated cells: judge features, distances, memorisation, distribution metrics.
+
+Kept import-light (no torch here): the Generate page reads metric names through quality.views.
+"""
+
+PREFIX = "quality/"  # metric names stored per GAN checkpoint: quality/<metric> and quality/<metric>/<class>
+METRICS = ("fd_ratio", "fd", "fd_baseline", "density", "coverage", "precision", "recall", "memorised",
+           "nearest_train", "copy_ct", "acceptance", "judge_accuracy", "tstr_accuracy", "n")

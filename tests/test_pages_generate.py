@@ -1,0 +1,118 @@
+"""The Generate page under AppTest: quality scoring of a checkpoint, the quality plot, and scored candidates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from db import datasets as ds_db
+from db import runs as runs_db
+from db.engine import dispose_all, read_session
+from db.migrate import ensure_schema, forget_schema_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+
+
+def _use_home(home: Path) -> None:
+    os.environ["WBC_HOME"] = str(home)
+    os.environ.pop("WBC_DB_URL", None)
+    dispose_all()
+    forget_schema_cache()
+
+
+@pytest.fixture(scope="module")
+def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """Dataset 'cells' (demo, 5 classes x 14 at 32 px) and a finished 4-step GAN run trained in this process."""
+    from wbc_core import datasets, gan_runs, worker
+    from wbc_core.data.demo import write_demo_folder
+
+    root = tmp_path_factory.mktemp("generate_page")
+    home = root / "home"
+    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
+    _use_home(home)
+    try:
+        ensure_schema()
+        datasets.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32)
+        run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
+                                                  "checkpoint_every": 2, "device": "cpu", "num_threads": 1},
+                                        launch=False)
+        assert worker.main(run_id) == 0  # in-process: no second torch import, no polling
+    finally:
+        dispose_all()
+        forget_schema_cache()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    yield home, run_id
+
+
+@pytest.fixture()
+def home(built_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A private copy of the built home, active for this test (login off); yields the GAN run id."""
+    src, run_id = built_home
+    copy = tmp_path / "home"
+    shutil.copytree(src, copy)
+    monkeypatch.setenv("WBC_HOME", str(copy))
+    monkeypatch.setenv("WBC_AUTH", "off")
+    monkeypatch.delenv("WBC_DB_URL", raising=False)
+    dispose_all()
+    forget_schema_cache()
+    ensure_schema()
+    yield run_id
+    dispose_all()
+    forget_schema_cache()
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages/generate.py"), default_timeout=TIMEOUT).run()
+    return ok(at)
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, "\n\n".join(e.value + "\n" + "\n".join(e.stack_trace) for e in at.exception)
+    assert not at.error, "\n".join(str(e.value) for e in at.error)
+    return at
+
+
+def test_page_renders_with_the_quality_section_and_no_metrics_yet(home) -> None:
+    at = page()
+    assert "Quality over checkpoints" in [s.value for s in at.subheader]
+    assert any("No quality metrics yet" in str(i.value) for i in at.info)
+    assert at.select_slider[0].value == 4  # newest checkpoint preselected
+    assert at.button(key="score_quality").label == "Score quality for step 4"
+
+
+def test_score_quality_button_stores_metrics_and_plots_them(home) -> None:
+    run_id = home
+    at = page()
+    at.number_input(key="quality_per_class").set_value(8)
+    ok(at.button(key="score_quality").click().run())
+    names = {r["name"] for r in runs_db.metrics([run_id]) if r["step"] == 4}
+    assert {"quality/fd_ratio", "quality/coverage", "quality/acceptance", "quality/memorised"} <= names
+    assert at.selectbox(key="quality_metric").value == "fd_ratio"
+    assert len(at.get("plotly_chart")) >= 2  # the loss curves and the quality plot
+    ok(at.selectbox(key="quality_metric").set_value("acceptance").run())
+    ok(at.multiselect(key="quality_groups").set_value(["all", "lymphocyte"]).run())
+    assert at.dataframe, "the per-class table of the selected checkpoint is shown"
+
+
+def test_generate_button_adds_scored_candidates(home) -> None:
+    from db.models import Image
+
+    at = page()
+    at.number_input(key="per_class").set_value(3)
+    ok(at.button(key="generate").click().run())
+    assert any("Scored 15 for review sorting" in str(s.value) for s in at.success), [s.value for s in at.success]
+    rows = ds_db.candidates(ds_db.get_dataset("cells").id)
+    assert len(rows) == 15
+    with read_session() as s:
+        probs = [p for (p,) in s.query(Image.judge_prob).filter(Image.origin == "synthetic")]
+    assert len(probs) == 15 and all(p is not None and 0 <= p <= 1 for p in probs)

@@ -1,0 +1,298 @@
+"""Results of classifier runs: saved test predictions, bootstrap CIs, run comparison, model files, predict.
+
+Every number here is measured on a dataset's real test cells; the per-sample predictions a job saves
+make confidence intervals and paired comparisons (same test cells, two models) possible afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import statistics
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from db import runs as runs_db
+from wbc_core import jobs
+from wbc_core.settings import wbc_home
+
+PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
+TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
+BOOTSTRAP_SAMPLES = 1000  # resamples per interval: percentile CIs are stable to ~0.002 at this count
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A run's per-sample predictions on the real test cells."""
+
+    ids: np.ndarray  # int64 [N] image ids of the test cells, in scoring order
+    y_true: np.ndarray  # int64 [N] true class index
+    y_pred: np.ndarray  # int64 [N] predicted class index (argmax of probs)
+    probs: np.ndarray  # float32 [N, K] class probabilities
+    class_names: list[str]  # index -> class name
+    val_ids: np.ndarray  # int64 [M] ids of the real val cells the best epoch was chosen on
+
+
+def score_and_save(checkpoint: Path, test: Any, test_ids: Sequence[int], val_ids: Sequence[int],
+                   class_names: list[str], device: str, out_dir: Path) -> dict[str, Any]:
+    """Score a checkpoint on test cells, save per-sample predictions, return the report with bootstrap CIs."""
+    from wbc_core.classifier import load_classifier, predict_logits
+    from wbc_core.classifier.inference import report_from_logits
+
+    loaded = load_classifier(checkpoint, device)
+    if loaded.class_names != list(class_names):
+        raise ValueError(f"checkpoint classes {loaded.class_names} differ from the dataset's {class_names}")
+    logits = predict_logits(loaded, test.images, device)
+    report = report_from_logits(logits, test.labels, class_names)
+    probs = logits.softmax(dim=1).numpy().astype(np.float32)
+    y_true = test.labels.numpy().astype(np.int64)
+    y_pred = probs.argmax(axis=1).astype(np.int64)
+    np.savez_compressed(Path(out_dir) / PREDICTIONS_FILE, ids=np.asarray(test_ids, dtype=np.int64), y_true=y_true,
+                        y_pred=y_pred, probs=probs, class_names=np.asarray(class_names, dtype=str),
+                        val_ids=np.asarray(val_ids, dtype=np.int64))
+    report["class_names"] = list(class_names)
+    report["ci"] = confidence_intervals(y_true, y_pred)
+    return report
+
+
+def load_predictions(run_id: int) -> Predictions | None:
+    """The saved test predictions of a run, or None (run without test cells, or older than this feature)."""
+    path = jobs.run_dir(run_id) / PREDICTIONS_FILE
+    return _read_predictions(path) if path.exists() else None
+
+
+def _read_predictions(path: Path) -> Predictions:
+    with np.load(path, allow_pickle=False) as blob:
+        return Predictions(ids=blob["ids"], y_true=blob["y_true"], y_pred=blob["y_pred"], probs=blob["probs"],
+                           class_names=[str(c) for c in blob["class_names"]], val_ids=blob["val_ids"])
+
+
+def confidence_intervals(y_true: np.ndarray, y_pred: np.ndarray, n: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+    """Percentile bootstrap CIs of accuracy and macro-F1 over test cells (JSON-safe)."""
+    from wbc_core.classifier import accuracy, bootstrap_ci, macro_f1
+
+    return {"accuracy": list(bootstrap_ci(y_true, y_pred, accuracy, n=n, confidence=CONFIDENCE)),
+            "macro_f1": list(bootstrap_ci(y_true, y_pred, macro_f1, n=n, confidence=CONFIDENCE)),
+            "confidence": CONFIDENCE, "samples": n, "method": "percentile bootstrap over real test cells"}
+
+
+def paired_delta(base: Predictions, other: Predictions, n: int = BOOTSTRAP_SAMPLES,
+                 seed: int = 0) -> dict[str, dict[str, Any]] | None:
+    """other - base for accuracy and macro-F1 with a paired bootstrap CI; None unless both saw the same cells."""
+    from wbc_core.classifier import accuracy, macro_f1
+
+    if base.ids.shape != other.ids.shape or set(base.ids.tolist()) != set(other.ids.tolist()):
+        return None
+    order = {int(i): k for k, i in enumerate(other.ids.tolist())}
+    aligned = other.y_pred[[order[int(i)] for i in base.ids.tolist()]]
+    t, p0, p1 = base.y_true, base.y_pred, aligned
+    out: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": accuracy, "macro_f1": macro_f1}
+    for name, fn in metrics.items():
+        rng = np.random.default_rng(seed)  # the same resamples for every metric
+        deltas = np.empty(n)
+        for i in range(n):
+            # Resampling cells jointly for both models keeps their correlation: far tighter than two separate CIs.
+            r = rng.integers(0, t.size, size=t.size)
+            deltas[i] = fn(t[r], p1[r]) - fn(t[r], p0[r])
+        alpha = (1.0 - CONFIDENCE) / 2.0
+        low, high = np.quantile(deltas, [alpha, 1.0 - alpha])
+        out[name] = {"delta": fn(t, p1) - fn(t, p0), "ci": [float(low), float(high)]}
+    return out
+
+
+def compare_runs(run_ids: Sequence[int], baseline: int | None = None) -> dict[str, Any]:
+    """Test metrics with CIs per run, per-class F1, and deltas (paired CIs) against a baseline run."""
+    infos = {r: runs_db.get_run(r) for r in run_ids}
+    if baseline is not None and baseline not in infos:
+        infos[baseline] = runs_db.get_run(baseline)
+    base_f1 = ((infos[baseline].result.get("test") or {}).get("per_class_f1") or {}) if baseline is not None else {}
+    rows: list[dict[str, Any]] = []
+    per_class: dict[str, dict[str, float]] = defaultdict(dict)
+    deltas: dict[str, dict[str, float]] = defaultdict(dict)
+    for run_id in run_ids:
+        info = infos[run_id]
+        test = info.result.get("test") or {}
+        ci = test.get("ci") or {}
+        row: dict[str, Any] = {"run": run_id, "recipe": info.recipe, "seed": info.seed, "group": info.group_name,
+                               "status": info.status, "model": info.config.get("model"),
+                               "accuracy": test.get("accuracy"), "accuracy_ci": ci.get("accuracy"),
+                               "macro_f1": test.get("macro_f1"), "macro_f1_ci": ci.get("macro_f1"),
+                               "test_size": info.result.get("test_size"), "train_set_hash": info.train_set_hash}
+        for name, f1 in (test.get("per_class_f1") or {}).items():
+            per_class[name][f"run {run_id}"] = f1
+            if baseline is not None and run_id != baseline and name in base_f1:
+                deltas[name][f"run {run_id}"] = f1 - base_f1[name]
+        if baseline is not None and run_id != baseline:
+            row["delta_vs_baseline"] = _paired_runs(baseline, run_id)
+        rows.append(row)
+    return {"baseline": baseline, "runs": rows, "per_class_f1": dict(per_class),
+            "per_class_delta": dict(deltas)}
+
+
+def _paired_runs(baseline: int, run_id: int) -> dict[str, dict[str, Any]] | None:
+    """paired_delta of two runs' saved predictions, cached per file version (pages recompute on every rerun)."""
+    files = [jobs.run_dir(r) / PREDICTIONS_FILE for r in (baseline, run_id)]
+    if not all(f.exists() for f in files):
+        return None
+    return _paired_files(str(files[0]), files[0].stat().st_mtime_ns, str(files[1]), files[1].stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _paired_files(base_path: str, _base_mtime: int, other_path: str, _other_mtime: int
+                  ) -> dict[str, dict[str, Any]] | None:
+    base, other = (_read_predictions(Path(p)) for p in (base_path, other_path))
+    return paired_delta(base, other)
+
+
+def group_summary(dataset_id: int | None = None, groups: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Mean ± std (over seeds) of test accuracy and macro-F1 per group and arm (recipe), succeeded runs only."""
+    arms: dict[tuple[str, str], list[runs_db.RunInfo]] = defaultdict(list)
+    for r in runs_db.list_runs(dataset_id=dataset_id, kind="classifier", status="succeeded", limit=100_000):
+        if r.group_name and (groups is None or r.group_name in groups) and (r.result.get("test") or {}):
+            arms[(r.group_name, r.recipe or "")].append(r)
+    newest = defaultdict(int)
+    for (group, _), members in arms.items():
+        newest[group] = max(newest[group], *(r.id for r in members))
+    order = {name: k for k, name in enumerate(("real", "curated", "all-synthetic"))}
+    out: list[dict[str, Any]] = []
+    # Newest group first; within a group the baseline arm first, then the recipes in their usual order.
+    for (group, recipe), members in sorted(arms.items(), key=lambda kv: (-newest[kv[0][0]], order.get(kv[0][1], 9),
+                                                                         kv[0][1])):
+        members.sort(key=lambda r: r.seed)
+        row: dict[str, Any] = {"group": group, "recipe": recipe, "runs": [r.id for r in members],
+                               "seeds": [r.seed for r in members], "n": len(members)}
+        for metric in ("accuracy", "macro_f1"):
+            values = [float(r.result["test"][metric]) for r in members]
+            row[f"{metric}_mean"] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None  # sample std over seeds
+        classes = sorted({c for r in members for c in (r.result["test"].get("per_class_f1") or {})})
+        row["per_class_f1_mean"] = {c: statistics.fmean([r.result["test"]["per_class_f1"].get(c, 0.0)
+                                                         for r in members]) for c in classes}
+        out.append(row)
+    return out
+
+
+# -- model files ----------------------------------------------------------------------------------------
+
+def checkpoint_path(run_id: int) -> Path:
+    """model.pt of a finished classifier run (weights, class names, normalisation, config)."""
+    info = runs_db.get_run(run_id)
+    if info.kind != "classifier":
+        raise ValueError(f"run {run_id} is a {info.kind} run, not a classifier run")
+    rel = info.result.get("model_path")
+    path = wbc_home() / rel if rel else jobs.run_dir(run_id) / "model.pt"
+    if info.active or not path.is_file():
+        raise ValueError(f"run {run_id} has no trained model yet (status {info.status})")
+    return path
+
+
+def torchscript_path(run_id: int) -> Path:
+    """The run's TorchScript export (uint8 images in, probabilities out), exported once and cached."""
+    from wbc_core.classifier import export_torchscript
+
+    source = checkpoint_path(run_id)
+    target = source.with_name(TORCHSCRIPT_FILE)
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        export_torchscript(source, target)
+    return target
+
+
+def model_card(run_id: int) -> dict[str, Any]:
+    """Class map and preprocessing of a run's model, as shipped next to the weights."""
+    from wbc_core.classifier import load_classifier
+
+    loaded = load_classifier(checkpoint_path(run_id))
+    info = runs_db.get_run(run_id)
+    return {"run": run_id, "model": loaded.config.model, "class_names": loaded.class_names,
+            "image_size": loaded.image_size, "normalization": loaded.normalization,
+            "input": "RGB, centre-cropped to a square, resized (bicubic) to image_size, uint8 0..255, "
+                     "divided by 255 then normalised with mean/std (the TorchScript file does this itself)",
+            "epoch": loaded.epoch, "recipe": info.recipe, "seed": info.seed, "train_set_hash": info.train_set_hash,
+            "test": {k: (info.result.get("test") or {}).get(k) for k in ("accuracy", "macro_f1", "ci")}}
+
+
+def model_bytes(run_id: int, fmt: str) -> bytes:
+    """File contents for a download: "checkpoint" (model.pt), "torchscript" or "card" (JSON class map)."""
+    if fmt == "checkpoint":
+        return checkpoint_path(run_id).read_bytes()
+    if fmt == "torchscript":
+        return torchscript_path(run_id).read_bytes()
+    if fmt == "card":
+        return json.dumps(model_card(run_id), indent=2).encode()
+    raise ValueError(f"format must be checkpoint, torchscript or card, got {fmt!r}")
+
+
+def export_model(run_id: int, out_dir: str | Path) -> dict[str, str]:
+    """Write a run's checkpoint, TorchScript file and class map into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"checkpoint": out / f"run_{run_id}_model.pt", "torchscript": out / f"run_{run_id}_model.torchscript.pt",
+             "card": out / f"run_{run_id}_classes.json"}
+    shutil.copyfile(checkpoint_path(run_id), files["checkpoint"])
+    shutil.copyfile(torchscript_path(run_id), files["torchscript"])
+    files["card"].write_text(json.dumps(model_card(run_id), indent=2))
+    return {k: str(v) for k, v in files.items()}
+
+
+# -- predict ----------------------------------------------------------------------------------------------
+
+def load_any_model(path: str | Path) -> tuple[Callable[[Any], Any], list[str], int, str]:
+    """(uint8 batch -> probabilities, class names, image size, format) for a wbc checkpoint or TorchScript file."""
+    from wbc_core.classifier import load_classifier, load_torchscript, predict_proba
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            # torch.load notices a TorchScript zip and says so; that file is handled just below.
+            warnings.filterwarnings("ignore", message=".*TorchScript archive.*", category=UserWarning)
+            loaded = load_classifier(path)
+        return (lambda x: predict_proba(loaded, x)), loaded.class_names, loaded.image_size, "checkpoint"
+    except ValueError as checkpoint_error:
+        try:
+            module, meta = load_torchscript(path)
+        except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError for any foreign file
+            raise ValueError(f"{str(path)!r} is neither a wbc checkpoint ({checkpoint_error}) nor an exported "
+                             f"TorchScript classifier ({type(exc).__name__})") from exc
+    import torch
+
+    def run(x: Any) -> Any:
+        with torch.no_grad():
+            return module(x)
+
+    return run, list(meta["class_names"]), int(meta["image_size"]), "torchscript"
+
+
+def predict_images(model_path: str | Path, image_paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Top class and probabilities per image, decoded and resized exactly as training data is."""
+    import torch
+
+    from wbc_core.store import decode_cell
+
+    if not image_paths:
+        raise ValueError("give at least one image")
+    run, class_names, size, fmt = load_any_model(model_path)
+    arrays = []
+    for p in image_paths:
+        try:
+            arrays.append(decode_cell(Path(p), size))
+        except (OSError, ValueError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for non-images
+            raise ValueError(f"cannot read image {str(p)!r}: {exc}") from exc
+    probs = run(torch.from_numpy(np.stack(arrays))).float().numpy()
+    items = []
+    for p, row in zip(image_paths, probs, strict=True):
+        top = int(row.argmax())
+        items.append({"image": str(p), "top_class": class_names[top], "top_probability": float(row[top]),
+                      "probabilities": {c: float(v) for c, v in zip(class_names, row, strict=True)}})
+    return {"model": str(model_path), "format": fmt, "image_size": size, "class_names": class_names,
+            "predictions": items}
