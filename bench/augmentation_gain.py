@@ -84,7 +84,7 @@ QUICK = dict(regimes=("n50",), shares=(0.5, 1.0), seeds=1, gan_steps=600, gan_wi
 
 def epochs_for(budget: int, n: int, batch: int) -> int:
     """Epochs so a training set of n cells sees about `budget` images: every arm of a regime gets the same budget."""
-    # At least 8 optimiser steps in all: OneCycleLR (25% warm-up) divides by zero below that (tiny test folders).
+    # At least 8 optimiser steps: below that make_scheduler swaps one-cycle for cosine, and arms must share a schedule.
     return max(1, round(budget / n), math.ceil(8 / math.ceil(n / batch)))
 
 

@@ -108,7 +108,8 @@ def markdown(results: dict[str, Any], focus_classes: tuple[str, ...]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for regime, r in results["regimes"].items():
         real = r["absolute"]["real"]
-        lines.append(f"| {regime} | – | real only | 0 | {real['macro_f1'] * 100:.1f} | | | " + " | " * len(focus))
+        cells = [regime, "–", "real only", "0", f"{real['macro_f1'] * 100:.1f}", "", "", *[""] * len(focus)]
+        lines.append("| " + " | ".join(cells) + " |")
         for share, by in r["gains"].items():
             for arm in ("unfiltered", "curated", "matched"):
                 g, absolute = by[arm], r["absolute"][f"{arm}@{share}"]

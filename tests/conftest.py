@@ -56,3 +56,23 @@ def tiny_folder(tmp_path: Path) -> Path:
         for i in range(12):
             draw_cell(rng, 32, colour).save(root / name / f"{name}_{i:02d}.jpg", quality=95)
     return root
+
+
+def copy_home(source: Path, target: Path) -> Path:
+    """Copy a prepared WBC_HOME; the SQLite database goes through the backup API.
+
+    A plain file copy can catch a worker process still closing its connection (the -wal file
+    vanishing mid-copy); the backup API reads one consistent snapshot instead.
+    """
+    import shutil
+    import sqlite3
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("wbc.db", "wbc.db-wal", "wbc.db-shm"))
+    if (source / "wbc.db").exists():
+        src = sqlite3.connect(source / "wbc.db", timeout=30)
+        dst = sqlite3.connect(target / "wbc.db")
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+    return target

@@ -8,12 +8,12 @@ is built once per module and copied for every test that uses it.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import copy_home
 from streamlit.testing.v1 import AppTest
 
 from db import datasets as ds_db
@@ -90,7 +90,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def full_home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private copy of the populated home, active for this test."""
     home = tmp_path / "home"
-    shutil.copytree(built_home, home)
+    copy_home(built_home, home)
     monkeypatch.setenv("WBC_HOME", str(home))
     monkeypatch.delenv("WBC_DB_URL", raising=False)
     dispose_all()

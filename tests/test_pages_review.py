@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import time
 import zipfile
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_home
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -109,7 +109,7 @@ def _sign_in_on(monkeypatch: pytest.MonkeyPatch) -> None:
 def home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private copy of the populated home, active for this test."""
     copy = tmp_path / "home"
-    shutil.copytree(built_home, copy)
+    copy_home(built_home, copy)
     monkeypatch.setenv("WBC_HOME", str(copy))
     monkeypatch.delenv("WBC_DB_URL", raising=False)
     dispose_all()

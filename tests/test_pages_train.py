@@ -6,13 +6,13 @@ button, and the model download buttons. Sign-in is switched off (WBC_AUTH=off) w
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import copy_home
 from streamlit.testing.v1 import AppTest
 from test_results import FAST, build_home, use_home
 
@@ -47,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 def home(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """A private copy of the built home, active for this test, sign-in off."""
     src, made = built
-    shutil.copytree(src, tmp_path / "home")
+    copy_home(src, tmp_path / "home")
     monkeypatch.setenv("WBC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WBC_AUTH", "off")
     monkeypatch.delenv("WBC_DB_URL", raising=False)
