@@ -77,12 +77,10 @@ def test_decisions_are_append_only(wbc_home):
     dataset_id = _dataset()
     ids = _candidates(dataset_id, 2)
     review.record_decisions(ids, "ann", "accept")
-    with get_engine().begin() as conn:
-        with pytest.raises(IntegrityError, match="append-only"):
-            conn.execute(text("UPDATE decisions SET verdict = 'reject'"))
-    with get_engine().begin() as conn:
-        with pytest.raises(IntegrityError, match="append-only"):
-            conn.execute(text("DELETE FROM decisions"))
+    with get_engine().begin() as conn, pytest.raises(IntegrityError, match="append-only"):
+        conn.execute(text("UPDATE decisions SET verdict = 'reject'"))
+    with get_engine().begin() as conn, pytest.raises(IntegrityError, match="append-only"):
+        conn.execute(text("DELETE FROM decisions"))
     assert len(review.current_decisions(dataset_id)) == 2
 
 
