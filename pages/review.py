@@ -19,7 +19,7 @@ import streamlit as st
 
 from db import runs as runs_db
 from pages import common
-from wbc_core import auth, review
+from wbc_core import auth, review, review_detail
 from wbc_core import datasets as data_service
 from wbc_core.settings import wbc_home
 from wbc_core.thumbnails import thumbnail_path
@@ -27,6 +27,7 @@ from wbc_core.thumbnails import thumbnail_path
 PAGE_SIZE = 48
 COLUMNS = 8
 ATLAS_SIZE = 12
+DETAIL_NEIGHBOURS = 5  # nearest real train cells shown next to the cursor cell
 # The quota gauge's consensus counts are shared by all sessions and refreshed in the background at most this often:
 # class_summary costs ~0.3 s at 100k candidates and 20k decisions, too much for every key press.
 SUMMARY_MAX_AGE_S = 10.0
@@ -260,6 +261,34 @@ def _actions(current: dict | None, ids: list[int], selected: list[int], advance:
                  format_func=lambda r: "no reason" if r is None else r)
 
 
+@st.cache_data(ttl=60, show_spinner=False, max_entries=2000)
+def _cell_detail(home: str, image_id: int) -> dict | None:
+    """Judge probabilities and nearest real train cells of one cell (None until a judge is cached)."""
+    return review_detail.candidate_detail(image_id, k=DETAIL_NEIGHBOURS)
+
+
+def _detail_view(current: dict, home: str) -> None:
+    """Class probabilities of the real-only classifier and the nearest real train cells, with distances.
+
+    Looked up the same way for a blind real cell as for a candidate; no ids for non-admins.
+    """
+    detail = _cell_detail(home, int(current["id"]))
+    if detail is None:
+        st.caption("Class probabilities and the nearest real cells appear once candidates are scored on the "
+                   "Generate page.")
+        return
+    with st.container(key="rv_detail"):
+        st.caption("Real-only classifier: class probabilities")
+        st.plotly_chart(review_detail.probabilities_figure(detail["probabilities"]), key="rv_probs",
+                        config={"displayModeBar": False, "staticPlot": True}, width="stretch")
+        shown = [(t, n) for t, n in ((_thumb(n["path"], 96, home), n) for n in detail["neighbours"]) if t]
+        if shown:
+            st.caption("Nearest real train cells (classifier feature distance)")
+            st.image([t for t, _ in shown], width=72, output_format="PNG",
+                     caption=[f"{n['class_name']} · {n['distance']:.2f}" + (f" · #{n['image_id']}" if is_admin else "")
+                              for _, n in shown])
+
+
 @st.fragment
 def work_area() -> None:
     s = st.session_state
@@ -328,6 +357,7 @@ def work_area() -> None:
             if current.get("nearest_real_distance") is not None:
                 scores.append(f"nearest real train cell at distance **{current['nearest_real_distance']:.2f}**")
             st.caption(" · ".join(scores) if scores else "No classifier scores for this cell.")
+            _detail_view(current, home)
             if is_admin:
                 st.caption(f"id {current['id']} · GAN run {current.get('gan_run_id')} · "
                            f"step {current.get('checkpoint_step')}")

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
-from PIL import Image
+from support import TINY_CLASSES, draw_cell
 
 from db.engine import dispose_all
 from db.migrate import ensure_schema, forget_schema_cache
@@ -31,21 +31,6 @@ def wbc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     forget_schema_cache()
 
 
-def draw_cell(rng: np.random.Generator, size: int, colour: tuple[int, int, int]) -> Image.Image:
-    """A tiny cell-like picture: a coloured disc with noise on a pale background."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
-    radius = rng.uniform(size * 0.2, size * 0.3)
-    inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
-    img = np.full((size, size, 3), 230, dtype=np.float64)
-    img[inside] = colour
-    img += rng.normal(0, 8, img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
-
-TINY_CLASSES = {"lymphocyte": (120, 60, 160), "neutrophil": (200, 120, 170), "platelet": (90, 40, 110)}
-
-
 @pytest.fixture()
 def tiny_folder(tmp_path: Path) -> Path:
     """A folder of 3 classes x 12 JPEG cells at 32 px, one subfolder per class."""
@@ -57,22 +42,3 @@ def tiny_folder(tmp_path: Path) -> Path:
             draw_cell(rng, 32, colour).save(root / name / f"{name}_{i:02d}.jpg", quality=95)
     return root
 
-
-def copy_home(source: Path, target: Path) -> Path:
-    """Copy a prepared WBC_HOME; the SQLite database goes through the backup API.
-
-    A plain file copy can catch a worker process still closing its connection (the -wal file
-    vanishing mid-copy); the backup API reads one consistent snapshot instead.
-    """
-    import shutil
-    import sqlite3
-
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("wbc.db", "wbc.db-wal", "wbc.db-shm"))
-    if (source / "wbc.db").exists():
-        src = sqlite3.connect(source / "wbc.db", timeout=30)
-        dst = sqlite3.connect(target / "wbc.db")
-        with dst:
-            src.backup(dst)
-        src.close()
-        dst.close()
-    return target

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import draw_cell
+from support import draw_cell
 
 from bench import augmentation_gain as ag
 from bench import gain_data as gd

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_cell
+from support import draw_cell
 
 from db import datasets as ds_db
 from db import review as review_db

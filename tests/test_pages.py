@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import copy_home
 from streamlit.testing.v1 import AppTest
+from support import copy_home
 
 from db import datasets as ds_db
 from db import runs as runs_db

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_home
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from support import copy_home
 
 from db import datasets as ds_db
 from db import review as review_db

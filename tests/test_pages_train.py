@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import copy_home
 from streamlit.testing.v1 import AppTest
+from support import copy_home
 from test_results import FAST, build_home, use_home
 
 from db import runs as runs_db

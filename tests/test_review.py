@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import draw_cell
 from PIL import Image
+from support import draw_cell
 
 from db import datasets
 from db import review as review_db

@@ -1,0 +1,47 @@
+"""Helpers shared by test modules (import them with `from support import ...`).
+
+They live here, not in conftest.py, because tests/ and tests/e2e/ both have a conftest module and
+`from conftest import` would pick whichever pytest happened to import first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def draw_cell(rng: np.random.Generator, size: int, colour: tuple[int, int, int]) -> Image.Image:
+    """A tiny cell-like picture: a coloured disc with noise on a pale background."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
+    radius = rng.uniform(size * 0.2, size * 0.3)
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    img = np.full((size, size, 3), 230, dtype=np.float64)
+    img[inside] = colour
+    img += rng.normal(0, 8, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+TINY_CLASSES = {"lymphocyte": (120, 60, 160), "neutrophil": (200, 120, 170), "platelet": (90, 40, 110)}
+
+
+def copy_home(source: Path, target: Path) -> Path:
+    """Copy a prepared WBC_HOME; the SQLite database goes through the backup API.
+
+    A plain file copy can catch a worker process still closing its connection (the -wal file
+    vanishing mid-copy); the backup API reads one consistent snapshot instead.
+    """
+    import shutil
+    import sqlite3
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("wbc.db", "wbc.db-wal", "wbc.db-shm"))
+    if (source / "wbc.db").exists():
+        src = sqlite3.connect(source / "wbc.db", timeout=30)
+        dst = sqlite3.connect(target / "wbc.db")
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+    return target
