@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from db import datasets as ds_db
 from wbc_core import store
@@ -95,3 +96,26 @@ def test_image_set_hash_depends_on_ids_hashes_and_labels():
     assert store.image_set_hash(base) != store.image_set_hash(base[:1])
 
 
+
+
+def test_tensor_store_never_serves_another_homes_cells(tmp_path, monkeypatch, tiny_folder):
+    """Two homes whose datasets share id 1 (one process, e.g. a test run or a server switching homes)."""
+    from db.engine import dispose_all
+    from db.migrate import ensure_schema, forget_schema_cache
+
+    seen = []
+    for name, colour in (("first", 30), ("second", 220)):
+        monkeypatch.setenv("WBC_HOME", str(tmp_path / name))
+        dispose_all()
+        forget_schema_cache()
+        ensure_schema()
+        folder = tmp_path / f"src_{name}" / "cls"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16, 3), colour + i, dtype=np.uint8)).save(folder / f"{i}.png")
+        result = import_folder(folder.parent, name, size=32, split=SplitConfig(0.0, 0.0))
+        assert result.dataset_id == 1
+        seen.append(store.images_for(1, ds_db.real_images(1), 32).float().mean().item())
+    dispose_all()
+    forget_schema_cache()
+    assert seen[0] < 60 and seen[1] > 200

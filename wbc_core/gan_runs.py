@@ -195,7 +195,7 @@ def _png_bytes(cell) -> bytes:  # noqa: ANN001
 
 # -- quality -----------------------------------------------------------------------------------------
 
-_references: dict[tuple[int, int, str], Any] = {}  # (dataset, size, split hash) -> judge Reference, per process
+_references: dict[tuple[str, int, int, str], Any] = {}  # (home, dataset, size, split hash) -> judge, per process
 
 
 def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
@@ -203,7 +203,7 @@ def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
     from wbc_core.quality.judge import dataset_reference
 
     info = ds_db.get_dataset(dataset_id)
-    key = (info.id, int(size), info.split_hash)
+    key = (str(wbc_home()), info.id, int(size), info.split_hash)  # one process may serve several homes
     if key not in _references:
         _references[key] = dataset_reference(info.id, size)
     return _references[key]

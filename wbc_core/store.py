@@ -22,7 +22,7 @@ from db.datasets import ImageRow
 from wbc_core.settings import cache_dir, wbc_home
 from wbc_core.types import LabelledImages
 
-_memory: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (dataset, size) -> (ids, images)
+_memory: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor, list[str]]] = {}  # (home, dataset, size)
 _lock = threading.Lock()
 
 
@@ -63,41 +63,58 @@ def _cache_file(dataset_id: int, size: int) -> Path:
     return folder / f"dataset_{dataset_id}_size_{size}.pt"
 
 
-def _load(dataset_id: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (dataset_id, size)
+_Entry = tuple[torch.Tensor, torch.Tensor, list[str]]  # ids, images, sha256 of each cached image
+
+
+def _empty(size: int) -> _Entry:
+    return torch.empty(0, dtype=torch.int64), torch.empty((0, 3, size, size), dtype=torch.uint8), []
+
+
+def _load(key: tuple[str, int, int]) -> _Entry:
     if key in _memory:
         return _memory[key]
+    _, dataset_id, size = key
     path = _cache_file(dataset_id, size)
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)
-            return blob["ids"], blob["images"]
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            return blob["ids"], blob["images"], list(blob["sha256"])
+        except Exception:  # noqa: BLE001 - a damaged or old-format cache is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    return torch.empty(0, dtype=torch.int64), torch.empty((0, 3, size, size), dtype=torch.uint8)
+    return _empty(size)
 
 
-def _save(dataset_id: int, size: int, ids: torch.Tensor, images: torch.Tensor) -> None:
+def _save(dataset_id: int, size: int, entry: _Entry) -> None:
     path = _cache_file(dataset_id, size)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"ids": ids, "images": images}, tmp)
+    ids, images, shas = entry
+    torch.save({"ids": ids, "images": images, "sha256": shas}, tmp)
     os.replace(tmp, path)  # atomic: concurrent readers see the old or the new file, never half of one
 
 
 def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Tensor:
     """uint8 [N,3,S,S] for rows (in their order), decoding and caching only what is not cached yet."""
+    # Keyed by home as well: tests (and users) may point one process at several WBC_HOMEs whose
+    # datasets share ids, and SQLite may reuse an id after a dataset is deleted.
+    key = (str(wbc_home()), dataset_id, size)
     with _lock:
-        ids, images = _load(dataset_id, size)
+        ids, images, shas = _load(key)
         known = {int(i): pos for pos, i in enumerate(ids.tolist())}
+        # Every cached picture is checked against the sha256 the database holds for that id; a
+        # mismatch means the cache belongs to an older dataset with the same id: start afresh.
+        if any(r.id in known and shas[known[r.id]] != r.sha256 for r in rows):
+            ids, images, shas = _empty(size)
+            known = {}
         missing = [r for r in rows if r.id not in known]
         if missing:
             home = wbc_home()
             fresh = decode_many([home / r.path for r in missing], size)
             ids = torch.cat([ids, torch.tensor([r.id for r in missing], dtype=torch.int64)])
             images = torch.cat([images, fresh])
-            _save(dataset_id, size, ids, images)
+            shas = shas + [r.sha256 for r in missing]
+            _save(dataset_id, size, (ids, images, shas))
             known.update({r.id: len(known) + k for k, r in enumerate(missing)})
-        _memory[(dataset_id, size)] = (ids, images)
+        _memory[key] = (ids, images, shas)
         index = torch.tensor([known[r.id] for r in rows], dtype=torch.int64)
         return images.index_select(0, index) if len(rows) else images[:0]
 
