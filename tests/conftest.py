@@ -11,24 +11,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
-from support import TINY_CLASSES, draw_cell
-
-from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
+from support import TINY_CLASSES, active_home, draw_cell
 
 
 @pytest.fixture()
 def wbc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty WBC_HOME with the schema applied; engines are reset around the test."""
-    home = tmp_path / "wbc_home"
-    monkeypatch.setenv("WBC_HOME", str(home))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    yield home
-    dispose_all()
-    forget_schema_cache()
+    with active_home(tmp_path / "wbc_home", monkeypatch) as home:
+        yield home
 
 
 @pytest.fixture()

@@ -6,9 +6,12 @@ They live here, not in conftest.py, because tests/ and tests/e2e/ both have a co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -45,3 +48,21 @@ def copy_home(source: Path, target: Path) -> Path:
         src.close()
         dst.close()
     return target
+
+
+@contextmanager
+def active_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Make home the WBC_HOME (schema applied) for the block; database engines are reset around it."""
+    from db.engine import dispose_all
+    from db.migrate import ensure_schema, forget_schema_cache
+
+    monkeypatch.setenv("WBC_HOME", str(home))
+    monkeypatch.delenv("WBC_DB_URL", raising=False)
+    dispose_all()
+    forget_schema_cache()
+    ensure_schema()
+    try:
+        yield home
+    finally:
+        dispose_all()
+        forget_schema_cache()

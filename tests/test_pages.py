@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import copy_home
+from support import active_home, copy_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -89,16 +89,8 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture()
 def full_home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private copy of the populated home, active for this test."""
-    home = tmp_path / "home"
-    copy_home(built_home, home)
-    monkeypatch.setenv("WBC_HOME", str(home))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    yield home
-    dispose_all()
-    forget_schema_cache()
+    with active_home(copy_home(built_home, tmp_path / "home"), monkeypatch) as home:
+        yield home
 
 
 @pytest.fixture(autouse=True)

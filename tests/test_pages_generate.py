@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from support import active_home, copy_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -58,17 +58,9 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 def home(built_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """A private copy of the built home, active for this test (login off); yields the GAN run id."""
     src, run_id = built_home
-    copy = tmp_path / "home"
-    shutil.copytree(src, copy)
-    monkeypatch.setenv("WBC_HOME", str(copy))
     monkeypatch.setenv("WBC_AUTH", "off")
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    yield run_id
-    dispose_all()
-    forget_schema_cache()
+    with active_home(copy_home(src, tmp_path / "home"), monkeypatch):
+        yield run_id
 
 
 def page() -> AppTest:

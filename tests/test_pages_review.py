@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from support import copy_home
+from support import active_home, copy_home
 
 from db import datasets as ds_db
 from db import review as review_db
@@ -108,16 +108,8 @@ def _sign_in_on(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def home(built_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private copy of the populated home, active for this test."""
-    copy = tmp_path / "home"
-    copy_home(built_home, copy)
-    monkeypatch.setenv("WBC_HOME", str(copy))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    yield copy
-    dispose_all()
-    forget_schema_cache()
+    with active_home(copy_home(built_home, tmp_path / "home"), monkeypatch) as copy:
+        yield copy
 
 
 # -- helpers --------------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import copy_home
+from support import active_home, copy_home
 from test_results import FAST, build_home, use_home
 
 from db import runs as runs_db
 from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
+from db.migrate import forget_schema_cache
 from wbc_core import jobs, retrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,16 +47,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 def home(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """A private copy of the built home, active for this test, sign-in off."""
     src, made = built
-    copy_home(src, tmp_path / "home")
-    monkeypatch.setenv("WBC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WBC_AUTH", "off")
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    yield made
-    dispose_all()
-    forget_schema_cache()
+    with active_home(copy_home(src, tmp_path / "home"), monkeypatch):
+        yield made
 
 
 def page(script: str) -> AppTest:
