@@ -66,3 +66,10 @@ def active_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     finally:
         dispose_all()
         forget_schema_cache()
+
+
+@contextmanager
+def module_home(home: Path) -> Iterator[Path]:
+    """active_home for module-scoped builders, which cannot use the function-scoped monkeypatch fixture."""
+    with pytest.MonkeyPatch.context() as patch, active_home(home, patch):
+        yield home

@@ -7,19 +7,17 @@ is built once per module and copied for every test that uses it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home
+from support import active_home, copy_home, module_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
+from db.migrate import ensure_schema
 from wbc_core import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +30,6 @@ TIMEOUT = 60
 
 # -- fixtures -------------------------------------------------------------------------------------
 
-
-def _use_home(home: Path) -> None:
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    dispose_all()
-    forget_schema_cache()
 
 
 def _stop_run(run_id: int) -> runs_db.RunInfo:
@@ -62,9 +54,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     root = tmp_path_factory.mktemp("pages")
     home = root / "home"
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
-    _use_home(home)
-    try:
+    with module_home(home):
         ensure_schema()
         folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
         datasets.import_folder(folder, DATASET, size=32)
@@ -75,14 +65,6 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             info = jobs.wait(run_id, timeout=180)
             assert info.status == "succeeded", f"run {run_id}: {info.status} {info.error}"
         gan_runs.generate_candidates(gan, per_class=CANDIDATES_PER_CLASS)
-    finally:
-        dispose_all()  # closes SQLite connections, so the WAL is folded into wbc.db before copies
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     yield home
 
 

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home
+from support import active_home, copy_home, module_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from db.engine import dispose_all, read_session
-from db.migrate import ensure_schema, forget_schema_cache
+from db.engine import read_session
+from db.migrate import ensure_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
-
-def _use_home(home: Path) -> None:
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    dispose_all()
-    forget_schema_cache()
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +27,13 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 
     root = tmp_path_factory.mktemp("generate_page")
     home = root / "home"
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
-    _use_home(home)
-    try:
+    with module_home(home):
         ensure_schema()
         datasets.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32)
         run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                   "checkpoint_every": 2, "device": "cpu", "num_threads": 1},
                                         launch=False)
         assert worker.main(run_id) == 0  # in-process: no second torch import, no polling
-    finally:
-        dispose_all()
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     yield home, run_id
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import time
 import zipfile
 from collections.abc import Iterator
@@ -19,12 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home
+from support import active_home, copy_home, module_home
 
 from db import datasets as ds_db
 from db import review as review_db
-from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
+from db.migrate import ensure_schema
 from pages import common
 from wbc_core import auth, review
 
@@ -40,12 +38,6 @@ USERS = {"ada": "admin", "rita": "reviewer", "rob": "reviewer", "vic": "viewer"}
 TIMEOUT = 60
 FAST_HASH = 1_000  # PBKDF2 rounds in these tests; the real count costs ~0.5 s per login on a busy box
 
-
-def _use_home(home: Path) -> None:
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    dispose_all()
-    forget_schema_cache()
 
 
 def write_candidates(home: Path, dataset_id: int, class_name: str, n: int, seed: int) -> list[int]:
@@ -75,26 +67,15 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     root = tmp_path_factory.mktemp("review_pages")
     home = root / "home"
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
-    _use_home(home)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
-            ensure_schema()
-            folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
-            dataset_id = datasets.import_folder(folder, DATASET, size=32).dataset_id
-            for k, class_name in enumerate(CLASSES):
-                write_candidates(home, dataset_id, class_name, BIG if class_name == BIG_CLASS else SMALL, seed=k)
-            for name, role in USERS.items():
-                auth.create_user(name, PASSWORD, role)
-    finally:
-        dispose_all()
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with module_home(home), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
+        ensure_schema()
+        folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
+        dataset_id = datasets.import_folder(folder, DATASET, size=32).dataset_id
+        for k, class_name in enumerate(CLASSES):
+            write_candidates(home, dataset_id, class_name, BIG if class_name == BIG_CLASS else SMALL, seed=k)
+        for name, role in USERS.items():
+            auth.create_user(name, PASSWORD, role)
     yield home
 
 

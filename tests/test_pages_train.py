@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home
-from test_results import FAST, build_home, use_home
+from support import active_home, copy_home, module_home
+from test_results import FAST, build_home
 
 from db import runs as runs_db
-from db.engine import dispose_all
-from db.migrate import forget_schema_cache
 from wbc_core import jobs, retrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,18 +26,8 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
     root = tmp_path_factory.mktemp("pages_train")
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
-    use_home(root / "home")
-    try:
+    with module_home(root / "home"):
         made = build_home(root)
-    finally:
-        dispose_all()  # folds the WAL into wbc.db before the copies
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     yield root / "home", made
 
 

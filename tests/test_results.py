@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import statistics
 from collections.abc import Iterator
@@ -21,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import module_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
+from db.migrate import ensure_schema
 from wbc_core import cli, embedding, jobs, results, retrain, review, worker
 from wbc_core.settings import wbc_home
 
@@ -36,12 +35,6 @@ FAST = {"model": "small_cnn", "epochs": 1, "batch_size": 8, "num_threads": 1, "d
 
 # -- helpers shared with test_pages_train.py --------------------------------------------------------------
 
-
-def use_home(home: Path) -> None:
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    dispose_all()
-    forget_schema_cache()
 
 
 def add_candidates(dataset_id: int, per_class: int = 3, size: int = 32) -> list[int]:
@@ -103,18 +96,8 @@ def build_home(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("results")
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
-    use_home(root / "home")
-    try:
+    with module_home(root / "home"):
         yield build_home(root)
-    finally:
-        dispose_all()
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # -- hygiene and grouping --------------------------------------------------------------------------------
