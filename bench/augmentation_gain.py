@@ -54,7 +54,9 @@ class GainConfig:
     out: str = str(ROOT / "bench" / "results")  # where the JSON, markdown and PNG go
     quick: bool = False  # smoke mode (names outputs *_quick); see QUICK for its budgets
     size: int = 32  # working side in pixels for GAN and classifiers (32 keeps CPU runs affordable)
-    regimes: tuple[str, ...] = ("n25", "n50", "n100", "all", "rare")  # nK = K real train cells per class
+    # nK = K real train cells per class. Ordered by the goals they answer (n50, rare, all), then the rest of the
+    # curve: results are written after every regime, so an interrupted run still answers the goals first.
+    regimes: tuple[str, ...] = ("n50", "rare", "all", "n25", "n100")
     rare_classes: tuple[str, ...] = ("basophil", "ig")  # cut to rare_n in the "rare" regime, others stay full
     rare_n: int = 30  # real train cells kept for each rare class
     shares: tuple[float, ...] = (0.25, 0.5, 1.0)  # synthetic cells per class as a multiple of its real count
@@ -64,6 +66,9 @@ class GainConfig:
     gan_steps: int = 1500  # GAN optimiser steps per regime
     gan_width: int = 48  # generator and discriminator base width
     gan_batch: int = 64  # GAN batch size
+    gan_aux_weight: float = 0.0  # GAN AC-GAN class-loss weight (GanConfig.aux_weight); 0 = projection only
+    gan_lr_g: float = 2e-4  # GAN generator learning rate (TTUR: e.g. 1e-4 with gan_lr_d 4e-4)
+    gan_lr_d: float = 2e-4  # GAN discriminator learning rate
     ref_epochs: int = 15  # epochs of the reference classifier behind the curation policy
     cls_model: str = "small_cnn"  # classifier for reference and arms
     cls_epochs: int = 40  # epochs over the regime's real cells: the image budget every arm of the regime gets
@@ -73,7 +78,8 @@ class GainConfig:
     percentile: float = 1.0  # curation: copy/duplicate threshold percentile of real val->train distances
     bootstrap: int = 1000  # bootstrap resamples of the test cells
     threads: int = 1  # torch intra-op threads (shared machine)
-    device: str = "cpu"  # "cpu" or "cuda"; amp stays off so CPU and GPU runs train the same arithmetic
+    device: str = "cpu"  # "cpu" or "cuda"
+    amp: bool = True  # mixed precision for GAN and classifiers (CUDA; CPU bf16 where native); False = fp32 everywhere
     keep_gan_grids: bool = True  # copy each regime's final GAN sample grid next to the results
 
 
@@ -125,7 +131,7 @@ class Benchmark:
         cfg = self.cfg
         self.runs += 1
         ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size, epochs=epochs, batch_size=cfg.cls_batch,
-                                augment="cell", seed=seed, device=cfg.device, amp=False, num_threads=cfg.threads,
+                                augment="cell", seed=seed, device=cfg.device, amp=cfg.amp, num_threads=cfg.threads,
                                 progress_every_s=30.0)
         res = train_classifier(train, val, self.names, ccfg, self.tmp / f"cls_{self.runs}")
         logits = predict_logits(load_classifier(res.checkpoint, cfg.device), self.test.images, cfg.device)
@@ -140,7 +146,7 @@ class Benchmark:
         ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size,
                                 epochs=max(cfg.ref_epochs, epochs_for(0, len(train), cfg.cls_batch * 2)),
                                 batch_size=cfg.cls_batch * 2, augment="cell", seed=cfg.split_seed, device=cfg.device,
-                                amp=False, num_threads=cfg.threads, progress_every_s=30.0)
+                                amp=cfg.amp, num_threads=cfg.threads, progress_every_s=30.0)
         res = train_classifier(train, self.val_all, self.names, ccfg, self.tmp / "reference")
         model = load_classifier(res.checkpoint, cfg.device)
         test_pred = predict_logits(model, self.test.images, cfg.device).argmax(1).numpy()
@@ -162,8 +168,9 @@ class Benchmark:
         real = data.subset(idx)
         counts = _classes_in(real.labels, k)
         gcfg = GanConfig(image_size=cfg.size, steps=cfg.gan_steps, batch_size=cfg.gan_batch, g_width=cfg.gan_width,
-                         d_width=cfg.gan_width, ema_start=min(500, cfg.gan_steps // 3), seed=cfg.split_seed,
-                         device=cfg.device, amp=False, num_threads=cfg.threads, checkpoint_every=10**9,
+                         d_width=cfg.gan_width, aux_weight=cfg.gan_aux_weight, lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d,
+                         ema_start=min(500, cfg.gan_steps // 3), seed=cfg.split_seed,
+                         device=cfg.device, amp=cfg.amp, num_threads=cfg.threads, checkpoint_every=10**9,
                          sample_every=10**9, log_every=max(1, cfg.gan_steps // 10))
         gan = train_gan(real, self.names, gcfg, self.tmp / f"gan_{name}")
         self.tick(f"{name}: GAN done")
@@ -277,22 +284,32 @@ def run_benchmark(cfg: GainConfig, progress: bool = True) -> dict[str, Any]:
                     bench.log(f"{name} x{share}: curated {by['curated']['macro_f1']['mean']:+.1f}, unfiltered "
                               f"{by['unfiltered']['macro_f1']['mean']:+.1f}, matched "
                               f"{by['matched']['macro_f1']['mean']:+.1f} macro-F1 points vs real only")
+                if name != cfg.regimes[-1]:
+                    # Hours of work must not hinge on the last regime: each finished one is on disk, marked partial.
+                    write_outputs(_results(cfg, bench, info, reference, regimes, t0, partial=True), sets, cfg)
         finally:
             shutil.rmtree(bench.tmp, ignore_errors=True)
-    info["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = _results(cfg, bench, info, reference, regimes, t0, partial=False)
+    write_outputs(results, sets, cfg)
+    return results
+
+
+def _results(cfg: GainConfig, bench: Benchmark, info: dict[str, Any], reference: dict[str, Any],
+             regimes: dict[str, Any], t0: float, partial: bool) -> dict[str, Any]:
+    """The JSON object for the regimes finished so far."""
     d = bench.data
     results: dict[str, Any] = {
-        "benchmark": "augmentation_gain", "quick": cfg.quick,
-        "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)}, "machine": info,
+        "benchmark": "augmentation_gain", "quick": cfg.quick, "partial": partial,
+        "config": {**dataclasses.asdict(cfg), "out": str(cfg.out)},
+        "machine": {**info, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
         "data": {"class_names": d.class_names, "cells": len(d.keys),
                  "splits": {s: gd.per_class_counts(d.labels[d.split_index(s)], d.class_names)
                             for s in ("train", "val", "test")},
                  "val_cells_for_selection": len(bench.val_sel)},
-        "reference": reference, "regimes": regimes, "classifier_runs": bench.runs,
+        "reference": reference, "regimes": dict(regimes), "classifier_runs": bench.runs,
     }
     results["goals"] = gr.goals(results, cfg.rare_classes)
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    write_outputs(results, sets, cfg)
     return results
 
 
@@ -329,10 +346,12 @@ def parse_args(argv: list[str] | None = None) -> GainConfig:
     for name in ("seeds", "size", "rare_n", "split_seed", "val_per_class", "gan_steps", "gan_width", "gan_batch",
                  "ref_epochs", "cls_epochs", "cls_max_images", "cls_batch", "bootstrap", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
-    for name in ("min_confidence", "percentile"):
+    for name in ("min_confidence", "percentile", "gan_aux_weight", "gan_lr_g", "gan_lr_d"):
         p.add_argument("--" + name.replace("_", "-"), type=float)
     p.add_argument("--cls-model", help="classifier model name (default small_cnn)")
     p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const=False,
+                   help="fp32 everywhere (default: CUDA AMP, CPU bf16 where the CPU runs it natively)")
     args = vars(p.parse_args(argv))
     values: dict[str, Any] = dict(QUICK) if args.pop("quick") else {}
     values["quick"] = bool(values)

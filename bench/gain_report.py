@@ -97,9 +97,18 @@ def markdown(results: dict[str, Any], focus_classes: tuple[str, ...]) -> str:
     budgets = "smoke run (--quick budgets)" if results["quick"] else "full budgets"
     m, c = results["machine"], results["config"]
     load = f"load avg {m['load_avg_start'][0]:.1f} at start, {m.get('load_avg_end', [float('nan')])[0]:.1f} at end"
+    if results.get("partial"):
+        budgets += f" (PARTIAL: {len(results['regimes'])} of {len(c['regimes'])} regimes finished)"
+    precision = "mixed precision where native" if c.get("amp", False) else "fp32"
+    gan = f"GAN {c['gan_steps']} steps, width {c['gan_width']}"
+    if c.get("gan_aux_weight"):
+        gan += f", AC-GAN weight {c['gan_aux_weight']}"
+    if c.get("gan_lr_g", 2e-4) != c.get("gan_lr_d", 2e-4):
+        gan += f", lr G/D {c['gan_lr_g']:g}/{c['gan_lr_d']:g}"
     lines = [f"### Augmentation gain: {budgets}, regimes {', '.join(results['regimes'])}", "",
-             f"Data `{c['data']}`, {c['size']} px, {c['seeds']} seed(s), GAN {c['gan_steps']} steps, "
-             f"{results['seconds'] / 60:.1f} min on a {m['cpus']}-core CPU ({c['threads']} torch thread), {load}.",
+             f"Data `{c['data']}`, {c['size']} px, {c['seeds']} seed(s), {gan}, "
+             f"{results['seconds'] / 60:.1f} min on a {m['cpus']}-core CPU ({c['threads']} torch thread(s), "
+             f"{precision}), {load}.",
              "Gains are paired differences to arm 1 (real only) in F1/accuracy points, mean over seeds, with a 95% "
              "bootstrap CI over test cells; * marks a CI that excludes 0.", ""]
     focus = [c for c in focus_classes if c in results["data"]["class_names"]]

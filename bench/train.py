@@ -46,6 +46,7 @@ from wbc_core.classifier import (  # noqa: E402
 )
 from wbc_core.classifier.train import make_optimizer, make_scheduler  # noqa: E402
 from wbc_core.data.split import SplitConfig, assign_splits  # noqa: E402
+from wbc_core.precision import amp_dtype, precision_label  # noqa: E402
 from wbc_core.store import decode_many  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
 
@@ -185,11 +186,15 @@ def quick(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, 
         "ours": lambda: time_ours(data, val, classes, config),
         "imagefolder": lambda: time_imagefolder(Path(args.data), subset, classes, config, mean, std, args.workers),
     }
+    if amp_dtype(torch.device("cpu")) is not None:
+        # Ours gets CPU bf16 here; the same trainer in fp32 separates what the pipeline buys from what bf16 buys.
+        fp32 = ClassifierConfig.from_dict({**config.to_dict(), "amp": False})
+        measure["ours_fp32"] = lambda: time_ours(data, val, classes, fp32)
     samples: dict[str, list[dict[str, float]]] = {k: [] for k in measure}
     order = list(measure)
     for r in range(args.repeats):
-        # Rotating the order spreads the other tenants' load over all three pipelines.
-        for key in order[r % 3:] + order[:r % 3]:
+        # Rotating the order spreads the other tenants' load over all pipelines.
+        for key in order[r % len(order):] + order[:r % len(order)]:
             samples[key].append(measure[key]())
             print(f"  repeat {r + 1} {key:<12} {samples[key][-1]['wall']:7.1f} img/s wall, "
                   f"{samples[key][-1]['cpu']:6.1f} img/CPU-s  (load {os.getloadavg()[0]:.2f})", flush=True)
@@ -209,6 +214,9 @@ def quick(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, 
         "fraction_of_limit": {"cpu": round(cpu["ours"] / cpu["limit"], 3),
                               "wall": round(wall["ours"] / wall["limit"], 3)},
         "goals": {"speedup_vs_imagefolder": ">= 1.5", "fraction_of_limit": ">= 0.9"},
+        "precision": {"ours": precision_label(torch.device("cpu"), config.amp),
+                      "limit": precision_label(torch.device("cpu"), config.amp),
+                      "imagefolder": "cpu fp32", "ours_fp32": "cpu fp32"},
     }
 
 
@@ -234,6 +242,7 @@ def full(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, c
         report = evaluate(result.checkpoint, test, classes, device=result.device)
     return {"config": config.to_dict(), "train_seconds": round(result.seconds, 1), "best_epoch": result.best_epoch,
             "epochs_done": result.epochs_done, "device": result.device,
+            "precision": precision_label(torch.device(result.device), config.amp),
             "val_macro_f1": round(result.val["macro_f1"], 4), "test_accuracy": round(report["accuracy"], 4),
             "test_macro_f1": round(report["macro_f1"], 4), "test_per_class_f1": report["per_class_f1"]}
 
@@ -253,19 +262,29 @@ def markdown(out: dict) -> str:
                   "| pipeline | images / CPU-s (median) | images/s wall (best) | full train epoch, wall (s) |",
                   "|---|---:|---:|---:|"]
         names = {"ours": "ours (uint8 tensor store, on-device batches)", "imagefolder": "ImageFolder + DataLoader(2)",
-                 "limit": "compute limit (preloaded tensors)"}
+                 "limit": "compute limit (preloaded tensors)", "ours_fp32": "ours with amp=False"}
+        prec = q.get("precision", {})
         for key, label in names.items():
+            if key not in q["images_per_cpu_sec_median"]:
+                continue
+            label = f"{label}, {prec[key]}" if key in prec else label
             lines.append(f"| {label} | {q['images_per_cpu_sec_median'][key]} | {q['images_per_sec_wall_best'][key]} | "
                          f"{q['epoch_seconds_full_train_split_wall'][key]} |")
         lines += ["", f"- speed-up vs ImageFolder: **{q['speedup_vs_imagefolder']['cpu']}×** per CPU-second "
                   f"({q['speedup_vs_imagefolder']['wall']}× wall, best-of) — goal ≥ 1.5×",
                   f"- fraction of the compute limit: **{q['fraction_of_limit']['cpu']}** per CPU-second "
                   f"({q['fraction_of_limit']['wall']} wall, best-of) — goal ≥ 0.9"]
+        if "ours_fp32" in q["images_per_cpu_sec_median"]:
+            c = q["images_per_cpu_sec_median"]
+            lines.append(f"- same trainer in fp32 vs ImageFolder (pipeline alone): "
+                         f"{c['ours_fp32'] / c['imagefolder']:.2f}× per CPU-second; bf16 vs fp32 (precision alone): "
+                         f"{c['ours'] / c['ours_fp32']:.2f}×")
     if "full" in out:
         f = out["full"]
         lines += ["", "## Full run (real cells only)", "",
                   f"test accuracy **{f['test_accuracy']}**, macro-F1 **{f['test_macro_f1']}**, best epoch "
-                  f"{f['best_epoch']}/{f['epochs_done']}, {f['train_seconds']} s on {f['device']}", "",
+                  f"{f['best_epoch']}/{f['epochs_done']}, {f['train_seconds']} s on "
+                  f"{f.get('precision', f['device'])}", "",
                   f"config: `{json.dumps(f['config'])}`"]
     return "\n".join(lines) + "\n"
 

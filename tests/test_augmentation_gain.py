@@ -38,23 +38,37 @@ def test_pipeline_writes_results_and_keeps_sets_clean(folder, tmp_path, monkeypa
     seen_cls: list[tuple[torch.Tensor, torch.Tensor]] = []
     real_train_gan, real_train_cls = ag.train_gan, ag.train_classifier
 
+    gan_configs = []
+
     def spy_gan(data, names, config, out_dir, *args, **kwargs):
         seen_gan.append(data.images.clone())
+        gan_configs.append(config)
         return real_train_gan(data, names, config, out_dir, *args, **kwargs)
 
     def spy_cls(train, val, names, config, out_dir, *args, **kwargs):
         seen_cls.append((train.images.clone(), val.images.clone()))
         return real_train_cls(train, val, names, config, out_dir, *args, **kwargs)
 
+    written: list[tuple[bool, set[str]]] = []
+    real_write = ag.write_outputs
+
+    def spy_write(results, sets, cfg):
+        written.append((results["partial"], set(results["regimes"])))
+        return real_write(results, sets, cfg)
+
     monkeypatch.setattr(ag, "train_gan", spy_gan)
     monkeypatch.setattr(ag, "train_classifier", spy_cls)
+    monkeypatch.setattr(ag, "write_outputs", spy_write)
     out = tmp_path / "out"
     cfg = ag.parse_args(["--data", str(folder), "--out", str(out), "--regimes", "n8,rare", "--rare-n", "4",
                          "--shares", "0.5,1.0", "--seeds", "1", "--gan-steps", "12", "--gan-width", "16",
                          "--gan-batch", "16", "--ref-epochs", "2", "--cls-epochs", "2", "--bootstrap", "50",
-                         "--min-confidence", "0.4", "--val-per-class", "3"])
+                         "--min-confidence", "0.4", "--val-per-class", "3", "--gan-aux-weight", "0.2",
+                         "--gan-lr-d", "4e-4"])
     results = ag.run_benchmark(cfg, progress=False)
 
+    # A finished regime is on disk before the next one starts (marked partial); the final write is complete.
+    assert written == [(True, {"n8"}), (False, {"n8", "rare"})]
     # Files and keys.
     for suffix in (".json", ".md", ".png", "_sets.json", "_gan_n8.png", "_gan_rare.png"):
         assert (out / f"augmentation_gain{suffix}").stat().st_size > 0
@@ -69,7 +83,9 @@ def test_pipeline_writes_results_and_keeps_sets_clean(folder, tmp_path, monkeypa
     assert set(gain) == {"unfiltered", "curated", "matched", "curated_vs_unfiltered", "curated_vs_matched"}
     assert set(gain["curated"]) == {"macro_f1", "accuracy", "f1_basophil", "f1_ig", "f1_lymphocyte"}
     assert set(gain["curated"]["macro_f1"]) == {"mean", "low", "high"}
-    assert "| n8 |" in (out / "augmentation_gain.md").read_text()
+    md = (out / "augmentation_gain.md").read_text()
+    assert "| n8 |" in md and "AC-GAN weight 0.2" in md and "lr G/D 0.0002/0.0004" in md
+    assert [(c.aux_weight, c.lr_g, c.lr_d) for c in gan_configs] == [(0.2, 2e-4, 4e-4)] * 2
 
     # Arms as specified: arm 4 has arm 3's count per class, arm 3 never exceeds arm 2's target.
     for name, r in results["regimes"].items():
@@ -129,3 +145,5 @@ def test_quick_flag_sets_smoke_budgets_and_options_override():
     cfg = ag.parse_args(["--quick", "--seeds", "2"])
     assert cfg.quick and cfg.regimes == ("n50",) and cfg.seeds == 2 and cfg.gan_steps == ag.QUICK["gan_steps"]
     assert not ag.parse_args([]).quick
+    assert ag.parse_args([]).amp is True and ag.parse_args(["--no-amp"]).amp is False
+    assert ag.parse_args([]).regimes[:3] == ("n50", "rare", "all")  # the goals' regimes first

@@ -104,6 +104,22 @@ def test_train_form_starts_an_ablation_with_the_advanced_options(home):
         _stop_group(runs[0].group_name)
 
 
+def test_train_form_defaults_are_the_classifier_config_defaults(home):
+    from wbc_core.classifier import ClassifierConfig
+    from wbc_core.classifier.presets import PRESETS
+
+    at = page("pages/train.py")
+    d = ClassifierConfig()
+    shown = (by_label(at.number_input, "Epochs").value, by_label(at.number_input, "Batch size").value,
+             by_label(at.selectbox, "Optimizer").value, by_label(at.number_input, "Peak learning rate").value,
+             by_label(at.number_input, "Weight decay").value, by_label(at.number_input, "Label smoothing").value,
+             by_label(at.selectbox, "LR schedule").value, by_label(at.selectbox, "Augmentation").value,
+             by_label(at.checkbox, "Balanced sampling").value, by_label(at.checkbox, "Mixed precision").value)
+    assert shown == (d.epochs, d.batch_size, d.optimizer, d.lr, d.weight_decay, d.label_smoothing, d.schedule,
+                     d.augment, d.balanced_sampling, d.amp)
+    assert list(by_label(at.selectbox, "Augmentation").options) == list(PRESETS)
+
+
 def test_train_form_shows_a_plain_error_for_bad_seeds(home):
     at = page("pages/train.py")
     by_label(at.text_input, "Seeds").set_value("1 1")

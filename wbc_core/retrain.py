@@ -40,6 +40,14 @@ MODEL_CHOICES = ("resnet18", "small_cnn", "resnet34", "resnet50", "mobilenet_v3_
 QUEUED_BEAT_SECONDS = 10.0  # the chain refreshes its waiting runs this often (jobs reaps silent queued runs)
 
 
+def form_defaults() -> dict[str, Any]:
+    """ClassifierConfig's defaults plus the augmentation preset names, so the Train form never drifts from them."""
+    from wbc_core.classifier import ClassifierConfig  # lazy: page imports must not pay for torch
+    from wbc_core.classifier.presets import PRESETS
+
+    return {**ClassifierConfig().to_dict(), "augment_choices": tuple(PRESETS)}
+
+
 class RetrainError(ValueError):
     """A classifier run that cannot be started as asked."""
 

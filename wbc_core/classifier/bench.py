@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from wbc_core.classifier.config import ClassifierConfig
-from wbc_core.classifier.models import amp_dtype, autocast, build_model, resolve_device
+from wbc_core.classifier.models import autocast, build_model, resolve_device
 from wbc_core.classifier.presets import compute_mean_std, normalize
 from wbc_core.classifier.sampling import steps_per_epoch
 from wbc_core.classifier.train import make_optimizer, make_scheduler
+from wbc_core.precision import amp_dtype
 from wbc_core.types import LabelledImages
 
 
@@ -41,7 +42,7 @@ def _time_steps(data: LabelledImages, config: ClassifierConfig, device: torch.de
                 bs: int) -> float:
     k = int(data.labels.max()) + 1
     net = build_model(config.model, max(2, k), config.image_size).to(device)
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp and amp_dtype(device) is not None  # same precision decision as the trainer
     memory_format = torch.channels_last if use_amp else torch.contiguous_format
     net.to(memory_format=memory_format)
     # Only the images the timed batches touch are converted, so a 10-batch estimate stays cheap in memory.

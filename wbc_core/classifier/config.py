@@ -37,12 +37,12 @@ class ClassifierConfig:
     weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD, use ~5e-4); never applied to norm weights/biases
     label_smoothing: float = 0.1  # cross-entropy label smoothing for training (val_loss is reported without it)
     schedule: str = "onecycle"  # "onecycle" (25% warm-up then cosine anneal) or "cosine" (5% warm-up then cosine)
-    augment: str = "cell"  # augmentation preset name from presets.PRESETS ("cell" or "none")
+    augment: str = "cell"  # augmentation preset from presets.PRESETS: "cell", "geometric" or "none"
     balanced_sampling: bool = True  # draw every class equally often (sampling with replacement)
     early_stopping_patience: int = 0  # stop after this many epochs without val macro-F1 improvement; 0 = off
     seed: int = 0  # seeds weight init, sampling and augmentation; same seed + data -> same result on CPU
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"
-    amp: bool = True  # mixed precision (bf16, or fp16 + GradScaler) and channels_last; only effective on CUDA
+    amp: bool = True  # mixed precision + channels_last: CUDA bf16/fp16(+GradScaler), CPU bf16 where native
     pretrained_path: str | None = None  # optional local state-dict / wbc checkpoint to start from; never downloaded
     num_threads: int = 0  # torch CPU threads during training; 0 = leave torch's default
     progress_every_s: float = 1.0  # seconds between within-epoch progress events (UI wants one at least every 2 s)

@@ -12,6 +12,8 @@ from torch import nn
 
 from wbc_core.classifier.config import SMALL_CNN, available_models
 from wbc_core.classifier.presets import normalize
+from wbc_core.precision import amp_dtype
+from wbc_core.precision import autocast as precision_autocast
 
 
 class SmallCNN(nn.Module):
@@ -175,7 +177,9 @@ def batched_forward(module: nn.Module, images: torch.Tensor, batch_size: int = 2
     dev = resolve_device(device)
     module.to(dev)
     outs: list[torch.Tensor] = []
-    with eval_mode(module), autocast(dev, enabled=True):
+    # Scoring stays fp32 on CPU even where training uses bf16: val/test metrics must not depend on which CPU
+    # instruction set a lab's server happens to have. CUDA keeps AMP, where eval is the hot path for large sets.
+    with eval_mode(module), precision_autocast(dev, amp_dtype(dev) if dev.type == "cuda" else None):
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].to(dev, non_blocking=True)
             if dev.type == "cuda":
@@ -189,15 +193,8 @@ def batched_forward(module: nn.Module, images: torch.Tensor, batch_size: int = 2
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Mixed-precision context on CUDA (bf16 if supported, else fp16); a no-op elsewhere."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype(device))
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU supports it (no loss scaling needed), else fp16."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    """Training mixed-precision context: CUDA bf16/fp16, CPU bf16 where native (see wbc_core.precision)."""
+    return precision_autocast(device, amp_dtype(device) if enabled else None)
 
 
 def load_pretrained_weights(net: nn.Module, path: str | Path) -> int:

@@ -39,6 +39,9 @@ class AugmentPreset:
 # (e.g. eosinophil granules), so large hue/saturation shifts would blur class boundaries.
 PRESETS: dict[str, AugmentPreset] = {
     "cell": AugmentPreset(hflip=True, vflip=True, rot90=True, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02),
+    # Flips and 90-degree rotations only: a smear has no "up", so these never change what a cell is.
+    "geometric": AugmentPreset(hflip=True, vflip=True, rot90=True, brightness=0.0, contrast=0.0, saturation=0.0,
+                               hue=0.0),
     "none": AugmentPreset(hflip=False, vflip=False, rot90=False, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0),
 }
 
@@ -83,7 +86,7 @@ class Identity:
 
 
 def get_train_transform(name: str) -> BatchTransform:
-    """Batch transform for training with preset `name` ("cell", "none")."""
+    """Batch transform for training with preset `name` (a key of PRESETS)."""
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; known: {sorted(PRESETS)}")
     preset = PRESETS[name]

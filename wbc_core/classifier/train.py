@@ -33,6 +33,7 @@ from wbc_core.classifier.models import (
 )
 from wbc_core.classifier.presets import compute_mean_std, get_train_transform
 from wbc_core.classifier.sampling import check_train_weights, epoch_batches, sampling_weights, steps_per_epoch
+from wbc_core.precision import precision_label
 from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn, never_stop, no_progress
 
 __all__ = ["ClassifierResult", "LoadedClassifier", "evaluate", "load_classifier", "predict_logits", "predict_proba",
@@ -144,9 +145,10 @@ class _Run:
         net = build_model(config.model, k, config.image_size)
         self.pretrained_tensors = load_pretrained_weights(net, config.pretrained_path) if config.pretrained_path else 0
         self.model = WBCClassifier(net, self.mean, self.std, k, config.image_size).to(device)
-        self.use_amp = config.amp and device.type == "cuda"
+        # Mixed precision on CUDA, and bf16 on CPUs that run it natively (1.7x faster steps on AVX512-BF16).
+        self.use_amp = config.amp and amp_dtype(device) is not None
         if self.use_amp:
-            self.model.to(memory_format=torch.channels_last)  # tensor cores want NHWC
+            self.model.to(memory_format=torch.channels_last)  # tensor cores and oneDNN's bf16 kernels want NHWC
         # uint8 data lives on the device for the whole run: 8.5k 64-px cells are ~100 MB; batches are index gathers.
         self.x_train, self.y_train = train.images.to(device), train.labels.to(device)
         self.x_val, self.y_val = val.images.to(device), val.labels.to(device)
@@ -170,7 +172,7 @@ class _Run:
         loaded = f", {self.pretrained_tensors} tensors from {cfg.pretrained_path}" if self.pretrained_tensors else ""
         # An immediate event so the UI shows life before the first (possibly slow) batches finish.
         self._emit(0, {"epoch_fraction": 0.0}, f"training {cfg.model} on {len(self.x_train)} cells, "
-                   f"{self.steps} batches/epoch, {self.device}{loaded}")
+                   f"{self.steps} batches/epoch, {precision_label(self.device, self.use_amp)}{loaded}")
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             train_loss, ips, stopped = self._train_epoch(epoch)

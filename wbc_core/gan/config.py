@@ -37,7 +37,7 @@ class GanConfig:
     grid_per_class: int = 8  # columns per class row in the sample grid
     seed: int = 0  # seeds weights, noise, batch sampling and the grid's fixed noise
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"
-    amp: bool = True  # mixed precision and channels_last; only takes effect on CUDA
+    amp: bool = True  # mixed precision + channels_last: CUDA bf16/fp16, CPU bf16 where native (wbc_core.precision)
     num_threads: int = 0  # CPU intra-op threads; 0 keeps torch's default
     aux_weight: float = 0.0  # AC-GAN class loss weight: D cross-entropy on real cells, G on fakes; 0 = projection only
     quality_every_checkpoint: bool = False  # score each checkpoint with the judge (seconds-minutes on CPU, so off)
