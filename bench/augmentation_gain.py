@@ -130,8 +130,10 @@ class Benchmark:
         """Train one classifier and return its test predictions and a summary."""
         cfg = self.cfg
         self.runs += 1
+        # The protocol pins its recipe (cell augmentation, balanced sampling) instead of following the app's defaults.
         ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size, epochs=epochs, batch_size=cfg.cls_batch,
-                                augment="cell", seed=seed, device=cfg.device, amp=cfg.amp, num_threads=cfg.threads,
+                                balanced_sampling=True, augment="cell", seed=seed, device=cfg.device, amp=cfg.amp,
+                                num_threads=cfg.threads,
                                 progress_every_s=30.0)
         res = train_classifier(train, val, self.names, ccfg, self.tmp / f"cls_{self.runs}")
         logits = predict_logits(load_classifier(res.checkpoint, cfg.device), self.test.images, cfg.device)
@@ -145,8 +147,9 @@ class Benchmark:
         train = self.data.subset(self.data.split_index("train"))
         ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size,
                                 epochs=max(cfg.ref_epochs, epochs_for(0, len(train), cfg.cls_batch * 2)),
-                                batch_size=cfg.cls_batch * 2, augment="cell", seed=cfg.split_seed, device=cfg.device,
-                                amp=cfg.amp, num_threads=cfg.threads, progress_every_s=30.0)
+                                batch_size=cfg.cls_batch * 2, augment="cell", balanced_sampling=True,
+                                seed=cfg.split_seed, device=cfg.device, amp=cfg.amp, num_threads=cfg.threads,
+                                progress_every_s=30.0)
         res = train_classifier(train, self.val_all, self.names, ccfg, self.tmp / "reference")
         model = load_classifier(res.checkpoint, cfg.device)
         test_pred = predict_logits(model, self.test.images, cfg.device).argmax(1).numpy()

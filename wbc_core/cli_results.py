@@ -20,13 +20,14 @@ def _training_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--weight-decay", type=float, default=None)
     s.add_argument("--label-smoothing", type=float, default=None)
     s.add_argument("--schedule", choices=["onecycle", "cosine"], default=None)
-    s.add_argument("--augment", default=None, help="augmentation preset: cell (default) or none")
+    s.add_argument("--augment", default=None, help="augmentation preset: geometric (default: flips, 90° rotations), "
+                   "cell (plus mild colour jitter) or none")
     s.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw every class equally often (default on)")
+                   help="draw every class equally often (default off)")
     s.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs (0 = off)")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision + channels_last on CUDA (default on)")
+                   help="mixed precision + channels_last: CUDA AMP, CPU bf16 where native (default on)")
     s.add_argument("--pretrained", default=None, help="local state dict / wbc checkpoint to start from")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0 = torch default)")
     s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count")

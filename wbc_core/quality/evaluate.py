@@ -141,6 +141,7 @@ def tstr_accuracy(ref: Reference, images: torch.Tensor, labels: torch.Tensor, co
                            # Cosine, not one-cycle: torch's OneCycleLR divides by zero on a few-step schedule.
                            batch_size=max(2, min(64, images.shape[0] // 4)), seed=config.seed,
                            device=config.device, schedule="cosine",
+                           augment="cell", balanced_sampling=True,  # pinned, like the judge's recipe
                            num_threads=config.num_threads, progress_every_s=30.0)
     val = LabelledImages(ref.val_images, ref.val_labels)
     with tempfile.TemporaryDirectory(prefix="tstr_") as tmp:

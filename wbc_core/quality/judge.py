@@ -102,6 +102,9 @@ def _judge_config(config: QualityConfig, size: int, n_train: int) -> ClassifierC
                             # No label smoothing: with it the judge's probabilities top out near 0.9, right where
                             # the acceptance threshold sits, and "accepted" would mean "lucky rounding".
                             label_smoothing=0.0,
+                            # Pinned rather than inherited from ClassifierConfig's defaults: cached judges are keyed
+                            # by split hash, and quality numbers must stay comparable across app versions.
+                            augment="cell", balanced_sampling=True,
                             num_threads=config.num_threads, progress_every_s=30.0)
 
 
