@@ -38,7 +38,7 @@ class ClassifierConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing for training (val_loss is reported without it)
     schedule: str = "onecycle"  # "onecycle" (25% warm-up then cosine anneal) or "cosine" (5% warm-up then cosine)
     # Defaults measured on PBC (bench/train.py --full, BENCHMARKS.md): geometric augmentation without balanced
-    # sampling gave 97.5% test accuracy vs 96.7% for "cell" + balanced; colour jitter and oversampling both hurt.
+    # sampling gave 97.5% test accuracy (mean of 6 runs) vs 96.7% for "cell" + balanced (1 run; spread ~0.5).
     augment: str = "geometric"  # augmentation preset from presets.PRESETS: "geometric", "cell" or "none"
     balanced_sampling: bool = False  # draw every class equally often (with replacement); for strongly skewed data
     early_stopping_patience: int = 0  # stop after this many epochs without val macro-F1 improvement; 0 = off
