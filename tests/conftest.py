@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Set before torch starts its OpenMP pool: idle threads then sleep instead of spinning, which keeps
@@ -32,3 +33,14 @@ def tiny_folder(tmp_path: Path) -> Path:
             draw_cell(rng, 32, colour).save(root / name / f"{name}_{i:02d}.jpg", quality=95)
     return root
 
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """Run a test single-threaded (tiny nets gain nothing from two threads), restoring torch's setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

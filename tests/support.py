@@ -6,9 +6,11 @@ They live here, not in conftest.py, because tests/ and tests/e2e/ both have a co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -73,3 +75,18 @@ def module_home(home: Path) -> Iterator[Path]:
     """active_home for module-scoped builders, which cannot use the function-scoped monkeypatch fixture."""
     with pytest.MonkeyPatch.context() as patch, active_home(home, patch):
         yield home
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float = 20.0, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy (returned), or fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)

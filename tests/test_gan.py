@@ -55,13 +55,7 @@ def tiny_data(n: int = 24, size: int = 32, classes: int = 3) -> LabelledImages:
     return LabelledImages(images, labels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run every test here single-threaded, restoring torch's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: single-threaded, restored after
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from wbc_core.types import LabelledImages
 FAST = QualityConfig(judge_epochs=8, judge_batch=32, tstr_epochs=1, device="cpu", num_threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded, restoring torch's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: single-threaded, restored after
 
 
 def blobs(n: int, dim: int = 8, shift: float = 0.0, seed: int = 0) -> torch.Tensor:

@@ -6,11 +6,11 @@ Every step is driven through the UI; the database is checked where the UI's word
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
+from support import wait_for
 
 from db import datasets as ds_db
 from db import review as review_db
@@ -50,16 +50,6 @@ def idle(page: Page) -> None:
     """Wait until no script run is in progress (the 'Running...' status widget is gone)."""
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=30_000)
 
-
-def wait_for(condition, timeout_s: float = 15.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.25)
 
 
 @pytest.mark.e2e

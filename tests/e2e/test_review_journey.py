@@ -13,7 +13,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
+from support import wait_for
 
 from db import datasets as ds_db
 from db import review as review_db
@@ -56,16 +56,6 @@ def add_candidates(home: Path, dataset_id: int, class_name: str, n: int, seed: i
                          width=32, height=32, checkpoint_step=10, seed=seed * 1000 + i))
     return ds_db.add_images(dataset_id, rows)
 
-
-def wait_for(condition, timeout_s: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def main(page: Page):  # noqa: ANN201
