@@ -10,23 +10,32 @@ common.ensure_frame()
 st.title("Generate")
 info = common.require_dataset()
 
-with st.expander("Train a new GAN", expanded=True), st.form("train_gan"):
-    cols = st.columns(5)
-    steps = cols[0].number_input("Steps", 10, 200_000, 3000, 100)
-    batch = cols[1].number_input("Batch", 8, 512, 64, 8)
-    width = cols[2].number_input("Width", 8, 256, 64, 8)
-    size = cols[3].selectbox("Size (px)", [32, 64, 128], index=[32, 64, 128].index(info.image_size))
-    seed = cols[4].number_input("Seed", 0, 10**6, 0)
-    if st.form_submit_button("Start GAN training", type="primary"):
-        try:
-            run_id = gan_runs.start_gan_run(info.id, {"steps": int(steps), "batch_size": int(batch),
-                                                      "g_width": int(width), "d_width": int(width),
-                                                      "image_size": int(size), "seed": int(seed)})
-        except (ValueError, LookupError) as exc:
-            common.show_error(exc)
-        else:
-            st.session_state["gan_run"] = run_id
-            st.toast(f"GAN run {run_id} started in the background")
+with st.expander("Train a new GAN", expanded=True):
+    # Outside the form, so picking a preset refills the fields below at once.
+    presets = list(gan_runs.GAN_PRESETS)
+    preset = st.radio("Preset", presets, index=presets.index(gan_runs.suggested_preset()), horizontal=True,
+                      format_func=gan_runs.GAN_PRESETS.get, key="gan_preset")
+    defaults = gan_runs.preset_values(preset, info.image_size)
+    sizes = [32, 64, 128]
+    with st.form("train_gan"):
+        cols = st.columns(6)
+        steps = cols[0].number_input("Steps", 10, 200_000, defaults["steps"], 100)
+        batch = cols[1].number_input("Batch", 8, 512, defaults["batch_size"], 8)
+        width = cols[2].number_input("Width", 8, 256, defaults["g_width"], 8)
+        size = cols[3].selectbox("Size (px)", sizes, index=sizes.index(defaults["image_size"]))
+        aux = cols[4].number_input("Class head (AC-GAN)", 0.0, 10.0, float(defaults["aux_weight"]), 0.1,
+                                   help="weight of the discriminator's class loss; 0 = projection only")
+        seed = cols[5].number_input("Seed", 0, 10**6, 0)
+        if st.form_submit_button("Start GAN training", type="primary"):
+            chosen = {"steps": int(steps), "batch_size": int(batch), "g_width": int(width), "d_width": int(width),
+                      "image_size": int(size), "aux_weight": float(aux), "seed": int(seed)}
+            try:
+                run_id = gan_runs.start_gan_run(info.id, {**defaults, **chosen})
+            except (ValueError, LookupError) as exc:
+                common.show_error(exc)
+            else:
+                st.session_state["gan_run"] = run_id
+                st.toast(f"GAN run {run_id} started in the background")
 
 table = views.runs_frame(info.id, kind="gan")
 if table.empty:
@@ -95,7 +104,8 @@ st.subheader("Quality over checkpoints")
 st.caption("Measured offline against the dataset's real cells with a real-only judge classifier: FD ratio "
            "(1 = as close as two halves of the real val cells), density/coverage, precision/recall, memorised "
            "share, the data-copying score C_T (below -3 = copying), acceptance (judge p ≥ 0.9 for the intended "
-           "class) and train-on-synthetic accuracy on real val cells.")
+           "class; real_acceptance is the same judge on real val cells, the most a class can reach) and "
+           "train-on-synthetic accuracy on real val cells.")
 qcols = st.columns([1, 3])
 quality_n = qcols[0].number_input("Cells per class to score", 8, 1000, 64, key="quality_per_class")
 if qcols[1].button(f"Score quality for step {step}", key="score_quality"):

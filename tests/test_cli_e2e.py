@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,9 +33,13 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path):
     assert {c: sum(v[s] for s in ("train", "val", "test")) for c, v in imported["classes"].items()} == {
         "lymphocyte": 12, "neutrophil": 12, "platelet": 12}
 
-    gan = cli(home, "train-gan", "--dataset", "tiny", "--steps", "12", "--batch", "8", "--width", "8",
-              "--checkpoint-every", "6")
+    if not torch.cuda.is_available():  # the GPU preset is refused before any job is queued
+        refused = cli(home, "train-gan", "--dataset", "tiny", "--preset", "cuda", ok=False)
+        assert "no CUDA GPU" in refused["error"]
+    gan = cli(home, "train-gan", "--dataset", "tiny", "--preset", "cpu", "--steps", "12", "--batch", "8",
+              "--width", "8", "--checkpoint-every", "6", "--aux-weight", "0.5")
     assert gan["status"] == "succeeded" and gan["steps_done"] == 12
+    assert (gan["config"]["aux_weight"], gan["config"]["g_width"]) == (0.5, 8)  # flags on top of the preset
     assert gan["train_set_hash"] and len(gan["train_set_hash"]) == 64
 
     generated = cli(home, "generate", "--run", str(gan["run_id"]), "--per-class", "4")

@@ -446,3 +446,16 @@ def test_config_validates_quality_and_aux_fields() -> None:
     with pytest.raises(ValueError, match="quality_per_class"):
         tiny_config(quality_per_class=1)
     assert GanConfig().quality_every_checkpoint is False and GanConfig().aux_weight == 0.3
+
+
+def test_presets_are_complete_configs_and_cuda_stays_within_the_dataset_size():
+    from wbc_core.gan import CUDA_PRESET
+    from wbc_core.gan_runs import GanRunError, preset_values
+
+    cpu = preset_values("cpu", 64)
+    assert cpu == {**GanConfig().to_dict(), "image_size": 64}
+    cuda = preset_values("cuda", 64)
+    assert GanConfig.from_dict(cuda).g_width == CUDA_PRESET["g_width"] and cuda["image_size"] == 64
+    assert preset_values("cuda", 128)["image_size"] == 128 and cuda["device"] == "cuda"
+    with pytest.raises(GanRunError, match="unknown GAN preset 'tpu'"):
+        preset_values("tpu", 64)

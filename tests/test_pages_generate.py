@@ -91,3 +91,26 @@ def test_generate_button_adds_scored_candidates(home) -> None:
     with read_session() as s:
         probs = [p for (p,) in s.query(Image.judge_prob).filter(Image.origin == "synthetic")]
     assert len(probs) == 15 and all(p is not None and 0 <= p <= 1 for p in probs)
+
+
+def test_presets_fill_the_form_and_cuda_is_refused_plainly_without_a_gpu(home, monkeypatch) -> None:
+    import torch
+
+    from wbc_core.gan import CUDA_PRESET, GanConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = page()
+    assert at.radio(key="gan_preset").value == "cpu"  # suggested: this machine (as patched) has no GPU
+    width = next(w for w in at.number_input if w.label == "Width")
+    head = next(w for w in at.number_input if w.label == "Class head (AC-GAN)")
+    assert (width.value, head.value) == (GanConfig().g_width, GanConfig().aux_weight)
+    at = ok(at.radio(key="gan_preset").set_value("cuda").run())
+    values = {w.label: w.value for w in at.number_input}
+    assert (values["Width"], values["Batch"], values["Steps"]) == (
+        CUDA_PRESET["g_width"], CUDA_PRESET["batch_size"], CUDA_PRESET["steps"])
+    size = next(w for w in at.selectbox if w.label == "Size (px)")
+    assert size.value == 32  # the preset's 128, capped at this dataset's working size
+    before = len(runs_db.list_runs(kind="gan"))
+    at = at.form_submit_button[0].click().run()
+    assert len(at.error) == 1 and "no CUDA GPU" in at.error[0].value and "CPU preset" in at.error[0].value
+    assert len(runs_db.list_runs(kind="gan")) == before  # nothing queued that could only fail

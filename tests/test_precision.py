@@ -128,3 +128,40 @@ class _Scale(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() / 255.0
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_cuda_picks_bf16_only_on_native_hardware(monkeypatch, native, expected):
+    seen = {}
+
+    def is_bf16_supported(including_emulation=True):
+        seen["including_emulation"] = including_emulation
+        return native or including_emulation  # what torch answers on a T4/V100: True only with emulation
+
+    monkeypatch.delenv(precision.CUDA_AMP_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert precision.amp_dtype(CUDA) is expected
+    assert seen["including_emulation"] is False
+
+
+def test_cuda_probe_works_with_a_torch_without_the_emulation_argument(monkeypatch):
+    monkeypatch.delenv(precision.CUDA_AMP_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert precision.amp_dtype(CUDA) is torch.float16
+
+
+@pytest.mark.parametrize("forced, expected", [("fp16", torch.float16), ("BF16", torch.bfloat16)])
+def test_env_forces_the_cuda_dtype(monkeypatch, forced, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: forced == "fp16")
+    monkeypatch.setenv(precision.CUDA_AMP_ENV, forced)
+    assert precision.amp_dtype(CUDA) is expected
+    assert precision.precision_label(CUDA, enabled=True) == f"cuda {'fp16' if forced == 'fp16' else 'bf16'}"
+
+
+def test_env_rejects_an_unknown_cuda_dtype(monkeypatch):
+    monkeypatch.setenv(precision.CUDA_AMP_ENV, "fp8")
+    with pytest.raises(ValueError, match="WBC_CUDA_AMP_DTYPE must be 'fp16' or 'bf16'"):
+        precision.amp_dtype(CUDA)

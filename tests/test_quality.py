@@ -91,6 +91,26 @@ def test_data_copying_statistic_flags_copies_not_fresh_samples() -> None:
     assert abs(qm.data_copying_ct(train, test, fresh, cells=5)) < 3
 
 
+def test_memorisation_threshold_is_per_class_where_a_class_has_enough_val_cells() -> None:
+    from wbc_core.quality.neighbours import MIN_VAL_PER_CLASS_THRESHOLD, class_memorisation_thresholds
+
+    # Class 0 is tight (like platelets: real cells sit close to train cells), class 1 is spread out, class 2 has
+    # too few val cells for its own percentile.
+    train = torch.cat([blobs(400, shift=0.0) * 0.1, blobs(400, shift=50.0, seed=1) * 2.0])
+    n_tight = MIN_VAL_PER_CLASS_THRESHOLD  # just enough for its own percentile; a small share of all val cells
+    val = torch.cat([blobs(n_tight, seed=2) * 0.1, blobs(400, shift=50.0, seed=3) * 2.0,
+                     blobs(5, shift=50.0, seed=4)])
+    val_labels = torch.tensor([0] * n_tight + [1] * 400 + [2] * 5)
+    overall, per_class = class_memorisation_thresholds(val, val_labels, train, num_classes=4, percentile=1.0)
+    assert per_class[0] < overall < per_class[1]
+    assert per_class[2] == overall and per_class[3] == overall  # < MIN_VAL_PER_CLASS_THRESHOLD val cells
+    tight_val_d = torch.cdist(val[:n_tight], train).min(1).values
+    # The global 1st percentile is made of tight-class cells only, so it flags several times 1% of their real
+    # held-out cells as copies (9% of real platelets on PBC); the class's own percentile flags about 1%.
+    assert float((tight_val_d < overall).float().mean()) >= 0.06
+    assert float((tight_val_d < per_class[0]).float().mean()) <= 0.02
+
+
 def test_memorised_share_counts_below_threshold() -> None:
     assert qm.memorised_share(torch.tensor([0.0, 0.5, 2.0, 3.0]), 1.0) == 0.5
     assert qm.memorised_share(torch.zeros(0), 1.0) == 0.0
@@ -130,6 +150,18 @@ def test_held_out_real_cells_score_like_real_cells(reference) -> None:
     assert m["quality/judge_accuracy"] > 0.8 and m["quality/tstr_accuracy"] > 0.6
     assert m["quality/acceptance"] > 0.4  # a 8-epoch judge on 120 cells is not very confident
     assert {f"quality/coverage/{c}" for c in TINY_CLASSES} <= set(m)
+
+
+def test_real_acceptance_is_the_judge_on_the_real_val_cells(reference) -> None:
+    ref, _ = reference
+    m = compute_metrics(ref, ref.val_images, ref.val_labels, QualityConfig(tstr_epochs=0, num_threads=1))
+    # Scoring the val cells themselves as "generated" must give exactly the real ceiling, overall and per class.
+    assert m["quality/real_acceptance"] == pytest.approx(m["quality/acceptance"])
+    for c in TINY_CLASSES:
+        assert m[f"quality/real_acceptance/{c}"] == pytest.approx(m[f"quality/acceptance/{c}"])
+    other = cells(10, seed=5)
+    m2 = compute_metrics(ref, other.images, other.labels, QualityConfig(tstr_epochs=0, num_threads=1))
+    assert m2["quality/real_acceptance"] == pytest.approx(m["quality/real_acceptance"])  # a property of the judge
 
 
 def test_copies_of_train_cells_are_memorised(reference) -> None:

@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=None, help="generator/discriminator base width")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--aux-weight", type=float, default=None, help="AC-GAN class-head weight (0 = projection only)")
+    s.add_argument("--preset", choices=["cpu", "cuda"], default=None,
+                   help="start from a preset: cpu (GanConfig defaults) or cuda (CUDA_PRESET: wider, 128 px, 40k "
+                        "steps, needs a GPU); the flags above override it")
     s.add_argument("--detach", action="store_true", help="start the job and return at once")
 
     s = sub.add_parser("resume-gan", help="continue a cancelled or failed GAN run from its last checkpoint")
@@ -231,7 +235,7 @@ def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
     finally:
         bar.close()
     payload: dict[str, Any] = {"run_id": run_id, "status": info.status, "device": info.device,
-                               "train_set_hash": info.train_set_hash, **info.result}
+                               "train_set_hash": info.train_set_hash, "config": info.config, **info.result}
     if info.error:
         payload["error"] = info.error.splitlines()[0]
     payload["_text"] = f"run {run_id} {info.status}" + (f": {payload['error']}" if info.error else "")
@@ -239,11 +243,14 @@ def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
 
 
 def _train_gan(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.gan_runs import start_gan_run
+    from db import datasets as ds_db
+    from wbc_core.gan_runs import preset_values, start_gan_run
 
     overrides = _drop_none({"steps": args.steps, "image_size": args.size, "batch_size": args.batch,
                             "g_width": args.width, "d_width": args.width, "seed": args.seed,
-                            "checkpoint_every": args.checkpoint_every})
+                            "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight})
+    if args.preset:
+        overrides = {**preset_values(args.preset, ds_db.get_dataset(args.dataset).image_size), **overrides}
     return _follow(start_gan_run(args.dataset, overrides), args.detach, "GAN")
 
 

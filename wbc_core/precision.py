@@ -9,6 +9,7 @@ from functools import lru_cache
 import torch
 
 CPU_BF16_ENV = "WBC_CPU_BF16"  # "0" turns CPU bf16 autocast off everywhere (e.g. to compare against fp32)
+CUDA_AMP_ENV = "WBC_CUDA_AMP_DTYPE"  # "fp16" or "bf16" overrides the CUDA choice (e.g. to test the GradScaler path)
 
 
 @lru_cache(maxsize=1)
@@ -23,11 +24,26 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def cuda_has_native_bf16() -> bool:
+    """True on GPUs with bf16 tensor cores (Ampere and later); False where bf16 would only be emulated."""
+    # Why including_emulation=False: torch's default also answers True on Turing/Volta (T4, V100), where bf16 is
+    # emulated and far slower than fp16 with loss scaling.
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch without the argument: its answer already meant native support
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training on `device`, or None where mixed precision would not help."""
     if device.type == "cuda":
+        forced = os.environ.get(CUDA_AMP_ENV, "").strip().lower()
+        if forced in ("fp16", "bf16"):
+            return torch.float16 if forced == "fp16" else torch.bfloat16
+        if forced:
+            raise ValueError(f"{CUDA_AMP_ENV} must be 'fp16' or 'bf16', got {forced!r}")
         # bf16 has fp32's range, so no loss scaling is needed; older GPUs get fp16 plus GradScaler.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
@@ -43,4 +59,5 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def precision_label(device: torch.device, enabled: bool) -> str:
     """Human-readable precision for logs and run pages, e.g. "cpu bf16" or "cuda:0 fp32"."""
     dtype = amp_dtype(device) if enabled else None
-    return f"{device} {'fp32' if dtype is None else str(dtype).removeprefix('torch.').replace('bfloat16', 'bf16')}"
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return f"{device} {names.get(dtype, str(dtype))}"

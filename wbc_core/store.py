@@ -13,14 +13,17 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from db.datasets import ImageRow
 from wbc_core.settings import cache_dir, wbc_home
 from wbc_core.types import LabelledImages
+
+if TYPE_CHECKING:  # only for annotations: the store must import without SQLAlchemy (GPU boxes, bench scripts)
+    from db.datasets import ImageRow
 
 _memory: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor, list[str]]] = {}  # (home, dataset, size)
 _lock = threading.Lock()

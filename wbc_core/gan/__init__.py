@@ -8,7 +8,7 @@ from wbc_core.gan.checkpoint import (
     lighten_checkpoint,
     list_checkpoints,
 )
-from wbc_core.gan.config import GanConfig, resolve_device
+from wbc_core.gan.config import CUDA_PRESET, GanConfig, resolve_device
 from wbc_core.gan.diffaug import diff_augment
 from wbc_core.gan.models import Discriminator, Generator, build_networks, count_params, refresh_bn_stats
 from wbc_core.gan.sample import LoadedGenerator, load_generator, sample_cells
@@ -18,6 +18,7 @@ from wbc_core.gan.train import GanResult, train_gan
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "CUDA_PRESET",
     "Discriminator",
     "GanConfig",
     "GanResult",

@@ -39,8 +39,9 @@ class GanConfig:
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"
     amp: bool = True  # mixed precision + channels_last: CUDA bf16/fp16, CPU bf16 where native (wbc_core.precision)
     num_threads: int = 0  # CPU intra-op threads; 0 keeps torch's default
-    # AC-GAN class loss weight: D cross-entropy on real cells, G on fakes; 0 = projection only. 0.3 measured on PBC
-    # at 64 px, 22 CPU minutes (BENCHMARKS.md): judge acceptance 46.7% vs 28.9% without, TSTR 0.69 vs 0.66.
+    # AC-GAN class loss weight: D cross-entropy on real cells, G on fakes; 0 = projection only. Measured on PBC at
+    # 64 px, 22 CPU minutes (BENCHMARKS.md), ResNet-18 judge: 0.3 gives acceptance 67% vs 39% without, at the best
+    # coverage and FD; 1.0 gives 88% but less variety (coverage 0.29 vs 0.43), so 1.0 is the GPU preset's choice.
     aux_weight: float = 0.3
     quality_every_checkpoint: bool = False  # score each checkpoint with the judge (seconds-minutes on CPU, so off)
     quality_per_class: int = 64  # generated cells per class for those per-checkpoint quality metrics
@@ -82,9 +83,13 @@ class GanConfig:
 
 # Documented starting points (pass as overrides, e.g. GanConfig(**CUDA_PRESET)). The CPU default above is sized for
 # two shared cores; on a GPU the same trainer runs a wider net, longer, at 128 px, with per-checkpoint quality.
+# Equal learning rates, not TTUR (1e-4/4e-4): on CPU, TTUR with the class head cut judge acceptance from 46.7% to
+# 24.6% and moved class identity between classes. Class head 1.0, not 0.3: on an H200 at 64 px (12.5k steps in
+# 4 min), 1.0 gave FD ratio 2.5 vs 3.2, acceptance 73% vs 63% and TSTR 0.81 vs 0.80, ahead at every checkpoint
+# from 4k steps on, for slightly lower recall (0.55 vs 0.61). BENCHMARKS.md, GAN section, has both curves.
 CUDA_PRESET: dict[str, Any] = {
     "image_size": 128, "steps": 40_000, "batch_size": 128, "g_width": 128, "d_width": 128,
-    "lr_g": 1e-4, "lr_d": 4e-4, "aux_weight": 0.3, "checkpoint_every": 2000, "sample_every": 1000,
+    "lr_g": 2e-4, "lr_d": 2e-4, "aux_weight": 1.0, "checkpoint_every": 2000, "sample_every": 1000,
     "quality_every_checkpoint": True, "device": "cuda",
 }
 

@@ -5,4 +5,4 @@ Kept import-light (no torch here): the Generate page reads metric names through 
 
 PREFIX = "quality/"  # metric names stored per GAN checkpoint: quality/<metric> and quality/<metric>/<class>
 METRICS = ("fd_ratio", "fd", "fd_baseline", "density", "coverage", "precision", "recall", "memorised",
-           "nearest_train", "copy_ct", "acceptance", "judge_accuracy", "tstr_accuracy", "n")
+           "nearest_train", "copy_ct", "acceptance", "real_acceptance", "judge_accuracy", "tstr_accuracy", "n")

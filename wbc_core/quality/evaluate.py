@@ -35,7 +35,7 @@ class CellScores:
     nearest_index: torch.Tensor  # int64 [N] row of the nearest real train cell in the Reference
     nearest_id: torch.Tensor  # int64 [N] image id of that cell (-1 when the Reference has no ids)
     nearest_distance: torch.Tensor  # float [N] feature distance to it
-    memorised: torch.Tensor  # bool [N] closer than the Reference's memorisation threshold
+    memorised: torch.Tensor  # bool [N] closer than the Reference's memorisation threshold for the cell's class
     features: torch.Tensor  # float [N, D] judge features (reused by the distribution metrics)
 
 
@@ -52,7 +52,7 @@ def score_cells(ref: Reference, images: torch.Tensor, labels: torch.Tensor) -> C
     d, idx = d[:, 0], idx[:, 0]
     return CellScores(judge_prob=probs.gather(1, labels.view(-1, 1)).squeeze(1), judge_top=probs.argmax(1),
                       nearest_index=idx, nearest_id=ref.train_ids[idx], nearest_distance=d,
-                      memorised=d < ref.threshold, features=feats)
+                      memorised=d < ref.thresholds_for(labels), features=feats)
 
 
 def _val_halves(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,9 @@ def _group_metrics(ref: Reference, cfg: QualityConfig, scores: CellScores, gen_m
         return out
     out["acceptance"] = float((scores.judge_prob[gen_mask] >= cfg.accept_prob).float().mean())
     out["judge_accuracy"] = float((scores.judge_top[gen_mask] == intended[gen_mask]).float().mean())
-    out["memorised"] = qm.memorised_share(scores.nearest_distance[gen_mask], ref.threshold)
+    if ref.val_true_prob is not None and bool(val_mask.any()):
+        out["real_acceptance"] = float((ref.val_true_prob[val_mask] >= cfg.accept_prob).float().mean())
+    out["memorised"] = float(scores.memorised[gen_mask].float().mean())
     out["nearest_train"] = float(scores.nearest_distance[gen_mask].median())
     a, b = ref.val_features[val_mask & half_a], ref.val_features[val_mask & ~half_a]
     matched = fake[_matched_rows(intended[gen_mask], ref.val_labels[val_mask & half_a])]

@@ -64,6 +64,17 @@ class Reference:
     val_labels: torch.Tensor  # int64 [M]
     threshold: float  # memorisation distance: the chosen percentile of val-to-nearest-train distances
     judge_dir: Path  # cache folder of this judge
+    class_thresholds: torch.Tensor | None = None  # float [C]: the same percentile per class (None: global for all)
+    # float [M]: the judge's probability of each real val cell's true class. Its acceptance of real cells is the
+    # ceiling for the acceptance of generated ones: a judge that accepts 5% of real ig cells cannot accept 50% of
+    # good synthetic ones (measured on PBC with the small_cnn judge, bench/gan.py --baseline-only).
+    val_true_prob: torch.Tensor | None = None
+
+    def thresholds_for(self, labels: torch.Tensor) -> torch.Tensor:
+        """The memorisation distance for each cell of the given intended classes."""
+        if self.class_thresholds is None:
+            return torch.full(labels.shape, self.threshold)
+        return self.class_thresholds[labels]
 
     @property
     def image_size(self) -> int:
@@ -80,10 +91,14 @@ def judge_features(judge: LoadedClassifier, images: torch.Tensor, device: str = 
         k = len(judge.class_names)
         return torch.zeros(0, 1), torch.zeros(0, k)
     feats = batched_forward(feature_extractor(judge), images, batch_size, device)
+    return feats, probs_from_features(judge, feats)
+
+
+def probs_from_features(judge: LoadedClassifier, feats: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [N,K] from penultimate features (cheap: cached features need no new forward pass)."""
     head = classifier_head(judge.model.net, len(judge.class_names)).to("cpu")
     with torch.no_grad():  # the head is a plain Linear (dropout is identity in eval), so logits = head(features)
-        probs = head.float()(feats).softmax(dim=1)
-    return feats, probs
+        return head.float()(feats).softmax(dim=1)
 
 
 def cap_per_class(data: LabelledImages, n: int, seed: int = 0) -> LabelledImages:
@@ -139,11 +154,13 @@ def build_reference(train: LabelledImages, val: LabelledImages, class_names: lis
         _save_features(feats_path, ids, train_f, val_f)
     else:
         train_f, val_f = cached
-    from wbc_core.quality.neighbours import memorisation_threshold
+    from wbc_core.quality.neighbours import class_memorisation_thresholds
 
-    threshold = memorisation_threshold(val_f, train_f, config.memorisation_percentile)
+    threshold, per_class = class_memorisation_thresholds(val_f, val.labels, train_f, len(class_names),
+                                                         config.memorisation_percentile)
+    val_true_prob = probs_from_features(judge, val_f).gather(1, val.labels.view(-1, 1)).squeeze(1)
     return Reference(judge, list(class_names), ids, train_f, train.labels, val.images, val_f, val.labels,
-                     threshold, judge_dir)
+                     threshold, judge_dir, per_class, val_true_prob)
 
 
 def _load_features(path: Path, ids: torch.Tensor, n_val: int) -> tuple[torch.Tensor, torch.Tensor] | None:

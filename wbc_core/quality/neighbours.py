@@ -34,3 +34,27 @@ def memorisation_threshold(val_features: torch.Tensor, train_features: torch.Ten
     """The given percentile of real-val-to-nearest-real-train distances: closer than this counts as a copy."""
     d, _ = pairwise_nearest(val_features, train_features, k=1)
     return float(torch.quantile(d[:, 0], percentile / 100.0))
+
+
+MIN_VAL_PER_CLASS_THRESHOLD = 50  # below this many val cells a class percentile is noise: use the global one
+
+
+def class_memorisation_thresholds(val_features: torch.Tensor, val_labels: torch.Tensor, train_features: torch.Tensor,
+                                  num_classes: int, percentile: float = 1.0) -> tuple[float, torch.Tensor]:
+    """(global threshold, per-class thresholds [num_classes]) from real-val-to-nearest-real-train distances.
+
+    Why per class: cell types differ in how alike they are. Platelets are small and near-identical, so 9% of
+    *real* held-out platelets fell under the global 1st percentile (bench/gan.py --baseline-only), and every
+    platelet generator would look like a copier. A class's own percentile flags ~1% of its real cells by
+    construction, and an exact copy (distance 0) is still caught. Classes with fewer than
+    MIN_VAL_PER_CLASS_THRESHOLD val cells keep the global threshold.
+    """
+    d, _ = pairwise_nearest(val_features, train_features, k=1)
+    d = d[:, 0]
+    overall = float(torch.quantile(d, percentile / 100.0))
+    per_class = torch.full((num_classes,), overall)
+    for c in range(num_classes):
+        mine = d[val_labels == c]
+        if mine.numel() >= MIN_VAL_PER_CLASS_THRESHOLD:
+            per_class[c] = float(torch.quantile(mine, percentile / 100.0))
+    return overall, per_class

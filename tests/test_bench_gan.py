@@ -1,0 +1,128 @@
+"""bench/gan.py and bench/cuda_check.py: config assembly, reports, and tiny end-to-end runs on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wbc_core.gan import CUDA_PRESET, GanConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load_bench(name: str):  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gan_bench():  # noqa: ANN201
+    return load_bench("gan")
+
+
+def test_cpu_config_is_the_app_default_with_bench_cadence(gan_bench):
+    config = gan_bench.bench_config(gan_bench.parse_args([]))
+    default = GanConfig()
+    assert (config.g_width, config.batch_size, config.aux_weight) == (default.g_width, default.batch_size,
+                                                                     default.aux_weight)
+    assert (config.device, config.checkpoint_every, config.image_size) == ("cpu", 500, 64)
+
+
+def test_cuda_preset_keeps_the_bench_size_and_lets_flags_override(gan_bench):
+    args = gan_bench.parse_args(["--preset", "cuda", "--device", "cuda", "--size", "64", "--aux-weight", "1.0",
+                                 "--checkpoint-every", "1000"])
+    config = gan_bench.bench_config(args)
+    assert config.image_size == 64  # not the preset's 128: the goals table is at 64 px
+    assert (config.g_width, config.batch_size) == (CUDA_PRESET["g_width"], CUDA_PRESET["batch_size"])
+    assert (config.aux_weight, config.checkpoint_every, config.device) == (1.0, 1000, "cuda")
+    assert config.quality_every_checkpoint is False  # the bench scores checkpoints itself (--score-checkpoints)
+    assert gan_bench.overrides_from(args) == {"aux_weight": 1.0, "checkpoint_every": 1000}
+
+
+def test_markdown_shows_goals_the_real_ceiling_and_the_curve(gan_bench):
+    classes = ["a", "b"]
+    table = {"density": {"all": 0.9, "a": 0.85, "b": 0.5}, "acceptance": {"all": 0.6, "a": 0.9, "b": 0.1}}
+    ceiling = {"density": {"all": 1.0, "a": 1.0, "b": 1.0}, "acceptance": {"all": 0.5, "a": 0.95, "b": 0.05}}
+    judge = {"model": "small_cnn", "epochs": 5, "max_per_class": 400, "val_accuracy": 0.9}
+    result = {"when": "now", "load_average": "0", "overrides": {}, "steps_done": 10, "train_seconds": 1.0,
+              "device": "cpu", "threads": 1, "per_class": 4, "classes": classes, "judge": judge,
+              "accept_judge": {**judge, "model": "resnet18", "val_accuracy": 0.97},
+              "judge_val_accuracy": 0.9, "metrics": {}, "table": table, "baseline_table": ceiling,
+              "speed": {"trainer_sec_per_step": 0.2, "trainer_steady_sec_per_step": 0.2,
+                        "compute_limit_sec_per_step": 0.19, "ratio": 1.05},
+              "curve": [{"step": 5, "density": 0.4, "coverage": None}, {"step": 10, "density": 0.9}]}
+    md = gan_bench.markdown(result)
+    assert "| a | 0.850 ✅ |" in md and "| b | 0.500 ❌ |" in md
+    assert "held-out real *test* cells" in md
+    assert "acceptance judge resnet18 (val accuracy 0.970)" in md
+    assert "| b | 1.000 | – | – | – | 0.050 |" in md  # the ceiling row carries no goal marks
+    assert "| 5 | 0.400 | – |" in md and "| 10 | 0.900 |" in md
+
+
+@pytest.mark.slow
+def test_tiny_bench_run_end_to_end(tiny_folder, tmp_path):
+    env = {**os.environ, "WBC_HOME": str(tmp_path / "home"), "WBC_PBC128": str(tiny_folder),
+           "OMP_NUM_THREADS": "1"}
+    common = ["--size", "32", "--threads", "1", "--per-class", "4", "--judge-per-class", "8", "--judge-epochs", "1",
+              "--accept-judge-model", "small_cnn", "--accept-judge-per-class", "12", "--accept-judge-epochs", "2",
+              "--out", str(tmp_path / "out")]
+    run = subprocess.run([sys.executable, "bench/gan.py", *common, "--baseline-only", "--tag", "t"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    baseline = json.loads((tmp_path / "out" / "gan_baseline_t.json").read_text())
+    assert baseline["judge"]["model"] == "small_cnn" and "acceptance" in baseline["baseline_table"]
+    # A second judge decides acceptance; the feature judge's own acceptance is kept under another name.
+    assert baseline["accept_judge"]["max_per_class"] == 12
+    assert {"acceptance", "real_acceptance", "feature_judge_acceptance"} <= baseline["baseline_table"].keys()
+    run = subprocess.run([sys.executable, "bench/gan.py", *common, "--budget-minutes", "0.05", "--width", "16",
+                          "--batch", "8", "--checkpoint-every", "3", "--score-checkpoints", "--tag", "t"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads((tmp_path / "out" / "gan_t.json").read_text())
+    assert out["steps_done"] >= 1 and out["config"]["g_width"] == 16
+    assert [row["step"] for row in out["curve"]][-1] == out["steps_done"]  # the final checkpoint closes the curve
+    assert out["baseline_table"]["acceptance"].keys() == baseline["baseline_table"]["acceptance"].keys()
+    assert not (ROOT / "bench" / "results" / "gan_t.json").exists()  # --out, not the repo's results
+    run = subprocess.run([sys.executable, "bench/gan.py", *common, "--rescore", "t"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = json.loads((tmp_path / "out" / "gan_t_rescored.json").read_text())
+    assert again["rescored_from"] == "t" and again["steps_done"] == out["steps_done"]
+    assert again["speed"] == out["speed"] and again["curve"] == out["curve"]  # kept from the run it rescored
+    assert again["metrics"]["quality/acceptance"] == pytest.approx(out["metrics"]["quality/acceptance"])
+    assert "scored again with this judge" in (tmp_path / "out" / "gan_t_rescored.md").read_text()
+    run = subprocess.run([sys.executable, "bench/gan.py", *common, "--rescore", "nothing-here"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "no checkpoints under" in run.stderr
+
+
+@pytest.mark.slow
+def test_cuda_check_smoke_passes_on_cpu(tiny_folder, tmp_path):
+    out = tmp_path / "check.json"
+    run = subprocess.run([sys.executable, "bench/cuda_check.py", "--data", str(tiny_folder), "--device", "cpu",
+                          "--tiny", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "WBC_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["all_ok"] is True
+    assert {"precision", "gan_native", "gan_resume", "gan_fp16", "portable", "classifier"} <= report.keys()
+    assert report["gan_resume"]["steps_done"] == 8 and report["gan_native"]["steps_done"] == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
+def test_cuda_check_says_plainly_when_there_is_no_gpu(tiny_folder):
+    run = subprocess.run([sys.executable, "bench/cuda_check.py", "--data", str(tiny_folder)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "CUDA is not available here" in run.stderr
