@@ -122,11 +122,19 @@ def measure(judges: Judges, cells: torch.Tensor, labels: torch.Tensor, qcfg: Qua
     return values
 
 
+def meets(value: float | None, metric: str) -> bool | None:
+    """Whether value meets the goal for metric (None when there is no value)."""
+    op, target = GOALS[metric]
+    if value is None:
+        return None
+    return value >= target if op == ">=" else value <= target if op == "<=" else value < target
+
+
 def goal_row(table: dict[str, dict[str, float]], group: str) -> dict[str, object]:
     row: dict[str, object] = {}
     for metric, (op, target) in GOALS.items():
         v = table.get(metric, {}).get(group)
-        ok = None if v is None else (v >= target if op == ">=" else v <= target if op == "<=" else v < target)
+        ok = meets(v, metric)
         row[metric] = {"value": v, "goal": f"{op} {target}", "met": ok}
     return row
 
@@ -158,8 +166,7 @@ def quality_rows(table: dict[str, dict[str, float]], classes: list[str], with_go
         cells = [group]
         for m in GOALS:
             v = table.get(m, {}).get(group)
-            op, target = GOALS[m]
-            met = None if v is None else (v >= target if op == ">=" else v <= target if op == "<=" else v < target)
+            met = meets(v, m)
             cells.append("–" if v is None else f"{v:.3f}" + (f" {'✅' if met else '❌'}" if with_goals else ""))
         cells += ["–" if table.get(m, {}).get(group) is None else f"{table[m][group]:.3f}"
                   for m in ("precision", "recall", "copy_ct")]

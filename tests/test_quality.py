@@ -281,3 +281,24 @@ def test_cap_per_class_keeps_at_most_n_of_each_class() -> None:
     capped = cap_per_class(data, 2)
     assert torch.bincount(capped.labels).tolist() == [2, 2, 2]
     assert len(cap_per_class(data, 99)) == len(data)
+
+
+def test_full_judge_is_chosen_by_the_environment_and_cached_apart(dataset_with_gan, monkeypatch) -> None:
+    from db import datasets as ds_db
+    from wbc_core.quality.judge import JUDGE_ENV, QualityError, app_quality_config, dataset_reference
+    from wbc_core.review_detail import _judge_dir
+
+    monkeypatch.setenv(JUDGE_ENV, "full")
+    full = app_quality_config()
+    assert (full.judge_model, full.judge_max_per_class) == ("resnet18", 100_000)
+    ref = dataset_reference("cells")  # no config: the app's choice, as every app caller does it
+    assert ref.judge.config.model == "resnet18" and ref.judge_dir.name.endswith(full.key())
+    folder, _ = _judge_dir(ds_db.get_dataset("cells").id)  # review's detail panel finds the same judge
+    assert folder == ref.judge_dir
+    monkeypatch.delenv(JUDGE_ENV)
+    assert app_quality_config() == QualityConfig()  # the default is the small judge, cached under its own key
+    assert app_quality_config().key() != full.key()
+    assert _judge_dir(ds_db.get_dataset("cells").id) is None  # the small judge was never trained here
+    monkeypatch.setenv(JUDGE_ENV, "huge")
+    with pytest.raises(QualityError, match="WBC_QUALITY_JUDGE must be one of small, full, got 'huge'"):
+        app_quality_config()

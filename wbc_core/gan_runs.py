@@ -226,15 +226,16 @@ def _png_bytes(cell) -> bytes:  # noqa: ANN001
 
 # -- quality -----------------------------------------------------------------------------------------
 
-_references: dict[tuple[str, int, int, str], Any] = {}  # (home, dataset, size, split hash) -> judge, per process
+_references: dict[tuple[str, int, int, str, str], Any] = {}  # (home, dataset, size, split, judge) -> judge, per process
 
 
 def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
     """The dataset's judge Reference at size, trained and cached on first use (then kept in this process)."""
-    from wbc_core.quality.judge import dataset_reference
+    from wbc_core.quality.judge import app_quality_config, dataset_reference
 
     info = ds_db.get_dataset(dataset_id)
-    key = (str(wbc_home()), info.id, int(size), info.split_hash)  # one process may serve several homes
+    # One process may serve several homes, and WBC_QUALITY_JUDGE picks which judge.
+    key = (str(wbc_home()), info.id, int(size), info.split_hash, app_quality_config().key())
     if key not in _references:
         _references[key] = dataset_reference(info.id, size)
     return _references[key]

@@ -48,12 +48,12 @@ def _judge_dir(dataset_id: int) -> tuple[Path, int] | None:
     The folder is chosen per dataset, never per cell: the dataset's own image size when that judge exists,
     else the newest cached size (e.g. a GAN run at another size). Real and generated cells so get the same judge.
     """
-    from wbc_core.quality.judge import QualityConfig
+    from wbc_core.quality.judge import app_quality_config
 
     info = ds_db.get_dataset(dataset_id)
     root = cache_dir() / "judges"
     prefix = f"dataset_{info.id}_size_"
-    suffix = f"_{info.split_hash[:12]}_{QualityConfig().key()}"  # the folder name dataset_reference() uses
+    suffix = f"_{info.split_hash[:12]}_{app_quality_config().key()}"  # the folder name dataset_reference() uses
     found: list[tuple[int, float, Path]] = []
     for folder in root.glob(f"{prefix}*{suffix}") if root.is_dir() else []:
         size = folder.name[len(prefix):-len(suffix)]
