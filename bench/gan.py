@@ -44,7 +44,7 @@ from wbc_core.gan import (  # noqa: E402
 )
 from wbc_core.gan.checkpoint import list_checkpoints  # noqa: E402
 from wbc_core.quality.evaluate import compute_metrics, per_class_table, score_cells  # noqa: E402
-from wbc_core.quality.judge import QualityConfig, Reference, build_reference  # noqa: E402
+from wbc_core.quality.judge import JUDGES, QualityConfig, Reference, build_reference  # noqa: E402
 from wbc_core.settings import cache_dir  # noqa: E402
 from wbc_core.store import decode_many  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
@@ -233,9 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # app's ResNet-18 (0.968 val accuracy at 64 px; ~5 CPU minutes once, then cached). The small_cnn feature judge
     # (0.886, 400 cells per class) accepted only 4.5% of real ig and 19% of real monocyte test cells at p >= 0.9,
     # so it could not measure class identity for those classes (BENCHMARKS.md).
-    p.add_argument("--accept-judge-model", default="resnet18", help="'same' = use the feature judge")
-    p.add_argument("--accept-judge-per-class", type=int, default=100_000, help="(all of them)")
-    p.add_argument("--accept-judge-epochs", type=int, default=15)
+    # Defaults: the app's "full" judge (WBC_QUALITY_JUDGE=full), so bench and app measure with the same classifier.
+    p.add_argument("--accept-judge-model", default=JUDGES["full"]["judge_model"],
+                   help="'same' = use the feature judge")
+    p.add_argument("--accept-judge-per-class", type=int, default=JUDGES["full"]["judge_max_per_class"],
+                   help="(all of them)")
+    p.add_argument("--accept-judge-epochs", type=int, default=JUDGES["full"]["judge_epochs"])
     p.add_argument("--aux-weight", type=float, default=None)
     p.add_argument("--lr-d", type=float, default=None)
     p.add_argument("--lr-g", type=float, default=None)
