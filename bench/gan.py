@@ -43,7 +43,7 @@ from wbc_core.gan import (  # noqa: E402
     train_gan,
 )
 from wbc_core.gan.checkpoint import list_checkpoints  # noqa: E402
-from wbc_core.quality.evaluate import compute_metrics, per_class_table, score_cells  # noqa: E402
+from wbc_core.quality.evaluate import acceptance_metrics, compute_metrics, per_class_table  # noqa: E402
 from wbc_core.quality.judge import JUDGES, QualityConfig, Reference, build_reference  # noqa: E402
 from wbc_core.settings import cache_dir  # noqa: E402
 from wbc_core.store import decode_many  # noqa: E402
@@ -106,19 +106,7 @@ def measure(judges: Judges, cells: torch.Tensor, labels: torch.Tensor, qcfg: Qua
         return values
     for key in [k for k in values if k.split("/")[1] in ACCEPT_KEYS]:
         values[key.replace("quality/", "quality/feature_judge_", 1)] = values.pop(key)
-    scores = score_cells(judges.accept, cells, labels)
-    accepted = scores.judge_prob >= qcfg.accept_prob
-    agrees = scores.judge_top == labels
-    real = judges.accept.val_true_prob >= qcfg.accept_prob
-    val_labels = judges.accept.val_labels
-    groups = [("", torch.ones_like(labels, dtype=torch.bool), torch.ones_like(val_labels, dtype=torch.bool))]
-    groups += [(f"/{name}", labels == c, val_labels == c) for c, name in enumerate(judges.accept.class_names)
-               if bool((labels == c).any())]
-    for suffix, mine, real_mine in groups:
-        values[f"quality/acceptance{suffix}"] = float(accepted[mine].float().mean())
-        values[f"quality/judge_accuracy{suffix}"] = float(agrees[mine].float().mean())
-        if bool(real_mine.any()):
-            values[f"quality/real_acceptance{suffix}"] = float(real[real_mine].float().mean())
+    values.update(acceptance_metrics(judges.accept, cells, labels, qcfg))
     return values
 
 

@@ -111,14 +111,6 @@ def test_memorisation_threshold_is_per_class_where_a_class_has_enough_val_cells(
     assert float((tight_val_d < per_class[0]).float().mean()) <= 0.02
 
 
-def test_memorised_share_counts_below_threshold() -> None:
-    assert qm.memorised_share(torch.tensor([0.0, 0.5, 2.0, 3.0]), 1.0) == 0.5
-    assert qm.memorised_share(torch.zeros(0), 1.0) == 0.0
-
-
-# -- known answers on tiny synthetic cells --------------------------------------------------------------
-
-
 def cells(n_per_class: int, seed: int) -> LabelledImages:
     rng = np.random.default_rng(seed)
     images, labels = [], []
@@ -162,6 +154,18 @@ def test_real_acceptance_is_the_judge_on_the_real_val_cells(reference) -> None:
     other = cells(10, seed=5)
     m2 = compute_metrics(ref, other.images, other.labels, QualityConfig(tstr_epochs=0, num_threads=1))
     assert m2["quality/real_acceptance"] == pytest.approx(m["quality/real_acceptance"])  # a property of the judge
+
+
+def test_acceptance_metrics_are_compute_metrics_verdicts_alone(reference) -> None:
+    from wbc_core.quality.evaluate import acceptance_metrics
+
+    ref, _ = reference
+    held = cells(10, seed=6)
+    full = compute_metrics(ref, held.images, held.labels, QualityConfig(tstr_epochs=0, num_threads=1))
+    verdicts = acceptance_metrics(ref, held.images, held.labels)
+    names = {"acceptance", "judge_accuracy", "real_acceptance"}
+    assert verdicts == {k: v for k, v in full.items() if k.split("/")[1] in names}
+    assert {f"quality/acceptance/{c}" for c in TINY_CLASSES} <= verdicts.keys()
 
 
 def test_copies_of_train_cells_are_memorised(reference) -> None:

@@ -23,7 +23,8 @@ from wbc_core.quality.judge import QualityConfig, Reference, judge_features
 from wbc_core.quality.neighbours import pairwise_nearest
 from wbc_core.types import LabelledImages
 
-__all__ = ["METRICS", "PREFIX", "CellScores", "compute_metrics", "per_class_table", "read_folder", "score_cells"]
+__all__ = ["METRICS", "PREFIX", "CellScores", "acceptance_metrics", "compute_metrics", "per_class_table", "read_folder",
+           "score_cells"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,33 @@ def _matched_rows(gen_labels: torch.Tensor, target_labels: torch.Tensor) -> torc
     return torch.cat(picks).sort().values if picks else torch.zeros(0, dtype=torch.int64)
 
 
+def _groups(ref: Reference, labels: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(name suffix, generated mask, real val mask, real train mask) for all cells, then each class present."""
+    groups = [("", torch.ones(labels.numel(), dtype=torch.bool), torch.ones_like(ref.val_labels, dtype=torch.bool),
+               torch.ones_like(ref.train_labels, dtype=torch.bool))]
+    groups += [(f"/{name}", labels == c, ref.val_labels == c, ref.train_labels == c)
+               for c, name in enumerate(ref.class_names) if bool((labels == c).any())]
+    return groups
+
+
+def _acceptance(ref: Reference, cfg: QualityConfig, scores: CellScores, gen_mask: torch.Tensor,
+                val_mask: torch.Tensor, intended: torch.Tensor) -> dict[str, float]:
+    """The judge's verdicts for one group: acceptance, judge accuracy and the real cells' ceiling."""
+    out = {"acceptance": float((scores.judge_prob[gen_mask] >= cfg.accept_prob).float().mean()),
+           "judge_accuracy": float((scores.judge_top[gen_mask] == intended[gen_mask]).float().mean())}
+    if ref.val_true_prob is not None and bool(val_mask.any()):
+        out["real_acceptance"] = float((ref.val_true_prob[val_mask] >= cfg.accept_prob).float().mean())
+    return out
+
+
+def acceptance_metrics(ref: Reference, images: torch.Tensor, labels: torch.Tensor,
+                       config: QualityConfig = QualityConfig()) -> dict[str, float]:
+    """Only the judge's verdicts, flat like compute_metrics: for a second, independent judge (bench/gan.py)."""
+    scores = score_cells(ref, images, labels)
+    return {f"{PREFIX}{name}{suffix}": value for suffix, g, v, _ in _groups(ref, labels)
+            for name, value in _acceptance(ref, config, scores, g, v, labels).items()}
+
+
 def _group_metrics(ref: Reference, cfg: QualityConfig, scores: CellScores, gen_mask: torch.Tensor,
                    val_mask: torch.Tensor, train_mask: torch.Tensor, half_a: torch.Tensor,
                    intended: torch.Tensor) -> dict[str, float]:
@@ -81,10 +109,7 @@ def _group_metrics(ref: Reference, cfg: QualityConfig, scores: CellScores, gen_m
     out: dict[str, float] = {"n": float(fake.shape[0])}
     if fake.shape[0] == 0:
         return out
-    out["acceptance"] = float((scores.judge_prob[gen_mask] >= cfg.accept_prob).float().mean())
-    out["judge_accuracy"] = float((scores.judge_top[gen_mask] == intended[gen_mask]).float().mean())
-    if ref.val_true_prob is not None and bool(val_mask.any()):
-        out["real_acceptance"] = float((ref.val_true_prob[val_mask] >= cfg.accept_prob).float().mean())
+    out.update(_acceptance(ref, cfg, scores, gen_mask, val_mask, intended))
     out["memorised"] = float(scores.memorised[gen_mask].float().mean())
     out["nearest_train"] = float(scores.nearest_distance[gen_mask].median())
     a, b = ref.val_features[val_mask & half_a], ref.val_features[val_mask & ~half_a]
@@ -118,12 +143,7 @@ def compute_metrics(ref: Reference, images: torch.Tensor, labels: torch.Tensor,
         scores = scores or score_cells(ref, images, labels)
         half_a, _ = _val_halves(ref.val_labels, config.seed)
         out: dict[str, float] = {}
-        every_gen = torch.ones(labels.numel(), dtype=torch.bool)
-        groups = [("", every_gen, torch.ones_like(ref.val_labels, dtype=torch.bool),
-                   torch.ones_like(ref.train_labels, dtype=torch.bool))]
-        groups += [(f"/{name}", labels == c, ref.val_labels == c, ref.train_labels == c)
-                   for c, name in enumerate(ref.class_names) if bool((labels == c).any())]
-        for suffix, g, v, t in groups:
+        for suffix, g, v, t in _groups(ref, labels):
             for name, value in _group_metrics(ref, config, scores, g, v, t, half_a, labels).items():
                 out[f"{PREFIX}{name}{suffix}"] = value
         if config.tstr_epochs > 0:

@@ -64,13 +64,6 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return float(precision), float(recall)
 
 
-def memorised_share(nearest_train_distance: torch.Tensor, threshold: float) -> float:
-    """Share of candidates whose nearest real train cell is closer than threshold."""
-    if nearest_train_distance.numel() == 0:
-        return 0.0
-    return float((nearest_train_distance.flatten() < threshold).float().mean())
-
-
 def kmeans(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding: (centroids [k,D], assignment [N]); deterministic per seed."""
     if x.ndim != 2 or not 1 <= k <= x.shape[0]:
