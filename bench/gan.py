@@ -34,6 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wbc_core.context import current  # noqa: E402
 from wbc_core.gan import (  # noqa: E402
     CUDA_PRESET,
     GanConfig,
@@ -45,7 +46,6 @@ from wbc_core.gan import (  # noqa: E402
 from wbc_core.gan.checkpoint import list_checkpoints  # noqa: E402
 from wbc_core.quality.evaluate import acceptance_metrics, compute_metrics, per_class_table  # noqa: E402
 from wbc_core.quality.judge import JUDGES, QualityConfig, Reference, build_reference  # noqa: E402
-from wbc_core.settings import cache_dir  # noqa: E402
 from wbc_core.store import decode_many  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
 
@@ -61,7 +61,7 @@ def load_split(folder: Path, size: int, seed: int = 0) -> tuple[list[str], dict[
     files = {c: sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
              for c in classes}
     digest = hashlib.sha256("".join(f"{c}/{p.name}\n" for c in classes for p in files[c]).encode()).hexdigest()[:12]
-    cache = cache_dir() / "bench" / f"pbc_{size}_{digest}_seed{seed}.pt"
+    cache = current().paths.cache / "bench" / f"pbc_{size}_{digest}_seed{seed}.pt"
     if cache.is_file():
         return classes, {k: LabelledImages(*v) for k, v in torch.load(cache, weights_only=True).items()}, digest
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +80,7 @@ def load_split(folder: Path, size: int, seed: int = 0) -> tuple[list[str], dict[
 
 
 def judge_reference(classes, data, digest, size, qcfg):  # noqa: ANN001, ANN201
-    judge_dir = cache_dir() / "judges" / f"bench_pbc_{size}_{digest}_{qcfg.key()}"
+    judge_dir = current().paths.cache / "judges" / f"bench_pbc_{size}_{digest}_{qcfg.key()}"
     return build_reference(data["train"], data["val"], classes, judge_dir, qcfg)
 
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         return rescore(args, results, judges, classes, per_class, qcfg, common)
     limit = compute_limit_sec_per_step(data["train"], config, steps=5 if args.quick else 15)
-    out_dir = cache_dir() / "bench" / f"run_{args.tag or 'default'}"
+    out_dir = current().paths.cache / "bench" / f"run_{args.tag or 'default'}"
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: stale checkpoints of an earlier bench must not linger
     deadline = time.monotonic() + budget_s
     windows: list[float] = []  # steady-state s/step of each log window (checkpoint/grid writes excluded)
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 def rescore(args: argparse.Namespace, results: Path, judges: Judges, classes: list[str], per_class: int,
             qcfg: QualityConfig, common: dict) -> int:
     """Score the checkpoints of an earlier bench run again (e.g. with another judge); its speed numbers are kept."""
-    out_dir = cache_dir() / "bench" / f"run_{args.rescore}"
+    out_dir = current().paths.cache / "bench" / f"run_{args.rescore}"
     kept = list_checkpoints(out_dir)
     if not kept:
         raise SystemExit(f"no checkpoints under {out_dir}: --rescore takes the --tag of an earlier run on this machine")

@@ -82,7 +82,7 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
     import numpy as np
 
     from db import datasets
-    from db import review as review_db
+    from db import decisions as decisions_db
     from db.migrate import ensure_schema
     from wbc_core import auth
 
@@ -118,8 +118,8 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
         chosen = pick.sample(pool, min(per, len(pool)))
         for start in range(0, len(chosen), 500):
             batch = chosen[start:start + 500]
-            review_db.record_decisions(batch[:400], reviewer, "accept")
-            review_db.record_decisions(batch[400:], reviewer, "reject", reason="GAN texture artefact")
+            decisions_db.record_decisions(batch[:400], reviewer, "accept")
+            decisions_db.record_decisions(batch[400:], reviewer, "reject", reason="GAN texture artefact")
     auth.create_user(REVIEWER, PASSWORD, "reviewer")
     return {"dataset_id": dataset_id, "candidates": len(ids), "other_decisions": per * len(OTHER_REVIEWERS),
             "setup_s": round(time.perf_counter() - t0, 1)}
@@ -127,8 +127,7 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
 
 def server_calls(dataset_id: int, calls: int = 10) -> dict[str, dict[str, float]]:
     """The domain calls one rerun of the review work area makes, timed in this process (same database)."""
-    from wbc_core import datasets as data_service
-    from wbc_core import review
+    from wbc_core import importing, review_model
     from wbc_core.thumbnails import thumbnail_path
 
     def timed(fn) -> dict[str, float]:  # noqa: ANN001
@@ -140,14 +139,14 @@ def server_calls(dataset_id: int, calls: int = 10) -> dict[str, dict[str, float]
             times.append((time.perf_counter() - t0) * 1000)
         return _stats(times)
 
-    items, _ = review.queue_page(dataset_id, CLASSES[0], REVIEWER)
+    items, _ = review_model.queue_page(dataset_id, CLASSES[0], REVIEWER)
     return {
-        "queue_page(48)": timed(lambda: review.queue_page(dataset_id, CLASSES[0], REVIEWER)),
-        "class_summary": timed(lambda: review.class_summary(dataset_id)),
-        "decision_rate": timed(lambda: review.decision_rate(REVIEWER)),
+        "queue_page(48)": timed(lambda: review_model.queue_page(dataset_id, CLASSES[0], REVIEWER)),
+        "class_summary": timed(lambda: review_model.class_summary(dataset_id)),
+        "decision_rate": timed(lambda: review_model.decision_rate(REVIEWER)),
         "thumbnail_path x48": timed(lambda: [thumbnail_path(i, 96) for i in items]),
-        "atlas sample_paths(12)": timed(lambda: data_service.sample_paths(dataset_id, CLASSES[0], n=12)),
-        "reviewer_progress (expander)": timed(lambda: review.reviewer_progress(dataset_id)),
+        "atlas sample_paths(12)": timed(lambda: importing.sample_paths(dataset_id, CLASSES[0], n=12)),
+        "reviewer_progress (expander)": timed(lambda: review_model.reviewer_progress(dataset_id)),
     }
 
 

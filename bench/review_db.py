@@ -47,7 +47,7 @@ def _timed(fn, calls: int = CALLS) -> dict[str, float]:  # noqa: ANN001
 def populate(n_candidates: int, seed: int = 0) -> tuple[int, list[int]]:
     """Create the dataset, real cells, candidates with scores, and the reviewers' decisions."""
     from db import datasets
-    from db import review as review_db
+    from db import decisions as decisions_db
 
     rng = random.Random(seed)
     real = [dict(origin="real", class_name=c, split=split, sha256=f"r{c}{split}{i}", path=f"real/{c}/{split}{i}.png",
@@ -68,9 +68,9 @@ def populate(n_candidates: int, seed: int = 0) -> tuple[int, list[int]]:
         chosen = rng.sample(pool, DECISIONS_PER_REVIEWER)
         for start in range(0, len(chosen), 250):
             batch = chosen[start:start + 250]
-            review_db.record_decisions(batch[:200], reviewer, "accept")
-            review_db.record_decisions(batch[200:], reviewer, "reject", reason="GAN texture artefact")
-        review_db.record_decisions(chosen[:50], reviewer, "undo")
+            decisions_db.record_decisions(batch[:200], reviewer, "accept")
+            decisions_db.record_decisions(batch[200:], reviewer, "reject", reason="GAN texture artefact")
+        decisions_db.record_decisions(chosen[:50], reviewer, "undo")
     return dataset_id, ids
 
 
@@ -83,40 +83,40 @@ def main() -> int:
     os.environ["WBC_HOME"] = str(home)
     os.environ.pop("WBC_DB_URL", None)
     from db.migrate import ensure_schema
-    from wbc_core import review
+    from wbc_core import review_model
 
     ensure_schema()
     t0 = time.perf_counter()
     dataset_id, ids = populate(args.candidates)
     setup_s = time.perf_counter() - t0
     print(f"populated {args.candidates} candidates + decisions in {setup_s:.1f} s ({home})")
-    review.enable_blind_test(dataset_id, "dee", fraction=0.1, seed=0)
+    review_model.enable_blind_test(dataset_id, "dee", fraction=0.1, seed=0)
 
     results: dict[str, dict[str, float]] = {}
-    for state in review.QUEUE_STATES:
-        for order in review.QUEUE_ORDERS:
+    for state in review_model.QUEUE_STATES:
+        for order in review_model.QUEUE_ORDERS:
             key = f"ann/{CLASSES[0]}/{state}/{order}"
-            results[key] = _timed(lambda s=state, o=order: review.queue_page(dataset_id, CLASSES[0], "ann", s,
+            results[key] = _timed(lambda s=state, o=order: review_model.queue_page(dataset_id, CLASSES[0], "ann", s,
                                                                             page_size=PAGE, order=o))
             print(f"queue {key:<48} p50 {results[key]['p50_ms']:>7.1f} ms  p95 {results[key]['p95_ms']:>7.1f} ms")
     for key, fn in {
-        "ann/class_0/pending/id/page_20": lambda: review.queue_page(dataset_id, CLASSES[0], "ann", page=20),
-        "ann/class_5/pending/id (no own decisions)": lambda: review.queue_page(dataset_id, CLASSES[5], "ann"),
+        "ann/class_0/pending/id/page_20": lambda: review_model.queue_page(dataset_id, CLASSES[0], "ann", page=20),
+        "ann/class_5/pending/id (no own decisions)": lambda: review_model.queue_page(dataset_id, CLASSES[5], "ann"),
         "dee/class_0/pending/judge_prob_desc (blind mode)":
-            lambda: review.queue_page(dataset_id, CLASSES[0], "dee", order="judge_prob_desc"),
+            lambda: review_model.queue_page(dataset_id, CLASSES[0], "dee", order="judge_prob_desc"),
         "ann/class_0/pending/id run-step filter":
-            lambda: review.queue_page(dataset_id, CLASSES[0], "ann", checkpoint_step=2000),
+            lambda: review_model.queue_page(dataset_id, CLASSES[0], "ann", checkpoint_step=2000),
     }.items():
         results[key] = _timed(fn)
         print(f"queue {key:<48} p50 {results[key]['p50_ms']:>7.1f} ms  p95 {results[key]['p95_ms']:>7.1f} ms")
 
-    pending, _ = review.queue_page(dataset_id, CLASSES[2], "ann", page_size=200)
+    pending, _ = review_model.queue_page(dataset_id, CLASSES[2], "ann", page_size=200)
     it = iter(p["id"] for p in pending)
-    write = _timed(lambda: review.decide([next(it)], "ann", "accept"), calls=100)
-    undo = _timed(lambda: review.undo_last(dataset_id, "ann"), calls=20)
+    write = _timed(lambda: review_model.decide([next(it)], "ann", "accept"), calls=100)
+    undo = _timed(lambda: review_model.undo_last(dataset_id, "ann"), calls=20)
     print(f"record one decision p50 {write['p50_ms']:.1f} ms p95 {write['p95_ms']:.1f} ms max {write['max_ms']:.1f} ms")
     print(f"undo last           p50 {undo['p50_ms']:.1f} ms p95 {undo['p95_ms']:.1f} ms")
-    summary = _timed(lambda: review.class_summary(dataset_id), calls=3)
+    summary = _timed(lambda: review_model.class_summary(dataset_id), calls=3)
     print(f"class_summary (consensus over all decisions) p50 {summary['p50_ms']:.0f} ms")
 
     worst = max(v["p95_ms"] for k, v in results.items())

@@ -1,5 +1,9 @@
 """Engine and sessions: the only place that knows how to connect.
 
+A `Database` owns one engine. The process context (`wbc_core.context`) builds it from its URL and binds it
+here once per process; every query module then opens sessions on the bound database. The database layer
+never reads the environment and imports nothing from `wbc_core`.
+
 SQLite defaults chosen for several processes at once (the UI, job workers, the CLI):
 WAL so readers never block the writer, a generous busy_timeout so a writer waits instead of
 failing with "database is locked", foreign keys on, and write transactions that take the
@@ -19,21 +23,51 @@ from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
 
-_engines: dict[str, Engine] = {}
-_lock = threading.Lock()
+
+class NotBound(RuntimeError):
+    """No database is bound in this process (build a wbc_core context first)."""
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """Return the process-wide engine for url (default: settings.database_url()), creating it once."""
-    from wbc_core.settings import database_url  # settings has no DB or UI imports; safe lower layer
+class Database:
+    """One database: its URL, engine and session factories."""
 
-    url = url or database_url()
-    with _lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = _create(url)
-            _engines[url] = engine
-        return engine
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _create(url)
+        self._reads = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine.execution_options(wbc_write=True), expire_on_commit=False)
+        self.schema_ready = False  # set by db.migrate.ensure_schema once this database is at head
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reads; its transaction is deferred and never blocks writers under WAL."""
+        session = self._reads()
+        try:
+            yield session
+        finally:
+            session.rollback()
+            session.close()
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session whose transaction takes the write lock at its start and commits on success."""
+        session = self._writes()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Close every pooled connection (before a fork, or when a test is done with this database)."""
+        self.engine.dispose()
 
 
 def _create(url: str) -> Engine:
@@ -61,35 +95,42 @@ def _create(url: str) -> Engine:
     return engine
 
 
-def dispose_all() -> None:
-    """Drop every cached engine (tests switch databases; workers reconnect after fork)."""
-    with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
+# The one slot the process context fills. Not a cache keyed by anything: exactly one database per process
+# at a time, replaced only when a (test) context is activated.
+_bound: Database | None = None
+_bind_lock = threading.Lock()
+
+
+def bind(database: Database | None) -> None:
+    """Make database the one every query in this process uses (None unbinds)."""
+    global _bound
+    with _bind_lock:
+        _bound = database
+
+
+def bound() -> Database:
+    """The bound database; NotBound with a plain message when none is."""
+    database = _bound
+    if database is None:
+        raise NotBound("no database is bound in this process: build the process context first "
+                       "(wbc_core.context.current())")
+    return database
+
+
+def get_engine() -> Engine:
+    """The bound database's engine."""
+    return bound().engine
 
 
 @contextmanager
-def read_session(url: str | None = None) -> Iterator[Session]:
-    """A session for reads; its transaction is deferred and never blocks writers under WAL."""
-    session = sessionmaker(get_engine(url), expire_on_commit=False)()
-    try:
+def read_session() -> Iterator[Session]:
+    """A read session on the bound database."""
+    with bound().read_session() as session:
         yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 @contextmanager
-def write_session(url: str | None = None) -> Iterator[Session]:
-    """A session whose transaction takes the write lock at its start and commits on success."""
-    engine = get_engine(url).execution_options(wbc_write=True)
-    session = sessionmaker(engine, expire_on_commit=False)()
-    try:
+def write_session() -> Iterator[Session]:
+    """A write session (lock taken at BEGIN on SQLite) on the bound database."""
+    with bound().write_session() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -9,11 +9,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
-from db.engine import get_engine
+from db.engine import Database, bound
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_done: set[str] = set()
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serialises migrations.
+_MIGRATION_LOCK_KEY = 0x77BC_C0DE
 _lock = threading.Lock()
 
 
@@ -25,27 +27,48 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def ensure_schema(url: str | None = None) -> None:
+def head_revision() -> str:
+    """The newest migration's revision id."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(database: Database | None = None) -> str | None:
+    """The revision the database is at (None: empty database)."""
+    database = database or bound()
+    with database.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def ensure_schema(database: Database | None = None) -> None:
     """Upgrade the database to the newest migration once per process (idempotent, safe across processes)."""
-    engine = get_engine(url)
-    key = str(engine.url)
+    database = database or bound()
     with _lock:
-        if key in _done:
+        if database.schema_ready:
             return
-        cfg = alembic_config(key)
-        head = ScriptDirectory.from_config(cfg).get_current_head()
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-        if current != head:
-            # The write option makes SQLite take the lock at BEGIN, so two processes starting
-            # at once serialise here and the second one finds the schema already at head.
-            with engine.execution_options(wbc_write=True).begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        _done.add(key)
-
-
-def forget_schema_cache() -> None:
-    """Tests that recreate a database call this so ensure_schema checks again."""
-    with _lock:
-        _done.clear()
+        head = head_revision()
+        if current_revision(database) != head:
+            # Several processes may start at once on a fresh database. On SQLite the write option takes the
+            # lock at BEGIN; on PostgreSQL a transaction-scoped advisory lock does the same. Either way the
+            # second process waits, then finds the schema at head inside the lock and does nothing.
+            with database.engine.connect() as outer:
+                if database.is_sqlite:
+                    # Batch migrations recreate tables on SQLite (copy, drop, rename). With foreign keys on,
+                    # dropping `runs` would cascade-delete every metric and job row, so they are switched off
+                    # for the migration (a no-op inside a transaction, hence before BEGIN) and checked after.
+                    outer.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with outer.execution_options(wbc_write=True).begin():
+                        if outer.dialect.name == "postgresql":
+                            outer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                        if MigrationContext.configure(outer).get_current_revision() != head:
+                            cfg = alembic_config(database.url)
+                            cfg.attributes["connection"] = outer
+                            command.upgrade(cfg, "head")
+                finally:
+                    if database.is_sqlite:
+                        raw = outer.connection.dbapi_connection
+                        broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+                        raw.execute("PRAGMA foreign_keys=ON")
+                        if broken:
+                            raise RuntimeError(f"migration left {len(broken)} rows with broken foreign keys")
+        database.schema_ready = True

@@ -22,13 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-ORIGINS = ("real", "synthetic")
-SPLITS = ("train", "val", "test")
-RUN_KINDS = ("gan", "classifier", "selftest")
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-VERDICTS = ("accept", "reject", "relabel", "undo")
-ROLES = ("admin", "reviewer", "viewer")
-USER_SOURCES = ("local", "oidc")
+from db.vocabulary import JOB_KINDS, ORIGINS, ROLES, RUN_STATUSES, SPLITS, USER_SOURCES, VERDICTS, sql_in
 
 
 def utcnow() -> datetime:
@@ -60,8 +54,8 @@ class Dataset(Base):
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
-        CheckConstraint("origin IN ('real', 'synthetic')", name="ck_images_origin"),
-        CheckConstraint("split IS NULL OR split IN ('train', 'val', 'test')", name="ck_images_split"),
+        CheckConstraint(sql_in("origin", ORIGINS), name="ck_images_origin"),
+        CheckConstraint("split IS NULL OR " + sql_in("split", SPLITS), name="ck_images_split"),
         # Science hygiene at the lowest layer: a synthetic image has no split at all, so it can
         # never be selected as val or test, and every real image has one.
         CheckConstraint(
@@ -100,10 +94,8 @@ class Image(Base):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("kind IN ('gan', 'classifier', 'selftest')", name="ck_runs_kind"),
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="ck_runs_status"
-        ),
+        CheckConstraint(sql_in("kind", JOB_KINDS), name="ck_runs_kind"),
+        CheckConstraint(sql_in("status", RUN_STATUSES), name="ck_runs_status"),
         Index("ix_runs_dataset_kind", "dataset_id", "kind"),
     )
 
@@ -122,6 +114,8 @@ class Run(Base):
     train_set_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # counts per class/origin
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # final metrics
     artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)  # relative to WBC_HOME
+    started_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the acting user's name
+    cancelled_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -152,6 +146,8 @@ class Job(Base):
     progress_message: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    executor: Mapped[str] = mapped_column(String(20), default="local", server_default="local")  # local | ray
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # e.g. the Ray submission id
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -173,7 +169,7 @@ class Decision(Base):
 
     __tablename__ = "decisions"
     __table_args__ = (
-        CheckConstraint("verdict IN ('accept', 'reject', 'relabel', 'undo')", name="ck_decisions_verdict"),
+        CheckConstraint(sql_in("verdict", VERDICTS), name="ck_decisions_verdict"),
         CheckConstraint("verdict != 'relabel' OR new_class IS NOT NULL", name="ck_decisions_relabel_class"),
         Index("ix_decisions_image", "image_id", "reviewer", "id"),
         Index("ix_decisions_reviewer", "reviewer", "created_at"),
@@ -197,8 +193,8 @@ class User(Base):
 
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint("role IN ('admin', 'reviewer', 'viewer')", name="ck_users_role"),
-        CheckConstraint("source IN ('local', 'oidc')", name="ck_users_source"),
+        CheckConstraint(sql_in("role", ROLES), name="ck_users_role"),
+        CheckConstraint(sql_in("source", USER_SOURCES), name="ck_users_source"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -10,8 +10,7 @@ from sqlalchemy import select, update
 
 from db.engine import read_session, write_session
 from db.models import Checkpoint, Dataset, Job, Metric, Run, utcnow
-
-ACTIVE_STATUSES = ("queued", "running")
+from db.vocabulary import ACTIVE_STATUSES
 
 
 class RunNotFound(LookupError):
@@ -47,6 +46,10 @@ class RunInfo:
     progress_message: str
     error: str | None
     log_path: str | None
+    started_by: str | None = None
+    cancelled_by: str | None = None
+    executor: str = "local"
+    external_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -61,6 +64,8 @@ def _info(run: Run, job: Job | None, dataset_name: str | None) -> RunInfo:
         run.finished_at, job.pid if job else None, job.hostname if job else None, job.heartbeat_at if job else None,
         bool(job.cancel_requested) if job else False, job.progress_fraction if job else 0.0,
         job.progress_message if job else "", job.error if job else None, job.log_path if job else None,
+        run.started_by, run.cancelled_by, (job.executor or "local") if job else "local",
+        job.external_id if job else None,
     )
 
 
@@ -71,11 +76,11 @@ def _select_runs():  # noqa: ANN202
 
 
 def create_run(kind: str, dataset_id: int | None, config: dict[str, Any], seed: int, recipe: str | None = None,
-               group_name: str | None = None, split_hash: str | None = None) -> int:
+               group_name: str | None = None, split_hash: str | None = None, started_by: str | None = None) -> int:
     """Create a queued run and its job row; return the run id."""
     with write_session() as s:
         run = Run(kind=kind, dataset_id=dataset_id, config=config, seed=seed, recipe=recipe, group_name=group_name,
-                  split_hash=split_hash, status="queued")
+                  split_hash=split_hash, status="queued", started_by=started_by)
         s.add(run)
         s.flush()
         s.add(Job(run_id=run.id))
@@ -133,8 +138,8 @@ def cancel_requested(run_id: int) -> bool:
         return bool(s.scalar(select(Job.cancel_requested).where(Job.run_id == run_id)))
 
 
-def request_cancel(run_id: int) -> bool:
-    """Ask an active run to stop; a queued run is cancelled at once. False if it had already ended."""
+def request_cancel(run_id: int, by: str | None = None) -> bool:
+    """Ask an active run to stop (recording who asked); a queued run is cancelled at once. False if it had ended."""
     with write_session() as s:
         status = s.scalar(select(Run.status).where(Run.id == run_id))
         if status is None:
@@ -142,6 +147,8 @@ def request_cancel(run_id: int) -> bool:
         if status not in ACTIVE_STATUSES:
             return False
         s.execute(update(Job).where(Job.run_id == run_id).values(cancel_requested=True))
+        if by is not None:
+            s.execute(update(Run).where(Run.id == run_id, Run.cancelled_by.is_(None)).values(cancelled_by=by))
         if status == "queued":
             s.execute(update(Run).where(Run.id == run_id).values(status="cancelled", finished_at=utcnow()))
         return True
@@ -210,7 +217,7 @@ def get_run(run_id: int) -> RunInfo:
     with read_session() as s:
         row = s.execute(_select_runs().where(Run.id == run_id)).first()
         if row is None:
-            raise RunNotFound(f"no run {run_id}; see `python -m wbc_core runs`")
+            raise RunNotFound(f"there is no run {run_id}")
         return _info(*row)
 
 
@@ -255,3 +262,9 @@ def checkpoints(run_id: int) -> list[dict[str, Any]]:
         rows = s.execute(select(Checkpoint.step, Checkpoint.path, Checkpoint.grid_path)
                          .where(Checkpoint.run_id == run_id).order_by(Checkpoint.step))
         return [dict(r._mapping) for r in rows]
+
+
+def set_executor(run_id: int, executor: str, external_id: str | None) -> None:
+    """Record how a run's job was dispatched (local subprocess, or a Ray job and its submission id)."""
+    with write_session() as s:
+        s.execute(update(Job).where(Job.run_id == run_id).values(executor=executor, external_id=external_id))

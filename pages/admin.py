@@ -6,13 +6,13 @@ from pathlib import Path
 import streamlit as st
 
 from pages import common
-from wbc_core import auth, review
+from wbc_core import auth, context, review_model
 from wbc_core.export import export_curated_zip, safe_name
-from wbc_core.settings import cache_dir
 from wbc_core.thumbnails import thumbnail_path
+from wbc_core.vocabulary import ROLE_ORDER
 
 ADJUDICATION_PAGE = 12
-ROLES = ("viewer", "reviewer", "admin")
+ROLES = ROLE_ORDER  # least privileged first in the role pickers
 
 
 def _flash(message: str) -> None:
@@ -40,7 +40,7 @@ def _as_admin(action, *args, **kwargs) -> bool:  # noqa: ANN001
 
 def _adjudicate(image_id: int, verdict: str, new_class: str | None = None, reason: str | None = None) -> None:
     try:
-        review.adjudicate([image_id], st.session_state[common.USER_KEY], verdict, new_class=new_class, reason=reason)
+        review_model.adjudicate([image_id], st.session_state[common.USER_KEY], verdict, new_class=new_class, reason=reason)
     except (PermissionError, ValueError) as exc:
         _fail(exc)
         return
@@ -106,7 +106,7 @@ if info is None:
     st.stop()
 
 with settings_tab:
-    current = review.get_review_settings(info.id)
+    current = review_model.get_review_settings(info.id)
     with st.form("review_settings"):
         st.markdown(f"**{info.name}**: when is a candidate accepted?")
         cols = st.columns(2)
@@ -120,8 +120,8 @@ with settings_tab:
                   for i, c in enumerate(info.class_names)}
         if st.form_submit_button("Save review settings", type="primary"):
             try:
-                saved = review.set_review_settings(
-                    info.id, review.ReviewSettings(review.ConsensusRule(int(agreeing), int(votes)),
+                saved = review_model.set_review_settings(
+                    info.id, review_model.ReviewSettings(review_model.ConsensusRule(int(agreeing), int(votes)),
                                                    {c: int(n) for c, n in quotas.items()}), user)
             except (PermissionError, ValueError) as exc:
                 common.show_error(exc)
@@ -138,12 +138,12 @@ with blind_tab:
     with st.form("blind_test"):
         cols = st.columns(3)
         blind_reviewer = cols[0].selectbox("Reviewer", reviewers, key="blind_reviewer")
-        fraction = cols[1].slider("Share of real cells in their queue", 0.05, review.MAX_BLIND_FRACTION, 0.1, 0.05,
+        fraction = cols[1].slider("Share of real cells in their queue", 0.05, review_model.MAX_BLIND_FRACTION, 0.1, 0.05,
                                   key="blind_fraction")
         seed = cols[2].number_input("Seed", 0, 10**6, 0, key="blind_seed")
         if st.form_submit_button("Start or top up the blind test") and blind_reviewer:
             try:
-                added = review.enable_blind_test(info.id, blind_reviewer, float(fraction), int(seed), user=user)
+                added = review_model.enable_blind_test(info.id, blind_reviewer, float(fraction), int(seed), user=user)
             except (PermissionError, ValueError) as exc:
                 common.show_error(exc)
             else:
@@ -151,8 +151,8 @@ with blind_tab:
                            + ", ".join(f"{c} {n}" for c, n in added.items()))
 
 with adjudication_tab:
-    disputed = review.disputed_candidates(info.id)
-    rule = review.get_review_settings(info.id).rule
+    disputed = review_model.disputed_candidates(info.id)
+    rule = review_model.get_review_settings(info.id).rule
     st.markdown(f"**{len(disputed)}** disputed candidates (rule: {rule.min_agreeing} agree of at least "
                 f"{rule.min_votes} votes). Your ruling overrides the votes; it can be withdrawn with the CLI "
                 "(`adjudicate --withdraw`).")
@@ -173,7 +173,7 @@ with adjudication_tab:
                 row = st.container(horizontal=True, gap="small")
                 row.button("Accept", key=f"adj_accept_{image_id}", type="primary", on_click=_adjudicate,
                            args=(image_id, "accept"))
-                reason = st.selectbox("Reject reason", [None, *review.REJECT_REASONS], key=f"adj_reason_{image_id}",
+                reason = st.selectbox("Reject reason", [None, *review_model.REJECT_REASONS], key=f"adj_reason_{image_id}",
                                       format_func=lambda r: "no reason" if r is None else r)
                 row.button("Reject", key=f"adj_reject_{image_id}", on_click=_adjudicate,
                            args=(image_id, "reject"), kwargs={"reason": reason})
@@ -188,7 +188,7 @@ with export_tab:
     st.markdown("The curated set as an ImageFolder zip: `train/<class>/` holds real train cells plus candidates "
                 "accepted by consensus or adjudication (under their final class); `val/` and `test/` hold real cells "
                 "only; `manifest.csv` records every file's provenance and votes.")
-    out = cache_dir() / "exports" / f"{safe_name(info.name)}-curated-{user.username}.zip"
+    out = context.current().paths.cache / "exports" / f"{safe_name(info.name)}-curated-{user.username}.zip"
     if st.button("Build curated zip", key="build_export", type="primary",
                  disabled=not auth.can(user, "export")):
         try:

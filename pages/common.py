@@ -24,16 +24,15 @@ import streamlit as st
 from db import users as users_db
 from db.datasets import DatasetInfo, list_datasets
 from db.migrate import ensure_schema
-from wbc_core import auth
+from wbc_core import auth, context
 from wbc_core.auth import User
-from wbc_core.settings import wbc_home
+from wbc_core.vocabulary import ROLE_ORDER
 
 DEMO_BANNER = "Demo data: procedurally drawn cell-like images, **not real cells**. Import real cells on the Data page."
 USER_KEY = "user"  # the signed-in wbc_core.auth.User
 AUTH_ENV = "WBC_AUTH"  # "off": no sign-in, everyone is the local admin WBC_USER
 USER_ENV = "WBC_USER"
 _NOTICE_KEY = "_auth_notice"  # why someone was signed out, shown on the sign-in form
-_ROLE_ORDER = ("viewer", "reviewer", "admin")
 
 
 @st.cache_resource
@@ -64,7 +63,7 @@ def recent(name: str, compute: Callable[[], Any], max_age_s: float = 5.0) -> Any
     as well, so tests with their own WBC_HOME never see each other's values.
     """
     store = _recent_store()
-    key = (name, str(wbc_home()), os.environ.get("WBC_DB_URL", ""))
+    key = (name, str(context.current().home), os.environ.get("WBC_DB_URL", ""))
     with store["lock"]:
         entry = store["entries"].get(key)
         if entry is not None and not entry["busy"] and time.monotonic() - entry["at"] > max_age_s:
@@ -189,7 +188,7 @@ def can(permission: str) -> bool:
 
 def needed_role(permission: str) -> str:
     """The least privileged role that has a permission."""
-    return next(r for r in _ROLE_ORDER if r in auth.PERMISSIONS[permission])
+    return next(r for r in ROLE_ORDER if r in auth.PERMISSIONS[permission])
 
 
 def require_permission(permission: str, what: str | None = None) -> bool:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages import common
 from wbc_core import results, views
+from wbc_core.vocabulary import ACTIVE_STATUSES, RUN_STATUSES
 
 common.ensure_frame()
 st.title("Dashboard")
@@ -17,12 +18,12 @@ if table.empty:
     st.info("No classifier run yet. Start one on the **Train** page.")
     st.stop()
 
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_STATUSES
 any_active = bool(table["status"].isin(ACTIVE).any())
 filters = st.columns(2)
 recipes = filters[0].multiselect("Filter by recipe", sorted(table["recipe"].dropna().unique()),
                                  placeholder="all recipes")
-statuses = filters[1].multiselect("Filter by status", ["queued", "running", "succeeded", "failed", "cancelled"],
+statuses = filters[1].multiselect("Filter by status", list(RUN_STATUSES),
                                   placeholder="all statuses")
 
 

@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages import common
-from wbc_core import datasets as data_service
+from wbc_core import importing
 from wbc_core.data import SplitConfig
 from wbc_core.views import class_counts_frame
 
@@ -22,7 +22,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         folder = st.text_input("Folder with one subfolder per class", placeholder="../shared/data/pbc128")
         name = st.text_input("Dataset name", placeholder="pbc128")
         cols = st.columns(4)
-        size = cols[0].selectbox("Working size (px)", data_service.SIZES, index=1)
+        size = cols[0].selectbox("Working size (px)", importing.SIZES, index=1)
         val = cols[1].number_input("Val fraction", 0.0, 0.5, 0.15, 0.05)
         test = cols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
         seed = cols[3].number_input("Split seed", 0, 10**6, 0)
@@ -33,7 +33,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
     elif submitted:
         bar = st.progress(0.0, text="reading files")
         try:
-            result = data_service.import_folder(
+            result = importing.import_folder(
                 folder, name, size=int(size), split=SplitConfig(val, test, int(seed)),
                 progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} files"))
         except (ValueError, LookupError, OSError) as exc:
@@ -50,7 +50,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(upload.getvalue())
                 try:
-                    result = data_service.import_folder(path, upload_name)
+                    result = importing.import_folder(path, upload_name)
                 except (ValueError, LookupError, OSError) as exc:
                     common.show_error(exc)
                 else:
@@ -63,7 +63,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         if st.button("Download and import BloodMNIST", disabled=not can_import):
             with st.spinner("downloading"):
                 try:
-                    result = data_service.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
+                    result = importing.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
                 except (ValueError, LookupError, OSError) as exc:
                     common.show_error(exc)
                 else:
@@ -71,14 +71,14 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                     st.rerun()
     with demo_tab:
         st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
-        demo_size = st.selectbox("Working size (px)", data_service.SIZES, index=1, key="demo_size",
+        demo_size = st.selectbox("Working size (px)", importing.SIZES, index=1, key="demo_size",
                                  help="32 px trains fastest on a CPU")
         demo_exists = "demo" in common.dataset_names()
         if demo_exists:
             st.caption("The demo dataset exists already: choose **demo** in the sidebar.")
         if st.button("Create demo dataset", key="create_demo", disabled=demo_exists or not can_import):
             try:
-                result = data_service.import_demo("demo", size=int(demo_size))
+                result = importing.import_demo("demo", size=int(demo_size))
             except (ValueError, LookupError) as exc:
                 common.show_error(exc)
             else:
@@ -93,7 +93,7 @@ if common.current_dataset() is None:
     st.stop()
 info = common.require_dataset()
 st.subheader(f"{info.name} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
-counts = class_counts_frame(data_service.class_split_counts(info.id))
+counts = class_counts_frame(importing.class_split_counts(info.id))
 left, right = st.columns([2, 3])
 left.dataframe(counts, width="stretch")
 chart = counts.reset_index(names="class").melt(id_vars="class", value_vars=["train", "val", "test"],
@@ -113,7 +113,7 @@ if report.get("skipped") or report.get("converted") or report.get("empty_classes
 
 st.subheader("Sample cells (train split)")
 for class_name in info.class_names:
-    paths = data_service.sample_paths(info.id, class_name, n=10)
+    paths = importing.sample_paths(info.id, class_name, n=10)
     st.caption(class_name)
     if paths:
         st.image([str(p) for p in paths], width=72)

@@ -19,9 +19,7 @@ import streamlit as st
 
 from db import runs as runs_db
 from pages import common
-from wbc_core import auth, review, review_detail
-from wbc_core import datasets as data_service
-from wbc_core.settings import wbc_home
+from wbc_core import auth, cell_detail, context, importing, review_model
 from wbc_core.thumbnails import thumbnail_path
 
 PAGE_SIZE = 48
@@ -55,7 +53,7 @@ def _decide(user: auth.User, ids: list[int], verdict: str, new_class: str | None
     if not ids:
         return
     try:
-        review.decide(ids, user.username, verdict, new_class=new_class, reason=reason, user=user)
+        review_model.decide(ids, user.username, verdict, new_class=new_class, reason=reason, user=user)
     except (PermissionError, ValueError) as exc:  # PermissionDenied, ReviewError
         s["rv_error"] = str(exc)
         return
@@ -71,7 +69,7 @@ def _undo(user: auth.User, dataset_id: int) -> None:
     stack = list(s.get("rv_undo_stack", []))
     n = stack.pop() if stack else 1
     try:
-        undone = review.undo_last(dataset_id, user.username, n, user=user)
+        undone = review_model.undo_last(dataset_id, user.username, n, user=user)
     except (PermissionError, ValueError) as exc:
         s["rv_error"] = str(exc)
         return
@@ -131,9 +129,9 @@ head = st.columns([2, 2, 2, 1, 1] if is_admin else [2, 2, 2])
 # Plain class names as options: a label that carries live counts changes after every decision, and
 # Streamlit then treats the selectbox as a new widget and jumps back to the first class.
 class_name = head[0].selectbox("Class", info.class_names, key="review_class")
-state = head[1].segmented_control("Show", list(review.QUEUE_STATES), default="pending", key="review_state") \
+state = head[1].segmented_control("Show", list(review_model.QUEUE_STATES), default="pending", key="review_state") \
     or "pending"
-order = head[2].selectbox("Order", list(review.QUEUE_ORDERS), format_func=ORDER_LABELS.get, key="review_order")
+order = head[2].selectbox("Order", list(review_model.QUEUE_ORDERS), format_func=ORDER_LABELS.get, key="review_order")
 gan_run_id = step = None
 if is_admin:
     # Filters by generator run are admin-only: a filtered queue leaves the blind real cells out, so comparing
@@ -161,7 +159,7 @@ def _thumb(item, size: int, home: str | None = None) -> str | None:  # noqa: ANN
     Thumbnails are named by content hash and never change, so their paths are remembered per server process:
     looking them up again costs ~1 ms per cell (WBC_HOME is resolved on every call), 48 times per click.
     """
-    key = (home or str(wbc_home()), str(item["path"] if isinstance(item, dict) else item),
+    key = (home or str(context.current().home), str(item["path"] if isinstance(item, dict) else item),
            item.get("sha256") if isinstance(item, dict) else None, size)
     known = _thumb_paths()
     path, checked = known.get(key, (None, 0.0))
@@ -178,7 +176,7 @@ def _thumb(item, size: int, home: str | None = None) -> str | None:  # noqa: ANN
     return path
 
 
-atlas = [t for t in (_thumb(p, 96) for p in data_service.sample_paths(info.id, class_name, n=ATLAS_SIZE)) if t]
+atlas = [t for t in (_thumb(p, 96) for p in importing.sample_paths(info.id, class_name, n=ATLAS_SIZE)) if t]
 if atlas:
     st.caption(f"Real **{class_name}** cells (train split), for comparison")
     st.image(atlas, width=56, output_format="PNG")
@@ -233,8 +231,8 @@ def _actions(current: dict | None, ids: list[int], selected: list[int], advance:
     reasons = st.container(horizontal=True, gap="small")
     for n, short in enumerate(REASON_LABELS, start=1):
         reasons.button(f"{n} {short}", key=f"rv_reason_{n}", shortcut=str(n), disabled=none,
-                       help=f"reject: {review.reject_reason(n)}", on_click=_decide, args=(user, one, "reject"),
-                       kwargs={"reason": review.reject_reason(n), "advance": advance})
+                       help=f"reject: {review_model.reject_reason(n)}", on_click=_decide, args=(user, one, "reject"),
+                       kwargs={"reason": review_model.reject_reason(n), "advance": advance})
     st.caption("Relabel to")
     relabel = st.container(horizontal=True, gap="small")
     for n, other in enumerate(info.class_names, start=1):
@@ -257,14 +255,14 @@ def _actions(current: dict | None, ids: list[int], selected: list[int], advance:
                 on_click=_decide, args=(user, ids, "accept"))
     bulk.button("Reject page", key="rv_reject_page", shortcut="Alt+X", disabled=not ids,
                 on_click=_decide, args=(user, ids, "reject"), kwargs={"reason": bulk_reason})
-    st.selectbox("Reason for bulk rejects", [None, *review.REJECT_REASONS], key="rv_bulk_reason",
+    st.selectbox("Reason for bulk rejects", [None, *review_model.REJECT_REASONS], key="rv_bulk_reason",
                  format_func=lambda r: "no reason" if r is None else r)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=2000)
 def _cell_detail(home: str, image_id: int) -> dict | None:
     """Judge probabilities and nearest real train cells of one cell (None until a judge is cached)."""
-    return review_detail.candidate_detail(image_id, k=DETAIL_NEIGHBOURS)
+    return cell_detail.candidate_detail(image_id, k=DETAIL_NEIGHBOURS)
 
 
 def _detail_view(current: dict, home: str) -> None:
@@ -279,7 +277,7 @@ def _detail_view(current: dict, home: str) -> None:
         return
     with st.container(key="rv_detail"):
         st.caption("Real-only classifier: class probabilities")
-        st.plotly_chart(review_detail.probabilities_figure(detail["probabilities"]), key="rv_probs",
+        st.plotly_chart(cell_detail.probabilities_figure(detail["probabilities"]), key="rv_probs",
                         config={"displayModeBar": False, "staticPlot": True}, width="stretch")
         shown = [(t, n) for t, n in ((_thumb(n["path"], 96, home), n) for n in detail["neighbours"]) if t]
         if shown:
@@ -292,18 +290,18 @@ def _detail_view(current: dict, home: str) -> None:
 @st.fragment
 def work_area() -> None:
     s = st.session_state
-    home = str(wbc_home())
+    home = str(context.current().home)
     if s.get("rv_error"):
         st.error(s.pop("rv_error"), icon="🚫")
     if s.get("rv_msg"):
         st.toast(s.pop("rv_msg"))
     page = s.get("rv_page", 0)
-    items, total = review.queue_page(info.id, class_name, user.username, state=state, page=page, page_size=PAGE_SIZE,
+    items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page, page_size=PAGE_SIZE,
                                      order=order, gan_run_id=gan_run_id, checkpoint_step=step)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     if page >= pages:  # decided the last cells of the last page: show the page before it
         page = s["rv_page"] = pages - 1
-        items, total = review.queue_page(info.id, class_name, user.username, state=state, page=page,
+        items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page,
                                          page_size=PAGE_SIZE, order=order, gan_run_id=gan_run_id,
                                          checkpoint_step=step)
     ids = [item["id"] for item in items]
@@ -318,9 +316,9 @@ def work_area() -> None:
     # the cursor steps on by itself.
     advance = 0 if state == "pending" else 1
 
-    _quota(common.recent(f"class_summary:{info.id}", lambda ds=info.id: review.class_summary(ds), SUMMARY_MAX_AGE_S))
+    _quota(common.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds), SUMMARY_MAX_AGE_S))
     st.markdown(f"**{total}** {state} candidates of **{class_name}** for **{user.label}** · page {page + 1} of "
-                f"{pages} · {review.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
+                f"{pages} · {review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
 
     _highlight(cursor, [i for i, item in enumerate(items) if item["id"] in chosen])
     grid_col, detail_col = st.columns([3, 2])
@@ -394,13 +392,13 @@ with st.expander("Keyboard"):
     )
 
 with st.expander("Progress per class and reviewer"):
-    summary = common.recent(f"class_summary:{info.id}", lambda ds=info.id: review.class_summary(ds))
+    summary = common.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds))
     if is_admin:
         st.dataframe(summary, width="stretch", hide_index=True)
     else:  # counts of candidates would let a blind-mode reviewer size the real cells mixed into their queue
         st.dataframe([{k: r[k] for k in ("class_name", "accepted_final", "quota", "quota_met")} for r in summary],
                      width="stretch", hide_index=True)
-    progress = common.recent(f"reviewer_progress:{info.id}", lambda ds=info.id: review.reviewer_progress(ds))
+    progress = common.recent(f"reviewer_progress:{info.id}", lambda ds=info.id: review_model.reviewer_progress(ds))
     keep = ("reviewer", "class_name", "decided", "accepted", "rejected", "relabelled")
     st.dataframe(progress if is_admin else [{k: r[k] for k in keep} for r in progress], width="stretch",
                  hide_index=True)

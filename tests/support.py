@@ -53,21 +53,35 @@ def copy_home(source: Path, target: Path) -> Path:
 
 
 @contextmanager
-def active_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Make home the WBC_HOME (schema applied) for the block; database engines are reset around it."""
-    from db.engine import dispose_all
-    from db.migrate import ensure_schema, forget_schema_cache
+def active_home(home: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None = None) -> Iterator[Path]:
+    """Build a process context on home (schema applied) and make it current for the block.
+
+    The environment is set as well, but only for subprocesses that a test starts itself (`python -m wbc_core`);
+    this process reads nothing from it. Workers launched by jobs get the context's settings directly.
+    """
+    from wbc_core import context
 
     monkeypatch.setenv("WBC_HOME", str(home))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    ensure_schema()
-    try:
-        yield home
-    finally:
-        dispose_all()
-        forget_schema_cache()
+    if db_url:
+        monkeypatch.setenv("WBC_DB_URL", db_url)
+    else:
+        monkeypatch.delenv("WBC_DB_URL", raising=False)
+    ctx = context.build("test", home=home, db_url=db_url)
+    with context.using(ctx):
+        try:
+            yield home
+        finally:
+            ctx.close()
+
+
+def reopen_context() -> None:
+    """Replace the current test context by a fresh one on the same home and database: a "new process"
+    (empty in-memory caches, new connections, schema checked again)."""
+    from wbc_core import context
+
+    old = context.current()
+    old.close()
+    context.activate(context.build("test", home=old.home, db_url=old.settings.db_url))
 
 
 @contextmanager

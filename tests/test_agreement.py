@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from db import datasets
-from db import review as review_db
-from wbc_core import review
+from db import decisions as decisions_db
+from wbc_core import review_model
 from wbc_core.agreement import agreement_report, cohen_kappa, fleiss_kappa, realism_report
 
 # Wikipedia, "Fleiss' kappa", worked example: 10 subjects, 14 raters each, 5 categories -> kappa 0.210.
@@ -62,10 +62,10 @@ def test_agreement_report_from_current_votes(voted):
     for name, votes in (("ann", ann), ("bob", bob)):
         for image_id, vote in zip(ids, votes, strict=False):
             verdict, _, new_class = vote.partition(":")
-            review.decide([image_id], name, verdict, new_class=new_class or None)
-    review.decide(ids[6:], "ann", "accept")  # class b: one rater per item, no Fleiss kappa there
-    review.decide([ids[1]], "cem", "reject")
-    review.decide([ids[1]], "cem", "undo")  # withdrawn votes do not count
+            review_model.decide([image_id], name, verdict, new_class=new_class or None)
+    review_model.decide(ids[6:], "ann", "accept")  # class b: one rater per item, no Fleiss kappa there
+    review_model.decide([ids[1]], "cem", "reject")
+    review_model.decide([ids[1]], "cem", "undo")  # withdrawn votes do not count
     report = agreement_report(dataset_id)
     pair = report["pairs"][0]
     assert (pair["reviewer_a"], pair["reviewer_b"], pair["n"]) == ("ann", "bob", 6)
@@ -79,15 +79,15 @@ def test_agreement_report_from_current_votes(voted):
 
 def test_realism_report_scores_blind_cells(voted):
     dataset_id, ids = voted
-    review.enable_blind_test(dataset_id, "ann", fraction=0.25, seed=0)  # 2 real cells for a, 1 for b
-    blind = review_db.blind_items(dataset_id, "ann")
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.25, seed=0)  # 2 real cells for a, 1 for b
+    blind = decisions_db.blind_items(dataset_id, "ann")
     assert Counter(b["class_name"] for b in blind) == {"a": 2, "b": 1}
     real_a = [b["image_id"] for b in blind if b["class_name"] == "a"]
-    review.decide(real_a[:1], "ann", "reject", reason="GAN texture artefact")  # a real cell called fake
-    review.decide(real_a[1:], "ann", "accept")
-    review.decide(ids[:4], "ann", "accept")
-    review.decide(ids[4:6], "ann", "reject")
-    review.decide(ids[:6], "bob", "reject")  # bob is not in blind mode: not part of the realism numbers
+    review_model.decide(real_a[:1], "ann", "reject", reason="GAN texture artefact")  # a real cell called fake
+    review_model.decide(real_a[1:], "ann", "accept")
+    review_model.decide(ids[:4], "ann", "accept")
+    review_model.decide(ids[4:6], "ann", "reject")
+    review_model.decide(ids[:6], "bob", "reject")  # bob is not in blind mode: not part of the realism numbers
     report = realism_report(dataset_id)
     assert report["reviewers"] == [{"reviewer": "ann", "real_shown": 3, "real_decided": 2, "real_rejected": 1,
                                     "rejected_as_fake_rate": 0.5}]
@@ -96,4 +96,4 @@ def test_realism_report_scores_blind_cells(voted):
     assert by_class["a"]["real_accept_rate"] == pytest.approx(0.5) and by_class["a"]["real_decided"] == 2
     # The real cells' verdicts stay out of agreement and consensus.
     assert agreement_report(dataset_id)["pairs"][0]["n"] == 6
-    assert not set(review.consensus(dataset_id)) & {b["image_id"] for b in blind}
+    assert not set(review_model.consensus(dataset_id)) & {b["image_id"] for b in blind}

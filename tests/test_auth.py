@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from db import datasets
-from db import review as review_db
+from db import decisions as decisions_db
 from db.engine import dispose_all
-from wbc_core import auth, review
+from wbc_core import auth, review_model
 from wbc_core.auth import PermissionDenied
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,19 +154,19 @@ def test_decide_checks_the_acting_user(wbc_home, monkeypatch):
     rita = auth.create_user("rita", "password1", "reviewer")
     bob = auth.create_user("bob", "password1", "viewer")
     with pytest.raises(PermissionDenied, match="viewer 'bob' may not review"):
-        review.decide(ids[:1], "bob", "accept", user=bob)
+        review_model.decide(ids[:1], "bob", "accept", user=bob)
     with pytest.raises(PermissionDenied, match="your own name"):
-        review.decide(ids[:1], "ann", "accept", user=rita)
-    assert len(review.decide(ids[:1], "rita", "accept", user=rita)) == 1
+        review_model.decide(ids[:1], "ann", "accept", user=rita)
+    assert len(review_model.decide(ids[:1], "rita", "accept", user=rita)) == 1
     with pytest.raises(PermissionDenied):
-        review.undo_last(dataset_id, "bob", user=bob)
+        review_model.undo_last(dataset_id, "bob", user=bob)
     with pytest.raises(PermissionDenied, match="may not adjudicate"):
-        review.adjudicate(ids[1:2], rita, "accept")
+        review_model.adjudicate(ids[1:2], rita, "accept")
     with pytest.raises(PermissionDenied, match="configure review"):
-        review.set_review_settings(dataset_id, review.ReviewSettings(), rita)
+        review_model.set_review_settings(dataset_id, review_model.ReviewSettings(), rita)
     # Trusted headless use (no user) keeps working with the old positional call.
-    review.decide(ids[2:], "cli", "reject")
-    assert {d["reviewer"] for d in review_db.current_decisions(dataset_id)} == {"rita", "cli"}
+    review_model.decide(ids[2:], "cli", "reject")
+    assert {d["reviewer"] for d in decisions_db.current_decisions(dataset_id)} == {"rita", "cli"}
 
 
 def _cli(home, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from db import datasets
-from wbc_core import review
+from wbc_core import review_model
 from wbc_core.curation import (
     CurationContext,
     CurationPolicy,
@@ -119,9 +119,9 @@ def test_expert_policy_reads_consensus_decisions(wbc_home):
     ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name=c, split=None, sha256=f"s{i}",
                                                 path=f"q{i}", width=8, height=8)
                                            for i, c in enumerate(["a", "a", "a", "b", "b"])])
-    review.decide([ids[0], ids[3]], "ann", "accept")
-    review.decide([ids[1]], "ann", "reject", reason="GAN texture artefact")
-    review.decide([ids[2]], "ann", "relabel", new_class="b")  # accepted, but as another class
+    review_model.decide([ids[0], ids[3]], "ann", "accept")
+    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact")
+    review_model.decide([ids[2]], "ann", "relabel", new_class="b")  # accepted, but as another class
     # ids[4] stays undecided.
     candidates = cells(list(range(5)), [0, 0, 0, 1, 1])
     policy = ExpertDecisionsPolicy(dataset_id)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from db import datasets, review, runs
+from db import datasets, decisions, runs
 from db.engine import get_engine, read_session, write_session
 
 
@@ -76,17 +76,17 @@ def test_real_images_need_a_split(wbc_home):
 def test_decisions_are_append_only(wbc_home):
     dataset_id = _dataset()
     ids = _candidates(dataset_id, 2)
-    review.record_decisions(ids, "ann", "accept")
+    decisions.record_decisions(ids, "ann", "accept")
     with get_engine().begin() as conn, pytest.raises(IntegrityError, match="append-only"):
         conn.execute(text("UPDATE decisions SET verdict = 'reject'"))
     with get_engine().begin() as conn, pytest.raises(IntegrityError, match="append-only"):
         conn.execute(text("DELETE FROM decisions"))
-    assert len(review.current_decisions(dataset_id)) == 2
+    assert len(decisions.current_decisions(dataset_id)) == 2
 
 
 def test_dataset_with_decisions_cannot_be_deleted(wbc_home):
     dataset_id = _dataset()
-    review.record_decisions(_candidates(dataset_id, 1), "ann", "reject")
+    decisions.record_decisions(_candidates(dataset_id, 1), "ann", "reject")
     with pytest.raises(ValueError, match="cannot be deleted"):
         datasets.delete_dataset(dataset_id)
 
@@ -100,12 +100,12 @@ def test_duplicate_dataset_name_is_refused(wbc_home):
 def test_decisions_on_real_or_unknown_images_are_refused(wbc_home):
     dataset_id = _dataset()
     real_id = datasets.real_images(dataset_id)[0].id
-    with pytest.raises(review.ReviewError, match="real cells"):
-        review.record_decisions([real_id], "ann", "accept")
-    with pytest.raises(review.ReviewError, match="no candidate"):
-        review.record_decisions([99999], "ann", "accept")
-    with pytest.raises(review.ReviewError, match="relabel"):
-        review.record_decisions(_candidates(dataset_id, 1), "ann", "relabel")
+    with pytest.raises(decisions.ReviewError, match="real cells"):
+        decisions.record_decisions([real_id], "ann", "accept")
+    with pytest.raises(decisions.ReviewError, match="no candidate"):
+        decisions.record_decisions([99999], "ann", "accept")
+    with pytest.raises(decisions.ReviewError, match="relabel"):
+        decisions.record_decisions(_candidates(dataset_id, 1), "ann", "relabel")
 
 
 def test_concurrent_reviewers_and_a_metrics_writer_lose_nothing(wbc_home):
@@ -118,7 +118,7 @@ def test_concurrent_reviewers_and_a_metrics_writer_lose_nothing(wbc_home):
     def reviewer(k: int) -> None:
         try:
             for image_id in ids:
-                review.record_decisions([image_id], f"rev{k}", "accept" if (image_id + k) % 2 else "reject")
+                decisions.record_decisions([image_id], f"rev{k}", "accept" if (image_id + k) % 2 else "reject")
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -136,5 +136,5 @@ def test_concurrent_reviewers_and_a_metrics_writer_lose_nothing(wbc_home):
     for t in threads:
         t.join()
     assert not errors, errors
-    assert len(review.current_decisions(dataset_id)) == 8 * 40
+    assert len(decisions.current_decisions(dataset_id)) == 8 * 40
     assert len(runs.metrics([run_id])) == 100

@@ -18,10 +18,10 @@ import pytest
 from support import draw_cell
 
 from db import datasets as ds_db
-from db import review as review_db
-from wbc_core import auth, review
-from wbc_core.datasets import import_folder
+from db import decisions as decisions_db
+from wbc_core import auth, review_model
 from wbc_core.export import MANIFEST_COLUMNS, export_curated_zip, safe_name
+from wbc_core.importing import import_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +40,12 @@ def curated(wbc_home, tiny_folder):
         rows.append(dict(origin="synthetic", class_name="platelet", split=None, sha256=f"{i:064d}",
                          path=str(path.relative_to(wbc_home)), width=32, height=32, checkpoint_step=12, seed=7 + i))
     ids = ds_db.add_images(result.dataset_id, rows)
-    review.decide([ids[0]], "ann", "accept")
-    review.decide([ids[0]], "bob", "accept")
-    review.decide([ids[1]], "ann", "relabel", new_class="lymphocyte")
-    review.decide([ids[2]], "ann", "reject", reason="GAN texture artefact")
-    review.decide([ids[3]], "ann", "accept")
-    review.decide([ids[3]], "bob", "reject", reason="stain or colour artefact")  # disputed: left out
+    review_model.decide([ids[0]], "ann", "accept")
+    review_model.decide([ids[0]], "bob", "accept")
+    review_model.decide([ids[1]], "ann", "relabel", new_class="lymphocyte")
+    review_model.decide([ids[2]], "ann", "reject", reason="GAN texture artefact")
+    review_model.decide([ids[3]], "ann", "accept")
+    review_model.decide([ids[3]], "bob", "reject", reason="stain or colour artefact")  # disputed: left out
     return result.dataset_id, ids
 
 
@@ -94,12 +94,12 @@ def test_export_uses_the_stored_rule_adjudication_and_never_blind_cells(curated,
     dataset_id, ids = curated
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
     admin = auth.create_user("eve", "password1", "admin")
-    review.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=0)
-    blind = [b["image_id"] for b in review_db.blind_items(dataset_id, "ann")]
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=0)
+    blind = [b["image_id"] for b in decisions_db.blind_items(dataset_id, "ann")]
     assert blind
-    review.decide(blind, "ann", "accept")  # accepted "candidates" that are really real val cells
-    review.adjudicate([ids[3]], admin, "accept")
-    review.set_review_settings(dataset_id, review.ReviewSettings(review.ConsensusRule(min_agreeing=2)), admin)
+    review_model.decide(blind, "ann", "accept")  # accepted "candidates" that are really real val cells
+    review_model.adjudicate([ids[3]], admin, "accept")
+    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2)), admin)
     _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "a.zip").path)
     cands = [m for m in manifest if m["origin"] == "synthetic"]
     # Under "2 agree" only ids[0] passes the vote; ids[3] is in by adjudication.

@@ -8,9 +8,9 @@ import pytest
 
 from db import datasets as ds_db
 from db.datasets import ImageRow
-from wbc_core import jobs, review
-from wbc_core.datasets import import_folder
+from wbc_core import jobs, review_model
 from wbc_core.gan_runs import gan_training_rows
+from wbc_core.importing import import_folder
 from wbc_core.retrain import RetrainError, assert_trainable, build_training_set, start_classifier_run
 
 
@@ -20,8 +20,8 @@ def reviewed(wbc_home, tiny_folder):
     ids = ds_db.add_images(result.dataset_id, [
         dict(origin="synthetic", class_name="platelet", split=None, sha256=f"s{i}", path=f"q{i}", width=32,
              height=32) for i in range(4)])
-    review.decide(ids[:2], "ann", "accept")
-    review.decide(ids[2:3], "ann", "reject")
+    review_model.decide(ids[:2], "ann", "accept")
+    review_model.decide(ids[2:3], "ann", "reject")
     return result.dataset_id, ids
 
 
@@ -70,5 +70,5 @@ def test_classifier_run_freezes_its_training_set_and_records_its_hash(reviewed):
     assert run.split_hash == ds_db.get_dataset(dataset_id).split_hash
     assert run.train_set_summary["by_origin_class"]["synthetic/platelet"] == 2
     # Later decisions do not change a run that was already created.
-    review.decide([ids[3]], "ann", "accept")
+    review_model.decide([ids[3]], "ann", "accept")
     assert json.loads((jobs.run_dir(run_id) / "train_set.json").read_text()) == manifest

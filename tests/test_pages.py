@@ -49,7 +49,7 @@ def _stop_run(run_id: int) -> runs_db.RunInfo:
 def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A WBC_HOME with dataset 'cells' (5 classes, 32 px), a finished GAN run with 4 candidates per class
     and a finished real-only classifier run; built once for the module through the domain API."""
-    from wbc_core import datasets, gan_runs, retrain
+    from wbc_core import gan_runs, importing, retrain
     from wbc_core.data.demo import write_demo_folder
 
     root = tmp_path_factory.mktemp("pages")
@@ -57,7 +57,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with module_home(home):
         ensure_schema()
         folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
-        datasets.import_folder(folder, DATASET, size=32)
+        importing.import_folder(folder, DATASET, size=32)
         gan = gan_runs.start_gan_run(DATASET, {"steps": 12, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                "checkpoint_every": 6})
         clf = retrain.start_classifier_run(DATASET, "real", {"epochs": 1, "model": "small_cnn"})

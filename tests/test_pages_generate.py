@@ -22,14 +22,14 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     """Dataset 'cells' (demo, 5 classes x 14 at 32 px) and a finished 4-step GAN run trained in this process."""
-    from wbc_core import datasets, gan_runs, worker
+    from wbc_core import gan_runs, importing, worker
     from wbc_core.data.demo import write_demo_folder
 
     root = tmp_path_factory.mktemp("generate_page")
     home = root / "home"
     with module_home(home):
         ensure_schema()
-        datasets.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32)
+        importing.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32)
         run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                   "checkpoint_every": 2, "device": "cpu", "num_threads": 1},
                                         launch=False)

@@ -21,10 +21,10 @@ from streamlit.testing.v1 import AppTest
 from support import active_home, copy_home, module_home
 
 from db import datasets as ds_db
-from db import review as review_db
+from db import decisions as decisions_db
 from db.migrate import ensure_schema
 from pages import common
-from wbc_core import auth, review
+from wbc_core import auth, review_model
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_PAGES = ["pages/review.py", "pages/agreement.py", "pages/admin.py"]
@@ -62,7 +62,7 @@ def write_candidates(home: Path, dataset_id: int, class_name: str, n: int, seed:
 def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Dataset 'cells' (5 classes x 8 real demo cells, 32 px), 60 eosinophil and 4 candidates of every other class,
     and the users ada (admin), rita and rob (reviewers) and vic (viewer); built once, copied per test."""
-    from wbc_core import datasets
+    from wbc_core import importing
     from wbc_core.data.demo import write_demo_folder
 
     root = tmp_path_factory.mktemp("review_pages")
@@ -71,7 +71,7 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
         ensure_schema()
         folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
-        dataset_id = datasets.import_folder(folder, DATASET, size=32).dataset_id
+        dataset_id = importing.import_folder(folder, DATASET, size=32).dataset_id
         for k, class_name in enumerate(CLASSES):
             write_candidates(home, dataset_id, class_name, BIG if class_name == BIG_CLASS else SMALL, seed=k)
         for name, role in USERS.items():
@@ -125,13 +125,13 @@ def dataset_id() -> int:
 
 
 def pending(username: str, class_name: str = BIG_CLASS) -> list[int]:
-    items, _ = review.queue_page(dataset_id(), class_name, username, page_size=1000)
+    items, _ = review_model.queue_page(dataset_id(), class_name, username, page_size=1000)
     return [i["id"] for i in items]
 
 
 def mine(username: str) -> dict[int, tuple[str, str | None, str | None]]:
     return {d["image_id"]: (d["verdict"], d["reason"], d["new_class"])
-            for d in review_db.current_decisions(dataset_id(), username)}
+            for d in decisions_db.current_decisions(dataset_id(), username)}
 
 
 # -- every new page renders --------------------------------------------------------------------------------------
@@ -147,9 +147,9 @@ def test_new_page_renders_on_an_empty_database(wbc_home, script):
 @pytest.mark.parametrize("script", NEW_PAGES)
 def test_new_page_renders_with_candidates_and_votes(home, script):
     ids = pending("rita")
-    review.decide(ids[:6], "rita", "accept")
-    review.decide(ids[:3], "rob", "accept")
-    review.decide(ids[3:6], "rob", "reject", reason=review.reject_reason(4))
+    review_model.decide(ids[:6], "rita", "accept")
+    review_model.decide(ids[:3], "rob", "accept")
+    review_model.decide(ids[3:6], "rob", "reject", reason=review_model.reject_reason(4))
     at = app(script, "ada")
     assert not at.error, texts(at.error)
     assert at.title
@@ -261,10 +261,10 @@ def test_viewer_sees_the_grid_but_no_decision_buttons_and_the_domain_refuses_the
                                                                  "rv_prev_page", "rv_next_page"))]
     assert "cannot record decisions" in texts(at.info)
     with pytest.raises(auth.PermissionDenied, match="viewer 'vic' may not review"):
-        review.decide(pending("vic")[:1], "vic", "accept", user=auth.get_user("vic"))
+        review_model.decide(pending("vic")[:1], "vic", "accept", user=auth.get_user("vic"))
     with pytest.raises(auth.PermissionDenied, match="decisions are recorded under your own name"):
-        review.decide(pending("rita")[:1], "rob", "accept", user=auth.get_user("rita"))
-    assert review_db.current_decisions(dataset_id()) == []
+        review_model.decide(pending("rita")[:1], "rob", "accept", user=auth.get_user("rita"))
+    assert decisions_db.current_decisions(dataset_id()) == []
 
 
 def test_reviewers_never_see_ids_or_provenance_admins_do(home):
@@ -280,7 +280,7 @@ def test_reviewers_never_see_ids_or_provenance_admins_do(home):
 
 
 def test_blind_mode_grid_gives_nothing_away(home):
-    added = review.enable_blind_test(dataset_id(), "rita", fraction=0.2)
+    added = review_model.enable_blind_test(dataset_id(), "rita", fraction=0.2)
     assert added[BIG_CLASS] > 0
     at = app("pages/review.py", "rita")
     assert f"**{BIG + added[BIG_CLASS]}** pending" in texts(at.markdown)  # real cells mixed in, unannounced
@@ -342,7 +342,7 @@ def test_accept_reject_with_reason_relabel_and_undo(home):
     assert mine("rita") == {ids[1]: ("accept", None, None)}
     # the decided cell left the pending grid; the cursor stays put, on the cell that slid under it
     click(at, "rv_reason_3")
-    assert mine("rita")[ids[2]] == ("reject", review.reject_reason(3), None)
+    assert mine("rita")[ids[2]] == ("reject", review_model.reject_reason(3), None)
     click(at, "rv_reject")
     assert mine("rita")[ids[3]] == ("reject", None, None)
     click(at, "rv_relabel_2")
@@ -391,10 +391,10 @@ def test_reject_page_with_a_bulk_reason_and_page_turning(home):
     assert at.session_state["rv_cursor"] == 47
     click(at, "rv_right")  # past the last cell: next page, first cell
     assert "page 2 of 2" in texts(at.markdown) and at.session_state["rv_cursor"] == 0
-    at.selectbox(key="rv_bulk_reason").set_value(review.reject_reason(5))
+    at.selectbox(key="rv_bulk_reason").set_value(review_model.reject_reason(5))
     ok(at.run())
     click(at, "rv_reject_page")
-    assert mine("rita") == {i: ("reject", review.reject_reason(5), None) for i in ids[48:]}
+    assert mine("rita") == {i: ("reject", review_model.reject_reason(5), None) for i in ids[48:]}
     assert "page 1 of 1" in texts(at.markdown)  # the emptied last page is gone
 
 
@@ -415,7 +415,7 @@ def test_order_by_classifier_agreement(home):
     at = app("pages/review.py", "rita")
     at.selectbox(key="review_order").set_value("judge_prob_desc")
     ok(at.run())
-    items, _ = review.queue_page(dataset_id(), BIG_CLASS, "rita", order="judge_prob_desc")
+    items, _ = review_model.queue_page(dataset_id(), BIG_CLASS, "rita", order="judge_prob_desc")
     click(at, "rv_accept")
     assert list(mine("rita")) == [items[0]["id"]]
     assert f"P({BIG_CLASS}) **{items[1]['judge_prob']:.2f}**" in texts(at.caption)
@@ -423,7 +423,7 @@ def test_order_by_classifier_agreement(home):
 
 def test_quota_gauge_and_quota_met(home):
     ds = dataset_id()
-    review.set_review_settings(ds, review.ReviewSettings(quotas={BIG_CLASS: 2, "lymphocyte": 5}), None)
+    review_model.set_review_settings(ds, review_model.ReviewSettings(quotas={BIG_CLASS: 2, "lymphocyte": 5}), None)
     at = app("pages/review.py", "rita")
     [bar] = at.get("progress")
     assert "Quota eosinophil: **0 / 2**" in bar.proto.text
@@ -443,10 +443,10 @@ def test_quota_gauge_and_quota_met(home):
 
 def test_agreement_shows_kappa_tables_and_heatmap(home):
     ids = pending("rita")[:10]
-    review.decide(ids[:6], "rita", "accept")
-    review.decide(ids[6:], "rita", "reject")
-    review.decide(ids[:5], "rob", "accept")
-    review.decide(ids[5:], "rob", "reject")
+    review_model.decide(ids[:6], "rita", "accept")
+    review_model.decide(ids[6:], "rita", "reject")
+    review_model.decide(ids[:5], "rob", "accept")
+    review_model.decide(ids[5:], "rob", "reject")
     at = app("pages/agreement.py", "vic")  # viewers may read agreement
     pairs = at.dataframe[0].value
     assert list(pairs["reviewer A"]) == ["rita"] and list(pairs["reviewer B"]) == ["rob"]
@@ -499,36 +499,36 @@ def test_admin_review_settings_and_blind_test(home):
     at.number_input(key="min_votes").set_value(3)
     at.number_input(key=f"quota_{BIG_CLASS}").set_value(10)
     ok(at.button(key="FormSubmitter:review_settings-Save review settings").click().run())
-    settings = review.get_review_settings(dataset_id())
+    settings = review_model.get_review_settings(dataset_id())
     assert (settings.rule.min_agreeing, settings.rule.min_votes, settings.quotas) == (2, 3, {BIG_CLASS: 10})
     at.selectbox(key="blind_reviewer").set_value("rob")
     ok(at.button(key="FormSubmitter:blind_test-Start or top up the blind test").click().run())
     assert "real val cells into rob's queue" in texts(at.success)
-    assert review_db.blind_items(dataset_id(), "rob")
+    assert decisions_db.blind_items(dataset_id(), "rob")
 
 
 def test_admin_adjudicates_a_disputed_candidate(home):
     ds = dataset_id()
-    review.set_review_settings(ds, review.ReviewSettings(review.ConsensusRule(2, 2)), None)
+    review_model.set_review_settings(ds, review_model.ReviewSettings(review_model.ConsensusRule(2, 2)), None)
     a, b = pending("rita")[:2]
-    review.decide([a, b], "rita", "accept")
-    review.decide([a, b], "rob", "reject", reason=review.reject_reason(2))
+    review_model.decide([a, b], "rita", "accept")
+    review_model.decide([a, b], "rob", "reject", reason=review_model.reject_reason(2))
     at = app("pages/admin.py", "ada")
     assert "**2** disputed candidates" in texts(at.markdown)
     click(at, f"adj_accept_{a}")
     at.selectbox(key=f"adj_class_{b}").set_value("monocyte")
     ok(at.run())
     click(at, f"adj_relabel_{b}")
-    outcomes = review.consensus(ds)
+    outcomes = review_model.consensus(ds)
     assert (outcomes[a].status, outcomes[a].adjudicated) == ("accepted", True)
     assert (outcomes[b].status, outcomes[b].final_class) == ("accepted", "monocyte")
-    assert [r["reviewer"] for r in review_db.current_adjudications(ds)] == ["ada", "ada"]
+    assert [r["reviewer"] for r in decisions_db.current_adjudications(ds)] == ["ada", "ada"]
     assert "**0** disputed candidates" in texts(at.markdown) and "Nothing to adjudicate." in texts(at.success)
 
 
 def test_admin_exports_the_curated_zip(home):
     accepted = pending("rita")[:3]
-    review.decide(accepted, "rita", "accept")
+    review_model.decide(accepted, "rita", "accept")
     at = app("pages/admin.py", "ada")
     click(at, "build_export")
     assert "3 accepted candidates" in texts(at.success)

@@ -202,7 +202,7 @@ def test_judge_is_cached_not_retrained(reference) -> None:
 def dataset_with_gan(wbc_home: Path, tmp_path: Path):
     """Dataset 'cells' (3 classes x 30 at 32 px) and a finished 4-step GAN run, trained in this process."""
     from db import runs as runs_db
-    from wbc_core import datasets, gan_runs, worker
+    from wbc_core import gan_runs, importing, worker
 
     folder = tmp_path / "folder"
     rng = np.random.default_rng(0)
@@ -210,7 +210,7 @@ def dataset_with_gan(wbc_home: Path, tmp_path: Path):
         (folder / name).mkdir(parents=True)
         for i in range(30):
             draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-    datasets.import_folder(folder, "cells", size=32)
+    importing.import_folder(folder, "cells", size=32)
     run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                               "checkpoint_every": 2, "num_threads": 1, "device": "cpu"},
                                     launch=False)
@@ -244,7 +244,7 @@ def test_generate_scores_candidates_and_quality_is_stored_per_checkpoint(dataset
 
 
 def test_cli_quality_on_a_folder_prints_json(dataset_with_gan, capsys) -> None:
-    from wbc_core.cli import main
+    from wbc_core.cli.main import main
 
     _, folder = dataset_with_gan
     assert main(["--json", "quality", "--dataset", "cells", "--images", str(folder)]) == 0
@@ -257,7 +257,7 @@ def test_cli_quality_on_a_folder_prints_json(dataset_with_gan, capsys) -> None:
 
 def test_gan_job_measures_quality_at_each_checkpoint_when_asked(wbc_home: Path, tmp_path: Path) -> None:
     from db import runs as runs_db
-    from wbc_core import datasets, gan_runs, worker
+    from wbc_core import gan_runs, importing, worker
 
     folder = tmp_path / "folder"
     rng = np.random.default_rng(1)
@@ -265,7 +265,7 @@ def test_gan_job_measures_quality_at_each_checkpoint_when_asked(wbc_home: Path, 
         (folder / name).mkdir(parents=True)
         for i in range(20):
             draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-    datasets.import_folder(folder, "hooked", size=32)
+    importing.import_folder(folder, "hooked", size=32)
     run_id = gan_runs.start_gan_run("hooked", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                "checkpoint_every": 2, "num_threads": 1, "device": "cpu",
                                                "quality_every_checkpoint": True, "quality_per_class": 4},
@@ -289,8 +289,8 @@ def test_cap_per_class_keeps_at_most_n_of_each_class() -> None:
 
 def test_full_judge_is_chosen_by_the_environment_and_cached_apart(dataset_with_gan, monkeypatch) -> None:
     from db import datasets as ds_db
+    from wbc_core.cell_detail import _judge_dir
     from wbc_core.quality.judge import JUDGE_ENV, QualityError, app_quality_config, dataset_reference
-    from wbc_core.review_detail import _judge_dir
 
     monkeypatch.setenv(JUDGE_ENV, "full")
     full = app_quality_config()

@@ -31,9 +31,9 @@ def pbc128() -> Path:
 @pytest.mark.slow
 def test_whole_loop_on_real_pbc_cells(pbc128, wbc_home, capsys):
     from db import runs as runs_db
-    from wbc_core import jobs, review
-    from wbc_core.datasets import import_folder
+    from wbc_core import jobs, review_model
     from wbc_core.gan_runs import generate_candidates, start_gan_run
+    from wbc_core.importing import import_folder
     from wbc_core.retrain import start_classifier_run
 
     started = time.monotonic()
@@ -53,8 +53,8 @@ def test_whole_loop_on_real_pbc_cells(pbc128, wbc_home, capsys):
 
     out = generate_candidates(gan_id, per_class=4)
     assert out["candidates"] == 32
-    pending, _ = review.queue_page(result.dataset_id, "basophil", "ci")
-    review.decide([p["id"] for p in pending], "ci", "accept")
+    pending, _ = review_model.queue_page(result.dataset_id, "basophil", "ci")
+    review_model.decide([p["id"] for p in pending], "ci", "accept")
 
     baseline = jobs.wait(start_classifier_run("pbc128", "real", {"epochs": 1, "model": "small_cnn"}), timeout=600)
     curated = jobs.wait(start_classifier_run("pbc128", "curated", {"epochs": 1, "model": "small_cnn"}), timeout=600)

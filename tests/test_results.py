@@ -25,8 +25,8 @@ from support import module_home
 from db import datasets as ds_db
 from db import runs as runs_db
 from db.migrate import ensure_schema
-from wbc_core import cli, embedding, jobs, results, retrain, review, worker
-from wbc_core.settings import wbc_home
+from wbc_core import cli, embedding, jobs, results, retrain, review_model, worker
+from wbc_core.context import current
 
 DATASET = "cells"
 # cosine: OneCycleLR divides by zero when a run has exactly 4 optimiser steps (reported to the classifier owner).
@@ -41,20 +41,20 @@ def add_candidates(dataset_id: int, per_class: int = 3, size: int = 32) -> list[
     """Synthetic candidates with real PNG files (noisy copies of real train cells), as a GAN would add them."""
     info = ds_db.get_dataset(dataset_id)
     rng = np.random.default_rng(5)
-    folder = wbc_home() / "images" / f"dataset_{dataset_id}" / "synthetic" / "test"
+    folder = current().home / "images" / f"dataset_{dataset_id}" / "synthetic" / "test"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in info.class_names:
         sources = ds_db.real_images(dataset_id, split="train", class_name=name)
         for i in range(per_class):
-            with Image.open(wbc_home() / sources[i % len(sources)].path) as im:
+            with Image.open(current().home / sources[i % len(sources)].path) as im:
                 pixels = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float64)
             pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
             target = folder / f"{name}_{i}.png"
             Image.fromarray(pixels).save(target)
             rows.append({"origin": "synthetic", "class_name": name, "split": None, "width": size, "height": size,
                          "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-                         "path": str(target.relative_to(wbc_home()))})
+                         "path": str(target.relative_to(current().home))})
     return ds_db.add_images(dataset_id, rows)
 
 
@@ -72,16 +72,16 @@ def run_in_process(run_id: int) -> runs_db.RunInfo:
 
 def build_home(root: Path) -> dict:
     """Dataset, candidates (2 of 3 per class accepted), a finished ablation and a finished 2-seed group."""
-    from wbc_core import datasets
+    from wbc_core import importing
     from wbc_core.data.demo import write_demo_folder
 
     ensure_schema()
-    datasets.import_folder(write_demo_folder(root / "folder", per_class=10, size=32, seed=1), DATASET, size=32)
+    importing.import_folder(write_demo_folder(root / "folder", per_class=10, size=32, seed=1), DATASET, size=32)
     dataset_id = ds_db.get_dataset(DATASET).id
     cand = add_candidates(dataset_id)
     accepted = [i for k, i in enumerate(cand) if k % 3 != 2]
-    review.decide(accepted, "ann", "accept")
-    review.decide([i for i in cand if i not in accepted], "ann", "reject")
+    review_model.decide(accepted, "ann", "accept")
+    review_model.decide([i for i in cand if i not in accepted], "ann", "reject")
     ablation = retrain.start_ablation(DATASET, FAST, seeds=[0], launch=False)
     seeds = retrain.start_seeds(DATASET, "real", [3, 4], FAST, launch=False)
     for run_id in [*ablation.run_ids, *seeds.run_ids]:
@@ -218,7 +218,7 @@ def test_export_and_predict_with_checkpoint_and_torchscript_agree_with_the_job(b
     assert card["class_names"] == ds_db.get_dataset(DATASET).class_names and card["image_size"] == 32
     pred = results.load_predictions(run_id)
     rows = ds_db.images_by_ids(pred.ids[:4].tolist())
-    images = [str(wbc_home() / r.path) for r in rows]
+    images = [str(current().home / r.path) for r in rows]
     outputs = {}
     for fmt in ("checkpoint", "torchscript"):
         assert cli.main(["--json", "predict", "--model", files[fmt], *images]) == 0

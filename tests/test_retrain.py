@@ -13,9 +13,9 @@ from test_results import FAST, add_candidates
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from wbc_core import cli, jobs, retrain, review, views
+from wbc_core import cli, jobs, retrain, review_model, views
 from wbc_core.classifier import BATCH_METRICS, EPOCH_METRICS
-from wbc_core.datasets import import_folder
+from wbc_core.importing import import_folder
 
 
 @pytest.fixture()
@@ -37,14 +37,14 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
 
 def test_curated_set_version_changes_exactly_when_accepted_images_change(dataset):
     dataset_id, cand = dataset
-    review.decide(cand[:1], "ann", "accept")
+    review_model.decide(cand[:1], "ann", "accept")
     first = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
     again = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
-    review.decide(cand[1:2], "ann", "accept")
+    review_model.decide(cand[1:2], "ann", "accept")
     more = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
     other = next(c for c in ds_db.get_dataset(dataset_id).class_names
                  if c != ds_db.images_by_ids(cand[1:2])[0].class_name)
-    review.decide(cand[1:2], "ann", "relabel", new_class=other)
+    review_model.decide(cand[1:2], "ann", "relabel", new_class=other)
     relabelled = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
     info = {r: runs_db.get_run(r) for r in (first, again, more, relabelled)}
     snap = {r: i.train_set_summary["decisions_snapshot"] for r, i in info.items()}

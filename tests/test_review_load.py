@@ -25,21 +25,21 @@ def _reviewer(k: int, dataset_id: int, start, results) -> None:  # noqa: ANN001
     name = f"rev{k}"
     out = {"who": name, "decisions": 0, "undos": 0, "latencies": [], "error": None}
     try:
-        from wbc_core import review
+        from wbc_core import review_model
 
         rng = random.Random(k)
         start.wait(60)
         for n in range(1, DECISIONS_EACH + 1):
-            rows, _ = review.queue_page(dataset_id, "a" if k % 2 else "b", name, page_size=48)
+            rows, _ = review_model.queue_page(dataset_id, "a" if k % 2 else "b", name, page_size=48)
             verdict = rng.choice(["accept", "accept", "reject", "relabel"])
             t0 = time.perf_counter()
-            review.decide([rows[0]["id"]], name, verdict, new_class="a" if verdict == "relabel" else None,
+            review_model.decide([rows[0]["id"]], name, verdict, new_class="a" if verdict == "relabel" else None,
                           reason="GAN texture artefact" if verdict == "reject" else None)
             out["latencies"].append(time.perf_counter() - t0)
             out["decisions"] += 1
             if n % 10 == 0:
                 t0 = time.perf_counter()
-                assert len(review.undo_last(dataset_id, name)) == 1
+                assert len(review_model.undo_last(dataset_id, name)) == 1
                 out["latencies"].append(time.perf_counter() - t0)
                 out["undos"] += 1
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
@@ -104,7 +104,7 @@ def test_eight_reviewer_processes_and_a_trainer_lose_nothing(wbc_home, monkeypat
     with read_session() as s:
         counts = dict(s.execute(select(Decision.reviewer, func.count()).group_by(Decision.reviewer)).all())
     assert counts == {f"rev{k}": DECISIONS_EACH + DECISIONS_EACH // 10 for k in range(REVIEWERS)}
-    from db.review import current_decisions
+    from db.decisions import current_decisions
 
     standing = {k: 0 for k in by_who if k != "trainer"}
     for d in current_decisions(dataset_id):

@@ -1,7 +1,7 @@
-"""`python -m wbc_core ...`: the headless interface (see wbc_core/cli.py)."""
+"""`python -m wbc_core ...`: the headless interface (see wbc_core/cli/main.py)."""
 
 import sys
 
-from wbc_core.cli import main
+from wbc_core.cli.main import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
-from db import review as review_db
+from db import decisions as decisions_db
 from wbc_core.auth import User, authorize
 
 
@@ -72,7 +72,7 @@ def agreement_report(dataset_id: int, user: User | None = None) -> dict[str, Any
         authorize(user, "view")
     votes: dict[int, dict[str, str]] = defaultdict(dict)
     intended: dict[int, str] = {}
-    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+    for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
         votes[row["image_id"]][row["reviewer"]] = _votes(row)
         intended[row["image_id"]] = row["class_name"]
     reviewers = sorted({r for v in votes.values() for r in v})
@@ -102,13 +102,13 @@ def realism_report(dataset_id: int, user: User | None = None) -> dict[str, Any]:
     """
     if user is not None:
         authorize(user, "configure_review")
-    blind = review_db.blind_items(dataset_id)
+    blind = decisions_db.blind_items(dataset_id)
     blind_keys = {(b["image_id"], b["reviewer"]) for b in blind}
     blind_reviewers = {b["reviewer"] for b in blind}
     shown = Counter(b["reviewer"] for b in blind)
     real_by_reviewer: dict[str, Counter] = defaultdict(Counter)
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for row in review_db.current_decisions(dataset_id, origin="real"):
+    for row in decisions_db.current_decisions(dataset_id, origin="real"):
         if (row["image_id"], row["reviewer"]) not in blind_keys:
             continue  # cannot happen (such decisions are refused); never score it if it did
         passed = row["verdict"] != "reject"
@@ -116,7 +116,7 @@ def realism_report(dataset_id: int, user: User | None = None) -> dict[str, Any]:
         real_by_reviewer[row["reviewer"]]["rejected"] += not passed
         per_class[row["class_name"]]["real_decided"] += 1
         per_class[row["class_name"]]["real_passed"] += passed
-    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+    for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
         if row["reviewer"] in blind_reviewers:
             per_class[row["class_name"]]["cand_decided"] += 1
             per_class[row["class_name"]]["cand_passed"] += row["verdict"] != "reject"

@@ -16,8 +16,8 @@ import re
 import secrets
 
 from db import users as users_db
-from db.models import ROLES
 from db.users import User, UserExists, UserNotFound
+from db.vocabulary import ROLE_ORDER, ROLES
 
 __all__ = ["PERMISSIONS", "PermissionDenied", "User", "UserExists", "UserNotFound", "authenticate", "authorize",
            "can", "create_user", "disable_user", "ensure_oidc_user", "get_user", "has_users", "list_users",
@@ -40,7 +40,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Consensus rule, quotas and the blinded realism test decide what enters training: admins only.
     "configure_review": frozenset({"admin"}),
 }
-_ROLE_ORDER = ("viewer", "reviewer", "admin")  # least privileged first, for "ask for the X role"
 
 # Verified against when the user is unknown, disabled or OIDC-only, so every failed login costs the
 # same time and the answer does not reveal which names exist.
@@ -181,7 +180,7 @@ def authorize(user: User, permission: str) -> User:
         raise PermissionDenied(f"the account {current.username!r} is disabled; ask an admin to enable it")
     allowed = PERMISSIONS[permission]
     if current.role not in allowed:
-        needed = next(r for r in _ROLE_ORDER if r in allowed)
+        needed = next(r for r in ROLE_ORDER if r in allowed)
         raise PermissionDenied(f"{current.role} '{current.username}' may not {permission.replace('_', ' ')}; "
                                f"ask an admin for the {needed} role")
     return current

@@ -208,11 +208,11 @@ class ExpertDecisionsPolicy:
 
     def __init__(self, dataset_id: int, rule: Any = None) -> None:
         self.dataset_id = dataset_id
-        self.rule = rule  # wbc_core.review.ConsensusRule; None = the dataset's own review settings
+        self.rule = rule  # wbc_core.review_model.ConsensusRule; None = the dataset's own review settings
 
     def decide(self, candidates: LabelledImages, context: CurationContext) -> torch.Tensor:
         """Bool [N] from the stored decisions; undecided candidates are not accepted."""
-        from wbc_core.review import accepted_candidates  # lazy: only this policy needs the database
+        from wbc_core.review_model import accepted_candidates  # lazy: only this policy needs the database
 
         ids = context.candidate_ids
         if ids is None or len(ids) != len(candidates):

@@ -21,6 +21,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.datasets import ImageRow
 from wbc_core import jobs
+from wbc_core.provenance import TRAIN_SET_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +152,7 @@ def embedding_map(run_id: int, max_points: int = 1500, seed: int = 0, refresh: b
         return cached
     info = runs_db.get_run(run_id)
     loaded = load_classifier(results.checkpoint_path(run_id))
-    manifest_path = jobs.run_dir(run_id) / "train_set.json"
+    manifest_path = jobs.run_dir(run_id) / TRAIN_SET_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else []
     trained = {int(m["id"]): m["label"] for m in manifest}
     groups = {"real train": ds_db.real_images(info.dataset_id, split="train"),

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from db import datasets as ds_db
-from db import review as review_db
+from db import decisions as decisions_db
 from wbc_core.auth import User, authorize
-from wbc_core.review import ConsensusRule, consensus
-from wbc_core.settings import wbc_home
+from wbc_core.context import current
+from wbc_core.review_model import ConsensusRule, consensus
 
 MANIFEST_COLUMNS = ("path", "origin", "class", "intended_class", "split", "sha256", "gan_run_id",
                     "checkpoint_step", "seed", "decisions", "consensus", "adjudicated")
@@ -73,12 +73,12 @@ def _suffix(path: str) -> str:
 
 def _decision_texts(dataset_id: int) -> tuple[dict[int, list[str]], dict[int, str]]:
     votes: dict[int, list[str]] = defaultdict(list)
-    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+    for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
         verdict = row["verdict"]
         detail = row["new_class"] if verdict == "relabel" else row["reason"]
         votes[row["image_id"]].append(f"{row['reviewer']}:{verdict}" + (f"({detail})" if detail else ""))
     rulings = {}
-    for row in review_db.current_adjudications(dataset_id):
+    for row in decisions_db.current_adjudications(dataset_id):
         detail = row["new_class"] if row["verdict"] == "relabel" else row["reason"]
         rulings[row["image_id"]] = f"{row['reviewer']}:{row['verdict']}" + (f"({detail})" if detail else "")
     return votes, rulings
@@ -91,7 +91,7 @@ def _plan(dataset_id: int, rule: ConsensusRule | None) -> list[dict[str, Any]]:
     outcomes = consensus(dataset_id, rule)
     votes, rulings = _decision_texts(dataset_id)
     plan = []
-    for row in review_db.export_rows(dataset_id):
+    for row in decisions_db.export_rows(dataset_id):
         if row["origin"] == "real":
             split, final = row["split"], row["class_name"]
             prefix = "real"
@@ -105,7 +105,7 @@ def _plan(dataset_id: int, rule: ConsensusRule | None) -> list[dict[str, Any]]:
             folders.update(_class_folders([*folders, final]))  # a class outside the dataset's list
         name = f"{prefix}_{row['id']:08d}{_suffix(row['path'])}"  # ids are unique: so are the names
         outcome = outcomes.get(row["id"])
-        plan.append({"source": wbc_home() / row["path"], "path": f"{split}/{folders[final]}/{name}",
+        plan.append({"source": current().home / row["path"], "path": f"{split}/{folders[final]}/{name}",
                      "origin": row["origin"], "class": final, "intended_class": row["class_name"], "split": split,
                      "gan_run_id": row["gan_run_id"], "checkpoint_step": row["checkpoint_step"], "seed": row["seed"],
                      "decisions": ";".join(votes.get(row["id"], [])) if row["origin"] == "synthetic" else "",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,8 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.datasets import ImageRow
 from wbc_core import jobs, store
-from wbc_core.settings import images_dir, wbc_home
+from wbc_core.context import current
+from wbc_core.provenance import candidate_seed, quality_seed, training_set_record
 
 
 class GanRunError(ValueError):
@@ -28,14 +28,6 @@ def gan_training_rows(dataset_id: int) -> list[ImageRow]:
     if leaked:  # defence in depth: the query already filters, this guards future edits of it
         raise GanRunError(f"refusing to train a GAN on non-train or synthetic images: {leaked[:10]}")
     return rows
-
-
-def training_set_record(rows: list[ImageRow], labels: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """Hash and per-class/origin composition of an exact training set."""
-    labels = labels or [r.class_name for r in rows]
-    digest = store.image_set_hash((r.id, r.sha256, label) for r, label in zip(rows, labels, strict=True))
-    counts = Counter(f"{r.origin}/{label}" for r, label in zip(rows, labels, strict=True))
-    return digest, {"by_origin_class": dict(sorted(counts.items())), "total": len(rows)}
 
 
 GAN_PRESETS = {"cpu": "CPU: the default networks, sized for a few cores",
@@ -121,7 +113,7 @@ def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
 
 def _parent_checkpoint(run: runs_db.RunInfo) -> Path | None:
     parent = run.config.get("resume_from_checkpoint")
-    return wbc_home() / parent if parent else None
+    return current().home / parent if parent else None
 
 
 def _device_name(device: str) -> str:
@@ -142,7 +134,7 @@ def resume_gan_run(run_id: int, launch: bool = True) -> int:
     checkpoint = latest_full_checkpoint(jobs.run_dir(run_id))
     if checkpoint is None:
         raise GanRunError(f"run {run_id} saved no checkpoint to resume from; start a new run instead")
-    config = {**old.config, "resume_from_checkpoint": str(checkpoint.relative_to(wbc_home())),
+    config = {**old.config, "resume_from_checkpoint": str(checkpoint.relative_to(current().home)),
               "resumed_from_run": run_id}
     new_id = runs_db.create_run("gan", old.dataset_id, config, seed=old.seed, split_hash=old.split_hash)
     runs_db.set_training_set(new_id, old.train_set_hash or "", old.train_set_size or 0, old.train_set_summary)
@@ -160,7 +152,7 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
     if chosen is None:
         steps = ", ".join(str(c["step"]) for c in saved)
         raise GanRunError(f"GAN run {run_id} has no checkpoint at step {step} (saved steps: {steps})")
-    return wbc_home() / chosen["path"], int(chosen["step"])
+    return current().home / chosen["path"], int(chosen["step"])
 
 
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
@@ -182,12 +174,12 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
         raise GanRunError(f"unknown classes {unknown}; this generator knows {loaded.class_names}")
     if seed is None:  # a fresh seed per call, so generating twice adds new cells instead of copies
         seed = _next_seed(run_id)
-    folder = images_dir() / f"dataset_{run.dataset_id}" / "synthetic" / f"run_{run_id:05d}"
+    folder = current().paths.images / f"dataset_{run.dataset_id}" / "synthetic" / f"run_{run_id:05d}"
     rows: list[dict[str, Any]] = []
     generated: list[Any] = []
     for done, class_name in enumerate(wanted):
         class_index = loaded.class_names.index(class_name)
-        cells = sample_cells(loaded, class_index, per_class, seed=seed * 1009 + class_index)
+        cells = sample_cells(loaded, class_index, per_class, seed=candidate_seed(seed, class_index))
         generated.append(cells)
         (folder / class_name).mkdir(parents=True, exist_ok=True)
         for i, cell in enumerate(cells):
@@ -196,7 +188,7 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
             target = folder / class_name / f"s{seed}_{i:05d}_{sha[:12]}.png"
             target.write_bytes(content)
             rows.append({"origin": "synthetic", "class_name": class_name, "split": None, "sha256": sha,
-                         "path": str(target.relative_to(wbc_home())), "width": cell.shape[2],
+                         "path": str(target.relative_to(current().home)), "width": cell.shape[2],
                          "height": cell.shape[1], "source": f"gan:run_{run_id}/step_{step}/seed_{seed}#{i}",
                          "gan_run_id": run_id, "checkpoint_step": step, "seed": seed})
         if progress is not None:
@@ -235,7 +227,7 @@ def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
 
     info = ds_db.get_dataset(dataset_id)
     # One process may serve several homes, and WBC_QUALITY_JUDGE picks which judge.
-    key = (str(wbc_home()), info.id, int(size), info.split_hash, app_quality_config().key())
+    key = (str(current().home), info.id, int(size), info.split_hash, app_quality_config().key())
     if key not in _references:
         _references[key] = dataset_reference(info.id, size)
     return _references[key]
@@ -279,7 +271,7 @@ def score_candidates(dataset: str | int, run_id: int | None = None) -> dict[str,
     if not rows:
         return {"scored": 0}
     size = int(runs_db.get_run(run_id).config.get("image_size", info.image_size)) if run_id else info.image_size
-    images = decode_many([wbc_home() / r.path for r in rows], size)
+    images = decode_many([current().home / r.path for r in rows], size)
     return _store_scores(info.id, size, [r.id for r in rows], images, [r.class_name for r in rows])
 
 
@@ -295,7 +287,7 @@ def measure_checkpoint_file(run_id: int, dataset_id: int, path: Path, per_class:
     loaded = load_generator(path)
     ref = quality_reference(dataset_id, loaded.config.image_size)
     # A fixed seed per class: every checkpoint is measured on the same noise, so curves compare like with like.
-    cells = [sample_cells(loaded, c, per_class, seed=900_001 + c) for c in range(len(loaded.class_names))]
+    cells = [sample_cells(loaded, c, per_class, seed=quality_seed(c)) for c in range(len(loaded.class_names))]
     labels = torch.arange(len(loaded.class_names)).repeat_interleave(per_class)
     values = compute_metrics(ref, torch.cat(cells), labels)
     runs_db.add_metrics(run_id, loaded.step, values)

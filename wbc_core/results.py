@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from db import runs as runs_db
+from db.vocabulary import RECIPES
 from wbc_core import jobs
-from wbc_core.settings import wbc_home
+from wbc_core.context import current
 
 PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
 TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
@@ -162,7 +163,7 @@ def group_summary(dataset_id: int | None = None, groups: Sequence[str] | None = 
     newest = defaultdict(int)
     for (group, _), members in arms.items():
         newest[group] = max(newest[group], *(r.id for r in members))
-    order = {name: k for k, name in enumerate(("real", "curated", "all-synthetic"))}
+    order = {name: k for k, name in enumerate(RECIPES)}
     out: list[dict[str, Any]] = []
     # Newest group first; within a group the baseline arm first, then the recipes in their usual order.
     for (group, recipe), members in sorted(arms.items(), key=lambda kv: (-newest[kv[0][0]], order.get(kv[0][1], 9),
@@ -189,7 +190,7 @@ def checkpoint_path(run_id: int) -> Path:
     if info.kind != "classifier":
         raise ValueError(f"run {run_id} is a {info.kind} run, not a classifier run")
     rel = info.result.get("model_path")
-    path = wbc_home() / rel if rel else jobs.run_dir(run_id) / "model.pt"
+    path = current().home / rel if rel else jobs.run_dir(run_id) / "model.pt"
     if info.active or not path.is_file():
         raise ValueError(f"run {run_id} has no trained model yet (status {info.status})")
     return path

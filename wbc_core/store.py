@@ -7,7 +7,6 @@ under WBC_HOME/cache, rebuilt incrementally: a request decodes only the ids it l
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wbc_core.settings import cache_dir, wbc_home
+from wbc_core.context import current
 from wbc_core.types import LabelledImages
 
 if TYPE_CHECKING:  # only for annotations: the store must import without SQLAlchemy (GPU boxes, bench scripts)
@@ -61,7 +60,7 @@ def decode_many(paths: Sequence[Path], size: int, workers: int | None = None) ->
 
 
 def _cache_file(dataset_id: int, size: int) -> Path:
-    folder = cache_dir() / "tensors"
+    folder = current().paths.cache / "tensors"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"dataset_{dataset_id}_size_{size}.pt"
 
@@ -99,7 +98,7 @@ def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Te
     """uint8 [N,3,S,S] for rows (in their order), decoding and caching only what is not cached yet."""
     # Keyed by home as well: tests (and users) may point one process at several WBC_HOMEs whose
     # datasets share ids, and SQLite may reuse an id after a dataset is deleted.
-    key = (str(wbc_home()), dataset_id, size)
+    key = (str(current().home), dataset_id, size)
     with _lock:
         ids, images, shas = _load(key)
         known = {int(i): pos for pos, i in enumerate(ids.tolist())}
@@ -110,7 +109,7 @@ def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Te
             known = {}
         missing = [r for r in rows if r.id not in known]
         if missing:
-            home = wbc_home()
+            home = current().home
             fresh = decode_many([home / r.path for r in missing], size)
             ids = torch.cat([ids, torch.tensor([r.id for r in missing], dtype=torch.int64)])
             images = torch.cat([images, fresh])
@@ -136,10 +135,3 @@ def forget_memory() -> None:
     with _lock:
         _memory.clear()
 
-
-def image_set_hash(rows: Iterable[tuple[int, str, str]]) -> str:
-    """Hash of an exact training set: sorted (image id, sha256, label) triples."""
-    digest = hashlib.sha256()
-    for image_id, sha, label in sorted(rows):
-        digest.update(f"{image_id}:{sha}:{label}\n".encode())
-    return digest.hexdigest()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch stays out of processes that only report progress (the page server, selftest jobs)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class LabelledImages:
     labels: torch.Tensor  # int64 class index into the dataset's class list
 
     def __post_init__(self) -> None:
+        import torch
+
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 [N,3,S,S], got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from db import runs as runs_db
 from db.models import utcnow
 from wbc_core import jobs
-from wbc_core.settings import wbc_home
+from wbc_core.context import current
 
 LIVE_METRICS = ("train_loss_running", "epoch_fraction", "images_per_sec", "train_loss", "val_loss", "val_accuracy",
                 "val_macro_f1", "epoch_seconds")
@@ -108,10 +108,10 @@ def run_status(run_id: int) -> dict[str, Any]:
         "finished_at": r.finished_at, "live": _live(r) if r.kind == "classifier" else {},
         "group_active": bool(r.group_name) and any(
             x.active for x in runs_db.list_runs(dataset_id=r.dataset_id, kind=r.kind) if x.group_name == r.group_name),
-        "latest_grid": str(wbc_home() / grids[-1]["grid_path"]) if grids else None,
+        "latest_grid": str(current().home / grids[-1]["grid_path"]) if grids else None,
         "latest_grid_step": grids[-1]["step"] if grids else None,
         "checkpoints": [{"step": c["step"], "has_weights": bool(c["path"]),
-                         "grid": str(wbc_home() / c["grid_path"]) if c["grid_path"] else None} for c in checkpoints],
+                         "grid": str(current().home / c["grid_path"]) if c["grid_path"] else None} for c in checkpoints],
     }
 
 

@@ -13,10 +13,12 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:  # plain `alembic` CLI use: build an engine from the URL
-        from db.engine import get_engine
+        from db.engine import Database
 
-        with get_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+        database = Database(config.get_main_option("sqlalchemy.url"))
+        with database.engine.connect() as conn:
             _run(conn)
+        database.dispose()
     else:
         _run(connection)
 

@@ -13,7 +13,7 @@ from playwright.sync_api import Locator, Page, expect
 from support import wait_for
 
 from db import datasets as ds_db
-from db import review as review_db
+from db import decisions as decisions_db
 from db import runs as runs_db
 
 REVIEW_SCREENSHOT = Path("/tmp/review_page.png")
@@ -101,7 +101,7 @@ def test_expert_journey(browser_page: Page, streamlit_server, tmp_path):
     main(page).get_by_role("heading", name="Review", level=1).click()  # focus leaves any select box
     page.screenshot(path=str(REVIEW_SCREENSHOT), full_page=True)
     page.keyboard.press("Alt+a")
-    decided = wait_for(lambda: review_db.current_decisions(info.id, "eve"), what="decisions from the 'a' shortcut")
+    decided = wait_for(lambda: decisions_db.current_decisions(info.id, "eve"), what="decisions from the 'a' shortcut")
     assert len(decided) == 4
     assert {(d["verdict"], d["class_name"]) for d in decided} == {("accept", "eosinophil")}
     expect(main(page).get_by_text("0 pending candidates of eosinophil for eve")).to_be_visible()

@@ -23,9 +23,9 @@ from playwright.sync_api import Page, expect
 from support import wait_for
 
 from db import datasets as ds_db
-from db import review as review_db
+from db import decisions as decisions_db
 from db.migrate import ensure_schema
-from wbc_core import review
+from wbc_core import review_model
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-password"
@@ -93,27 +93,27 @@ def cursor_at(page: Page, position: int) -> None:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page, start_streamlit, e2e_home, tmp_path):
-    from wbc_core import datasets
+    from wbc_core import importing
     from wbc_core.data.demo import write_demo_folder
 
     # Prepared before the server starts: a dataset, candidates, users (CLI), and a disagreement (domain API).
     ensure_schema()
     folder = write_demo_folder(tmp_path / "folder", per_class=8, size=32, seed=1)
-    ds = datasets.import_folder(folder, "cells", size=32).dataset_id
+    ds = importing.import_folder(folder, "cells", size=32).dataset_id
     big = add_candidates(e2e_home, ds, BIG_CLASS, N_BIG, seed=1)
     disputed, agreed = add_candidates(e2e_home, ds, "lymphocyte", 2, seed=2)
     cli(e2e_home, "user", "add", "rita", "--role", "reviewer", "--password-stdin", stdin=PASSWORD + "\n")
     cli(e2e_home, "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
-    review.set_review_settings(ds, review.ReviewSettings(review.ConsensusRule(min_agreeing=2, min_votes=2)), None)
-    review.decide([disputed, agreed], "rob", "accept")
-    review.decide([disputed], "sam", "reject", reason=review.reject_reason(4))
-    review.decide([agreed], "sam", "accept")
+    review_model.set_review_settings(ds, review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2, min_votes=2)), None)
+    review_model.decide([disputed, agreed], "rob", "accept")
+    review_model.decide([disputed], "sam", "reject", reason=review_model.reject_reason(4))
+    review_model.decide([agreed], "sam", "accept")
     server = start_streamlit()
     page = browser_page
 
     def rita() -> dict[int, tuple]:
         return {d["image_id"]: (d["verdict"], d["reason"], d["new_class"])
-                for d in review_db.current_decisions(ds, "rita")}
+                for d in decisions_db.current_decisions(ds, "rita")}
 
     # The reviewer signs in and opens the review queue.
     page.goto(server.url)
@@ -133,7 +133,7 @@ def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page
     expect(main(page).get_by_text(f"{N_BIG - 1} pending candidates")).to_be_visible()
     cursor_at(page, 1)  # the next candidate slid under the cursor
     press(page, "3")
-    wait_for(lambda: rita().get(big[2]) == ("reject", review.reject_reason(3), None), what="reject with reason 3")
+    wait_for(lambda: rita().get(big[2]) == ("reject", review_model.reject_reason(3), None), what="reject with reason 3")
     press(page, "Shift+2")
     wait_for(lambda: rita().get(big[3]) == ("relabel", None, "lymphocyte"), what="relabel to class 2")
     press(page, "ArrowDown")
@@ -148,10 +148,10 @@ def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page
     wait_for(lambda: rita().get(big[51]) == ("accept", None, None), what="accept on page 2")
     press(page, "u")
     wait_for(lambda: big[51] not in rita(), what="undo")
-    assert rita() == {big[1]: ("accept", None, None), big[2]: ("reject", review.reject_reason(3), None),
+    assert rita() == {big[1]: ("accept", None, None), big[2]: ("reject", review_model.reject_reason(3), None),
                       big[3]: ("relabel", None, "lymphocyte")}
-    assert [h["verdict"] for h in review_db.decision_history(big[51])] == ["accept", "undo"]
-    assert {d["reviewer"] for d in review_db.current_decisions(ds)} == {"rita", "rob", "sam"}
+    assert [h["verdict"] for h in decisions_db.decision_history(big[51])] == ["accept", "undo"]
+    assert {d["reviewer"] for d in decisions_db.current_decisions(ds)} == {"rita", "rob", "sam"}
 
     # The reviewer has no admin page; sign out, and the admin signs in.
     expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="Admin")).to_have_count(0)
@@ -167,8 +167,8 @@ def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page
     dispute = panel.locator(f".st-key-dispute_{disputed}")
     expect(dispute).to_contain_text("GAN texture artefact")
     dispute.get_by_role("button", name="Accept").click()
-    wait_for(lambda: review_db.current_adjudications(ds), what="the adjudication row")
-    [ruling] = review_db.current_adjudications(ds)
+    wait_for(lambda: decisions_db.current_adjudications(ds), what="the adjudication row")
+    [ruling] = decisions_db.current_adjudications(ds)
     assert (ruling["image_id"], ruling["reviewer"], ruling["verdict"]) == (disputed, "ada", "accept")
     expect(panel.get_by_text("Nothing to adjudicate.")).to_be_visible()
 

@@ -195,7 +195,9 @@ JUDGES = {
 
 def app_quality_config() -> QualityConfig:
     """The QualityConfig the app measures with, chosen by WBC_QUALITY_JUDGE (a new judge gets its own cache)."""
-    name = os.environ.get(JUDGE_ENV, "small").strip().lower() or "small"
+    from wbc_core.context import current
+
+    name = current().settings.quality_judge
     if name not in JUDGES:
         raise QualityError(f"{JUDGE_ENV} must be one of {', '.join(JUDGES)}, got {name!r}")
     return QualityConfig(**JUDGES[name])
@@ -207,7 +209,8 @@ def dataset_reference(dataset: str | int, size: int | None = None,
     config = config or app_quality_config()
     from db import datasets as ds_db
     from wbc_core import store
-    from wbc_core.settings import cache_dir
+    from wbc_core.context import current
+    from wbc_core.provenance import JudgeKey
 
     info = ds_db.get_dataset(dataset)
     size = int(size or info.image_size)
@@ -219,6 +222,7 @@ def dataset_reference(dataset: str | int, size: int | None = None,
     train = store.labelled(info.id, train_rows, info.class_names, size)
     val = store.labelled(info.id, val_rows, info.class_names, size)
     # Keyed by the split hash: a re-split dataset gets a new judge instead of one that saw today's val cells.
-    judge_dir = cache_dir() / "judges" / f"dataset_{info.id}_size_{size}_{info.split_hash[:12]}_{config.key()}"
+    key = JudgeKey(info.id, size, info.split_hash, config.key())
+    judge_dir = current().paths.cache / "judges" / key.folder_name
     ids = torch.tensor([r.id for r in train_rows], dtype=torch.int64)
     return build_reference(train, val, info.class_names, judge_dir, config, train_ids=ids)

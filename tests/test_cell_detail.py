@@ -17,7 +17,7 @@ from support import TINY_CLASSES, draw_cell
 from db import datasets as ds_db
 from db.engine import dispose_all
 from db.migrate import ensure_schema, forget_schema_cache
-from wbc_core import auth, review_detail
+from wbc_core import auth, cell_detail
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HASH = 1_000
@@ -35,9 +35,9 @@ def _use_home(home: Path) -> None:
 def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Dataset 'cells' (3 classes x 16 cells, 32 px), its judge (trained once, cached), and two scored candidates
     of the first class: an exact copy of a real train cell and a freshly drawn cell; user rita (reviewer)."""
-    from wbc_core import datasets, gan_runs
+    from wbc_core import gan_runs, importing
 
-    root = tmp_path_factory.mktemp("review_detail")
+    root = tmp_path_factory.mktemp("cell_detail")
     home = root / "home"
     saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
     threads = torch.get_num_threads()
@@ -53,7 +53,7 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 (folder / name).mkdir(parents=True)
                 for i in range(16):
                     draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-            info = ds_db.get_dataset(datasets.import_folder(folder, "cells", size=32).dataset_id)
+            info = ds_db.get_dataset(importing.import_folder(folder, "cells", size=32).dataset_id)
             first = info.class_names[0]
             train = ds_db.real_images(info.id, split="train", class_name=first)
             out = home / "images" / "test_candidates"
@@ -70,7 +70,7 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                    "classes": info.class_names}
     finally:
         gan_runs._references.clear()
-        review_detail.forget()
+        cell_detail.forget()
         torch.set_num_threads(threads)
         dispose_all()
         forget_schema_cache()
@@ -110,13 +110,13 @@ def _check_shape(detail: dict, classes: list[str], k: int) -> None:
 
 
 def test_candidate_detail_gives_probabilities_and_nearest_real_train_cells(home: dict) -> None:
-    detail = review_detail.candidate_detail(home["fresh"], k=4)
+    detail = cell_detail.candidate_detail(home["fresh"], k=4)
     _check_shape(detail, home["classes"], 4)
-    assert review_detail.candidate_detail(home["fresh"], k=4) == detail  # cached, and a copy each time
+    assert cell_detail.candidate_detail(home["fresh"], k=4) == detail  # cached, and a copy each time
 
 
 def test_a_copy_of_a_train_cell_has_that_cell_nearest_at_distance_zero(home: dict) -> None:
-    detail = review_detail.candidate_detail(home["copy"])
+    detail = cell_detail.candidate_detail(home["copy"])
     _check_shape(detail, home["classes"], 5)
     assert detail["neighbours"][0]["image_id"] == home["original"]
     assert detail["neighbours"][0]["distance"] == pytest.approx(0.0, abs=1e-3)
@@ -124,17 +124,17 @@ def test_a_copy_of_a_train_cell_has_that_cell_nearest_at_distance_zero(home: dic
 
 def test_a_real_val_cell_gets_the_same_kind_of_answer(home: dict) -> None:
     val = ds_db.real_images(home["dataset_id"], split="val")[0]
-    _check_shape(review_detail.candidate_detail(val.id), home["classes"], 5)
+    _check_shape(cell_detail.candidate_detail(val.id), home["classes"], 5)
 
 
 def test_no_judge_cached_means_no_detail(wbc_home: Path, tiny_folder: Path) -> None:
-    from wbc_core import datasets
+    from wbc_core import importing
 
-    dataset_id = datasets.import_folder(tiny_folder, "uncached", size=32).dataset_id
+    dataset_id = importing.import_folder(tiny_folder, "uncached", size=32).dataset_id
     image = ds_db.real_images(dataset_id, split="train")[0]
-    assert review_detail.candidate_detail(image.id) is None
+    assert cell_detail.candidate_detail(image.id) is None
     assert not (wbc_home / "cache" / "judges").exists()  # and none was trained on the way
-    assert review_detail.candidate_detail(10**9) is None  # unknown image
+    assert cell_detail.candidate_detail(10**9) is None  # unknown image
 
 
 def test_review_page_shows_probabilities_and_nearest_real_cells(home: dict) -> None:

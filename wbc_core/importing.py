@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from db import datasets as ds_db
+from wbc_core.context import current
 from wbc_core.data import (
     IngestConfig,
     IngestedImage,
@@ -21,7 +22,6 @@ from wbc_core.data import (
     ingest,
     split_fingerprint,
 )
-from wbc_core.settings import images_dir, wbc_home
 
 SIZES = (32, 64, 128)
 
@@ -49,8 +49,8 @@ def _persist(name: str, kind: str, source: str, images: list[IngestedImage], spl
     if not images:
         raise ValueError(f"nothing to import from {source}: no usable image was found.\n{report.summary()}")
     class_names = sorted({im.class_name for im in images})
-    target = images_dir() / f"import_{int(time.time() * 1000)}_{random.randrange(1 << 30)}"
-    home = wbc_home()
+    target = current().paths.images / f"import_{int(time.time() * 1000)}_{random.randrange(1 << 30)}"
+    home = current().home
     rows = []
     for im, split in zip(images, splits, strict=True):
         folder = target / im.class_name
@@ -148,7 +148,7 @@ def download_bloodmnist(name: str, size: int = 64) -> ImportResult:
     """Download BloodMNIST through the medmnist package (needs internet) and import it with its splits."""
     from wbc_core.data.bloodmnist import download_bloodmnist as fetch
 
-    root = wbc_home() / "downloads"
+    root = current().home / "downloads"
     root.mkdir(exist_ok=True)
     return import_bloodmnist(fetch(size, root), name, size=min(s for s in SIZES if s >= min(size, 128)))
 
@@ -167,4 +167,4 @@ def sample_paths(dataset_id: int, class_name: str, n: int = 8, split: str = "tra
     rows = ds_db.real_images(dataset_id, split=split, class_name=class_name)
     rng = random.Random(seed)
     chosen = rng.sample(rows, min(n, len(rows)))
-    return [wbc_home() / r.path for r in chosen]
+    return [current().home / r.path for r in chosen]

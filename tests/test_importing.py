@@ -10,7 +10,7 @@ from PIL import Image
 from db import datasets as ds_db
 from wbc_core import store
 from wbc_core.data import SplitConfig
-from wbc_core.datasets import class_split_counts, import_bloodmnist, import_demo, import_folder
+from wbc_core.importing import class_split_counts, import_bloodmnist, import_demo, import_folder
 
 
 def test_folder_import_persists_images_hashes_and_a_fixed_split(wbc_home, tiny_folder):

@@ -8,6 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from wbc_core.vocabulary import RECIPES
+
 
 def _training_flags(s: argparse.ArgumentParser) -> None:
     """The ClassifierConfig choices a user may set, shared by ablation and train-seeds."""
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("train-seeds", help="one recipe with several seeds, grouped (mean ± std)")
     _training_flags(s)
-    s.add_argument("--recipe", default="real", choices=["real", "curated", "all-synthetic"])
+    s.add_argument("--recipe", default="real", choices=RECIPES)
     s.add_argument("--seeds", type=int, nargs="+", required=True)
 
     s = sub.add_parser("compare", help="test metrics with 95%% CIs, per-class F1 and deltas against a baseline")

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import and_, func, literal, null, or_, select, union_all
 
 from db.engine import read_session, write_session
-from db.models import VERDICTS, BlindItem, Dataset, Decision, Image, utcnow
+from db.models import BlindItem, Dataset, Decision, Image, utcnow
+from db.vocabulary import VERDICTS
 
 QUEUE_STATES = ("pending", "decided", "all")
 QUEUE_ORDERS = ("id", "judge_prob_desc", "judge_prob_asc", "nearest_real_desc", "nearest_real_asc")

@@ -14,9 +14,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from wbc_core.vocabulary import JOB_KINDS, RECIPES
+
 EXIT_ERROR = 2
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
-EXTENSION_MODULES: list[str] = ["wbc_core.cli_review", "wbc_core.cli_quality", "wbc_core.cli_results"]
+EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results"]
 
 
 class CliError(Exception):
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a classifier on a recipe's training set")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--recipe", default="real", choices=["real", "curated", "all-synthetic"])
+    s.add_argument("--recipe", default="real", choices=RECIPES)
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--model", default=None, help="resnet18 (default), small_cnn or any torchvision model name")
     s.add_argument("--batch", type=int, default=None)
@@ -102,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("runs", help="list runs with kind, status and final metrics")
     s.add_argument("--dataset", default=None)
-    s.add_argument("--kind", default=None, choices=["gan", "classifier"])
+    s.add_argument("--kind", default=None, choices=JOB_KINDS)
 
     s = sub.add_parser("cancel", help="ask a running job to stop")
     s.add_argument("run", type=int)
@@ -157,7 +159,7 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
 
 def _import(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.data import SplitConfig
-    from wbc_core.datasets import import_folder
+    from wbc_core.importing import import_folder
 
     bar = tqdm(desc="importing", unit="file", disable=None, file=sys.stderr)
 
@@ -183,21 +185,21 @@ def _import_payload(result) -> dict[str, Any]:  # noqa: ANN001
 
 
 def _import_npz(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.datasets import import_bloodmnist
+    from wbc_core.importing import import_bloodmnist
 
     result = import_bloodmnist(args.file, args.name, size=args.size)
     return {**_import_payload(result), "_text": result.summary}
 
 
 def _download(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.datasets import download_bloodmnist
+    from wbc_core.importing import download_bloodmnist
 
     result = download_bloodmnist(args.name or f"bloodmnist-{args.size}", size=args.size)
     return {**_import_payload(result), "_text": result.summary}
 
 
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.datasets import import_demo
+    from wbc_core.importing import import_demo
 
     result = import_demo(args.name, per_class=args.per_class, size=args.size)
     text = f"Created demo dataset {result.name!r} (procedurally drawn cell-like images, NOT real cells).\n"
@@ -206,7 +208,7 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def _datasets(_args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import list_datasets
-    from wbc_core.datasets import class_split_counts
+    from wbc_core.importing import class_split_counts
 
     items = [{"id": d.id, "name": d.name, "kind": d.kind, "image_size": d.image_size,
               "classes": class_split_counts(d.id)} for d in list_datasets()]
@@ -271,7 +273,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def _review(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
-    from wbc_core.review import decide, queue_page
+    from wbc_core.review_model import decide, queue_page
 
     info = get_dataset(args.dataset)
     if args.ids:

@@ -12,6 +12,8 @@ import getpass
 import sys
 from typing import Any
 
+from wbc_core.vocabulary import ROLES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the main parser."""
@@ -23,13 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     users = s.add_subparsers(dest="user_command", required=True)
     u = users.add_parser("add", help="create a local user (password from --password-stdin or a prompt)")
     u.add_argument("name")
-    u.add_argument("--role", required=True, choices=["admin", "reviewer", "viewer"])
+    u.add_argument("--role", required=True, choices=ROLES)
     u.add_argument("--display-name", default=None)
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     users.add_parser("list", help="list users with role and source")
     u = users.add_parser("role", help="change a user's role")
     u.add_argument("name")
-    u.add_argument("role", choices=["admin", "reviewer", "viewer"])
+    u.add_argument("role", choices=ROLES)
     u = users.add_parser("disable", help="block a user from signing in (their decisions stay)")
     u.add_argument("name")
     u.add_argument("--enable", action="store_true", help="re-enable instead")
@@ -121,20 +123,20 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _adjudicate(args: argparse.Namespace) -> dict[str, Any]:
-    from db import review as review_db
+    from db import decisions as decisions_db
     from db.datasets import get_dataset
-    from wbc_core import auth, review
+    from wbc_core import auth, review_model
 
     info = get_dataset(args.dataset)
     admin = auth.get_user(args.admin)
     if admin is None:
         raise LookupError(f"no user {args.admin!r}; see `python -m wbc_core user list`")
-    owners = review_db.dataset_of_images(args.ids)
+    owners = decisions_db.dataset_of_images(args.ids)
     foreign = [i for i in args.ids if owners.get(i) != info.id]
     if foreign:
         raise ValueError(f"ids {foreign[:10]} are not images of dataset {info.name!r}")
     verdict = ("accept" if args.accept else "reject" if args.reject else "undo" if args.withdraw else "relabel")
-    ids = review.adjudicate(args.ids, admin, verdict, new_class=args.relabel, reason=args.reason)
+    ids = review_model.adjudicate(args.ids, admin, verdict, new_class=args.relabel, reason=args.reason)
     return {"dataset": info.name, "admin": admin.username, "verdict": verdict, "adjudicated": len(ids),
             "image_ids": args.ids, "_text": f"{admin.username}: adjudicated {verdict} x {len(ids)}"}
 
@@ -159,10 +161,10 @@ def _agreement(args: argparse.Namespace) -> dict[str, Any]:
 
 def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
-    from wbc_core import review
+    from wbc_core import review_model
 
     info = get_dataset(args.dataset)
-    current = review.get_review_settings(info.id)
+    current = review_model.get_review_settings(info.id)
     changed = args.min_agreeing is not None or args.min_votes is not None or args.quota
     if changed:
         quotas = dict(current.quotas)
@@ -171,9 +173,9 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
             if not sep or not name or not value.strip().isdigit():
                 raise ValueError(f"--quota takes CLASS=N with N a whole number, got {item!r}")
             quotas[name] = int(value)
-        rule = review.ConsensusRule(args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
+        rule = review_model.ConsensusRule(args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
                                     args.min_votes if args.min_votes is not None else current.rule.min_votes)
-        current = review.set_review_settings(info.id, review.ReviewSettings(rule, quotas), None)
+        current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas), None)
     out = current.to_dict()
     quota_text = ", ".join(f"{c}={n}" for c, n in out["quotas"].items()) or "none"
     return {"dataset": info.name, **out, "changed": bool(changed),
@@ -183,10 +185,10 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _blind_test(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
-    from wbc_core import review
+    from wbc_core import review_model
 
     info = get_dataset(args.dataset)
-    added = review.enable_blind_test(info.id, args.reviewer, args.fraction, args.seed)
+    added = review_model.enable_blind_test(info.id, args.reviewer, args.fraction, args.seed)
     return {"dataset": info.name, "reviewer": args.reviewer, "added": added,
             "_text": f"mixed {sum(added.values())} real val cells into {args.reviewer}'s queue (not announced)"}
 

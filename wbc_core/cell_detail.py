@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from db import datasets as ds_db
-from db import review as review_db
-from wbc_core.settings import cache_dir, wbc_home
+from db import decisions as decisions_db
+from wbc_core.context import current
+from wbc_core.provenance import JudgeKey
 
 __all__ = ["candidate_detail", "cached_judge", "probabilities_figure"]
 
@@ -51,14 +52,14 @@ def _judge_dir(dataset_id: int) -> tuple[Path, int] | None:
     from wbc_core.quality.judge import app_quality_config
 
     info = ds_db.get_dataset(dataset_id)
-    root = cache_dir() / "judges"
-    prefix = f"dataset_{info.id}_size_"
-    suffix = f"_{info.split_hash[:12]}_{app_quality_config().key()}"  # the folder name dataset_reference() uses
+    root = current().paths.cache / "judges"
+    judge = app_quality_config().key()
     found: list[tuple[int, float, Path]] = []
-    for folder in root.glob(f"{prefix}*{suffix}") if root.is_dir() else []:
-        size = folder.name[len(prefix):-len(suffix)]
-        if size.isdigit() and (folder / "model.pt").is_file() and (folder / "reference.pt").is_file():
-            found.append((int(size), (folder / "reference.pt").stat().st_mtime, folder))
+    for folder in root.iterdir() if root.is_dir() else []:
+        key = JudgeKey.parse(folder.name, info.split_hash, judge)  # the folder dataset_reference() writes
+        if key is not None and key.dataset_id == info.id and (folder / "model.pt").is_file() \
+                and (folder / "reference.pt").is_file():
+            found.append((key.size, (folder / "reference.pt").stat().st_mtime, folder))
     if not found:
         return None
     own = [f for f in found if f[0] == info.image_size]
@@ -145,13 +146,13 @@ def candidate_detail(image_id: int, k: int = 5) -> dict | None:
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    dataset_id = review_db.dataset_of_images([int(image_id)]).get(int(image_id))
+    dataset_id = decisions_db.dataset_of_images([int(image_id)]).get(int(image_id))
     if dataset_id is None:
         return None
     entry = cached_judge(dataset_id)
     if entry is None:
         return None
-    out = _detail(str(wbc_home()), int(image_id), int(k), entry.token)
+    out = _detail(str(current().home), int(image_id), int(k), entry.token)
     return copy.deepcopy(out)  # callers may edit their copy; the cached answer stays intact
 
 

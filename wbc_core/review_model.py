@@ -16,10 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 from db import datasets as ds_db
-from db import review as review_db
+from db import decisions as decisions_db
 from db.datasets import ImageRow
+from db.decisions import QUEUE_ORDERS, QUEUE_STATES, ReviewError
 from db.models import utcnow
-from db.review import QUEUE_ORDERS, QUEUE_STATES, ReviewError
 from wbc_core.auth import PermissionDenied, User, authorize
 
 __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
@@ -110,16 +110,16 @@ def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | N
     _acting(user, "review", reviewer)
     if reason is not None and verdict != "reject":
         reason = None  # reasons explain rejections only
-    return review_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
+    return decisions_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
 
 
 def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User | None = None) -> list[int]:
     """Withdraw the reviewer's n most recent standing decisions (by appending 'undo'); return the image ids."""
     _acting(user, "review", reviewer)
-    last = review_db.last_effective_decisions(dataset_id, reviewer, n)
+    last = decisions_db.last_effective_decisions(dataset_id, reviewer, n)
     image_ids = [row["image_id"] for row in last]
     if image_ids:  # one transaction: a crash cannot leave half of a multi-undo applied
-        review_db.record_decisions(image_ids, reviewer, "undo")
+        decisions_db.record_decisions(image_ids, reviewer, "undo")
     return image_ids
 
 
@@ -143,11 +143,11 @@ def _consensus(dataset_id: int, rule: ConsensusRule) -> tuple[dict[int, Outcome]
     """Outcomes and the intended class of each decided candidate."""
     votes: dict[int, dict[str, str]] = defaultdict(dict)
     intended: dict[int, str] = {}
-    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+    for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
         votes[row["image_id"]][row["reviewer"]] = _vote(row)
         intended[row["image_id"]] = row["class_name"]
     outcomes = {image_id: outcome_of(v, intended[image_id], rule) for image_id, v in votes.items()}
-    for row in review_db.current_adjudications(dataset_id):
+    for row in decisions_db.current_adjudications(dataset_id):
         final = row["new_class"] if row["verdict"] == "relabel" else row["class_name"]
         accepted = row["verdict"] != "reject"
         intended[row["image_id"]] = row["class_name"]
@@ -188,7 +188,7 @@ def class_summary(dataset_id: int, rule: ConsensusRule | None = None) -> list[di
     outcomes, intended = _consensus(dataset_id, rule if rule is not None else settings.rule)
     # Counted in SQL plus the decided ones only: loading 100k candidate rows would take seconds per rerun.
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for class_name, n in review_db.candidate_counts(dataset_id).items():
+    for class_name, n in decisions_db.candidate_counts(dataset_id).items():
         per_class[class_name]["candidates"] = per_class[class_name]["pending"] = n
     final: Counter = Counter()
     for image_id, outcome in outcomes.items():
@@ -217,7 +217,7 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
     Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
     verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
     """
-    return review_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
+    return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
                                   checkpoint_step=checkpoint_step)
 
@@ -226,7 +226,7 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
 
 def get_review_settings(dataset_id: int) -> ReviewSettings:
     """The dataset's consensus rule and quotas (defaults: 1 agreeing vote of 1, no quotas)."""
-    return ReviewSettings.from_dict(review_db.get_review_settings(dataset_id))
+    return ReviewSettings.from_dict(decisions_db.get_review_settings(dataset_id))
 
 
 def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User | None) -> ReviewSettings:
@@ -239,7 +239,7 @@ def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User | 
     if any(int(v) < 0 for v in settings.quotas.values()):
         raise ValueError("a quota is a number of cells, 0 or more")
     clean = ReviewSettings(settings.rule, {c: int(v) for c, v in sorted(settings.quotas.items()) if int(v) > 0})
-    review_db.set_review_settings(dataset_id, clean.to_dict())
+    decisions_db.set_review_settings(dataset_id, clean.to_dict())
     return clean
 
 
@@ -250,7 +250,7 @@ def disputed_candidates(dataset_id: int, rule: ConsensusRule | None = None) -> l
     outcomes = consensus(dataset_id, rule)
     ids = sorted(i for i, o in outcomes.items() if o.status == "disputed")
     reasons: dict[int, dict[str, str]] = defaultdict(dict)
-    for row in review_db.current_decisions(dataset_id, origin="synthetic"):
+    for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
         if row["image_id"] in outcomes and row["reason"]:
             reasons[row["image_id"]][row["reviewer"]] = row["reason"]
     return [{"image_id": row.id, "path": row.path, "sha256": row.sha256, "class_name": row.class_name,
@@ -264,7 +264,7 @@ def adjudicate(image_ids: list[int], admin_user: User, verdict: str, new_class: 
     admin = authorize(admin_user, "adjudicate")
     if verdict not in ("accept", "reject", "relabel", "undo"):
         raise ReviewError(f"an adjudication is accept, reject, relabel or undo, got {verdict!r}")
-    return review_db.record_decisions(image_ids, admin.username, verdict, new_class=new_class,
+    return decisions_db.record_decisions(image_ids, admin.username, verdict, new_class=new_class,
                                       reason=reason if verdict == "reject" else None, adjudication=True)
 
 
@@ -276,10 +276,10 @@ def reviewer_progress(dataset_id: int) -> list[dict[str, Any]]:
     Counts include the reviewer's own blind real cells, so they match what that reviewer's queue shows.
     """
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for row in review_db.progress_by_reviewer(dataset_id):
+    for row in decisions_db.progress_by_reviewer(dataset_id):
         counts[(row["reviewer"], row["class_name"])][row["verdict"]] += row["n"]
-    candidates = review_db.candidate_counts(dataset_id)
-    blind = Counter((b["reviewer"], b["class_name"]) for b in review_db.blind_items(dataset_id))
+    candidates = decisions_db.candidate_counts(dataset_id)
+    blind = Counter((b["reviewer"], b["class_name"]) for b in decisions_db.blind_items(dataset_id))
     out = []
     for reviewer, class_name in sorted(set(counts) | set(blind)):
         c = counts[(reviewer, class_name)]
@@ -298,7 +298,7 @@ def decision_rate(reviewer: str, window_minutes: float = 5.0) -> float:
     began two minutes ago is not diluted over the whole window.
     """
     now = utcnow()
-    n, first = review_db.decisions_since(reviewer, now - timedelta(minutes=window_minutes))
+    n, first = decisions_db.decisions_since(reviewer, now - timedelta(minutes=window_minutes))
     if n == 0 or first is None:
         return 0.0
     minutes = max((now - first).total_seconds(), 10.0) / 60.0
@@ -325,23 +325,23 @@ def enable_blind_test(dataset_id: int, reviewer: str, fraction: float = 0.1, see
     reviewer = (reviewer or "").strip()
     if not reviewer:
         raise ValueError("a reviewer name is required")
-    existing = review_db.blind_items(dataset_id, reviewer)
+    existing = decisions_db.blind_items(dataset_id, reviewer)
     have = Counter(b["class_name"] for b in existing)
     chosen_ids = {b["image_id"] for b in existing}
     rng = random.Random(f"{seed}:{reviewer}")
     added: dict[str, int] = {}
     items: list[tuple[int, float]] = []
-    for class_name, n_cand in sorted(review_db.candidate_counts(dataset_id).items()):
+    for class_name, n_cand in sorted(decisions_db.candidate_counts(dataset_id).items()):
         target = round(fraction * n_cand / (1 - fraction))
         pool = [r.id for r in ds_db.real_images(dataset_id, split="val", class_name=class_name)
                 if r.id not in chosen_ids]
         picked = rng.sample(pool, min(max(target - have[class_name], 0), len(pool)))
         items += [(i, _position(reviewer, i)) for i in picked]
         added[class_name] = len(picked)
-    review_db.add_blind_items(dataset_id, reviewer, items)
+    decisions_db.add_blind_items(dataset_id, reviewer, items)
     return added
 
 
 def is_blind_item(image_id: int, reviewer: str) -> bool:
     """Whether an image in the reviewer's queue is a hidden real cell (for scoring; never show it to them)."""
-    return review_db.is_blind_item(image_id, reviewer)
+    return decisions_db.is_blind_item(image_id, reviewer)

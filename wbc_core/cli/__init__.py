@@ -1,0 +1,1 @@
+"""Command-line interface (`python -m wbc_core ...` or `wbc ...`): main plus one module per area."""

@@ -1,0 +1,223 @@
+"""The process context: where things live, the database, the settings and the caches, built once per process.
+
+Every entry point builds one: the app (`st.cache_resource` in `pages/ui/frame.py`), the job worker, the CLI,
+the benches and the tests. What used to be module-level caches keyed by `WBC_HOME` (tensor store, judges,
+references, thumbnails, paired files) are named caches on the context, so switching homes (a test, a
+bench's throw-away home) means building a new context, and nothing of the old one can leak into it.
+
+The environment is read in exactly one place, `Settings.from_environ`, when a context is built.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from db.engine import Database, bind
+
+PROCESS_KINDS = ("app", "worker", "cli", "test", "bench")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the environment configures; read once when the context is built."""
+
+    home: Path  # WBC_HOME: database (SQLite), stored cells, runs, caches
+    db_url: str  # WBC_DB_URL, default SQLite in home
+    auth_off: bool = False  # WBC_AUTH=off: no sign-in, everyone acts as the local admin `local_user`
+    local_user: str = "local"  # WBC_USER: the acting account with sign-in off, and the CLI's default account
+    quality_judge: str = "small"  # WBC_QUALITY_JUDGE: small | full
+    import_roots: tuple[Path, ...] = ()  # WBC_IMPORT_ROOTS: server folders an admin may import from
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
+                     db_url: str | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        root = Path(home or env.get("WBC_HOME") or "wbc_data").expanduser().resolve()
+        url = db_url or env.get("WBC_DB_URL") or f"sqlite:///{root / 'wbc.db'}"
+        roots_text = env.get("WBC_IMPORT_ROOTS", "")
+        roots = tuple(Path(p).expanduser().resolve() for p in roots_text.split(os.pathsep) if p.strip())
+        if not roots:  # the home's incoming/ folder and the folder the server was started in
+            roots = (root / "incoming", Path.cwd().resolve())
+        judge = (env.get("WBC_QUALITY_JUDGE") or "small").strip().lower()
+        return cls(home=root, db_url=url,
+                   auth_off=(env.get("WBC_AUTH") or "").strip().lower() in {"off", "0", "false", "no", "none"},
+                   local_user=(env.get("WBC_USER") or "local").strip() or "local",
+                   quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots)
+
+    def child_environ(self) -> dict[str, str]:
+        """The variables a worker process needs to build the same context."""
+        env = {"WBC_HOME": str(self.home), "WBC_QUALITY_JUDGE": self.quality_judge}
+        if self.db_url != f"sqlite:///{self.home / 'wbc.db'}":
+            env["WBC_DB_URL"] = self.db_url
+        return env
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The folders under the home; created when the context is built, never on every access."""
+
+    home: Path
+
+    @property
+    def images(self) -> Path:
+        """The bytes of every imported or generated cell, by dataset."""
+        return self.home / "images"
+
+    @property
+    def runs(self) -> Path:
+        """One subfolder per run: checkpoints, sample grids, models, worker logs."""
+        return self.home / "runs"
+
+    @property
+    def cache(self) -> Path:
+        """Derived, rebuildable data: tensor stores, judges, thumbnails."""
+        return self.home / "cache"
+
+    @property
+    def staging(self) -> Path:
+        """Half-written imports; moved into images/ on commit, removed when stale."""
+        return self.home / "staging"
+
+    @property
+    def incoming(self) -> Path:
+        """The default server folder admins may import from."""
+        return self.home / "incoming"
+
+    @property
+    def logs(self) -> Path:
+        """CLI error logs (the full traceback behind a one-line message)."""
+        return self.home / "logs"
+
+    def make(self) -> None:
+        for folder in (self.home, self.images, self.runs, self.cache, self.logs):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def run_dir(self, run_id: int) -> Path:
+        """The folder of one run's files (created on first use)."""
+        path = self.runs / f"run_{run_id:05d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Caches:
+    """Named, process-wide caches of one context; each built on first use by its owner's factory."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, factory: Callable[[], T]) -> T:
+        """The cache called name, made with factory() the first time."""
+        with self._lock:
+            if name not in self._items:
+                self._items[name] = factory()
+            return self._items[name]
+
+    def clear(self) -> None:
+        """Forget every cache (a long-lived process after a dataset was deleted)."""
+        with self._lock:
+            self._items.clear()
+
+
+@dataclass
+class Context:
+    """One process's view of the installation."""
+
+    settings: Settings
+    process: str  # one of PROCESS_KINDS; "app" marks the Streamlit server (shared by many sessions)
+    database: Database
+    caches: Caches = field(default_factory=Caches)
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.settings.home)
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """A path relative to the home when it lies inside it (so a moved home keeps working)."""
+        try:
+            rel = os.path.relpath(os.fspath(path), self.home)
+        except ValueError:
+            return os.fspath(path)
+        return os.fspath(path) if rel.startswith("..") else rel
+
+    def absolute(self, stored: str | os.PathLike[str]) -> Path:
+        """A stored (home-relative or absolute) path as an absolute one."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.home / path
+
+    def close(self) -> None:
+        """Release the database connections and caches (tests, benches switching homes)."""
+        self.caches.clear()
+        self.database.dispose()
+
+
+def build(process: str = "cli", *, home: str | os.PathLike[str] | None = None, db_url: str | None = None,
+          environ: Mapping[str, str] | None = None, migrate: bool = True) -> Context:
+    """A new context (not yet the current one): settings from the environment, folders made, schema applied."""
+    if process not in PROCESS_KINDS:
+        raise ValueError(f"process must be one of {', '.join(PROCESS_KINDS)}, got {process!r}")
+    settings = Settings.from_environ(environ, home=home, db_url=db_url)
+    Paths(settings.home).make()
+    ctx = Context(settings=settings, process=process, database=Database(settings.db_url))
+    if migrate:
+        from db.migrate import ensure_schema
+
+        ensure_schema(ctx.database)
+    return ctx
+
+
+_current: Context | None = None
+_current_lock = threading.Lock()
+
+
+def activate(ctx: Context) -> Context | None:
+    """Make ctx this process's context (and bind its database); returns the one it replaces."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, ctx
+        bind(ctx.database)
+        return previous
+
+
+def current(process: str = "cli") -> Context:
+    """This process's context, built from the environment on first use (process names the entry point)."""
+    with _current_lock:
+        ctx = _current
+    if ctx is None:
+        ctx = build(process)
+        activate(ctx)
+    return ctx
+
+
+def is_current() -> bool:
+    """Whether a context has been built in this process."""
+    return _current is not None
+
+
+@contextmanager
+def using(ctx: Context) -> Iterator[Context]:
+    """Make ctx current for a block, then restore the previous one (tests, benches)."""
+    global _current
+    previous = activate(ctx)
+    try:
+        yield ctx
+    finally:
+        with _current_lock:
+            _current = previous
+            bind(previous.database if previous is not None else None)
+
+
+def with_settings(ctx: Context, **changes: Any) -> Context:
+    """A context like ctx with some settings changed (same database and caches); for tests."""
+    return replace(ctx, settings=replace(ctx.settings, **changes))
