@@ -35,14 +35,15 @@ from tqdm import tqdm  # noqa: E402
 
 from bench import gain_data as gd  # noqa: E402
 from bench import gain_report as gr  # noqa: E402
-from wbc_core.classifier import ClassifierConfig, load_classifier, predict_logits, train_classifier  # noqa: E402
+from wbc_core import options  # noqa: E402
+from wbc_core.classifier import load_classifier, predict_logits, train_classifier  # noqa: E402
 from wbc_core.curation import (  # noqa: E402
     ClassifierReference,
     CurationContext,
     ReferenceClassifierPolicy,
     ReferencePolicyConfig,
 )
-from wbc_core.gan import GanConfig, load_generator, sample_cells, train_gan  # noqa: E402
+from wbc_core.gan import load_generator, sample_cells, train_gan  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
 
 
@@ -131,10 +132,9 @@ class Benchmark:
         cfg = self.cfg
         self.runs += 1
         # The protocol pins its recipe (cell augmentation, balanced sampling) instead of following the app's defaults.
-        ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size, epochs=epochs, batch_size=cfg.cls_batch,
-                                balanced_sampling=True, augment="cell", seed=seed, device=cfg.device, amp=cfg.amp,
-                                num_threads=cfg.threads,
-                                progress_every_s=30.0)
+        ccfg = options.classifier_config(cfg.size, dict(
+            model=cfg.cls_model, epochs=epochs, batch_size=cfg.cls_batch, balanced_sampling=True, augment="cell",
+            seed=seed, device=cfg.device, amp=cfg.amp, num_threads=cfg.threads, progress_every_s=30.0))
         res = train_classifier(train, val, self.names, ccfg, self.tmp / f"cls_{self.runs}")
         logits = predict_logits(load_classifier(res.checkpoint, cfg.device), self.test.images, cfg.device)
         shutil.rmtree(self.tmp / f"cls_{self.runs}", ignore_errors=True)
@@ -145,11 +145,10 @@ class Benchmark:
         """Reference classifier on the full real train split (never val/test), wrapped as the curation policy."""
         cfg = self.cfg
         train = self.data.subset(self.data.split_index("train"))
-        ccfg = ClassifierConfig(model=cfg.cls_model, image_size=cfg.size,
-                                epochs=max(cfg.ref_epochs, epochs_for(0, len(train), cfg.cls_batch * 2)),
-                                batch_size=cfg.cls_batch * 2, augment="cell", balanced_sampling=True,
-                                seed=cfg.split_seed, device=cfg.device, amp=cfg.amp, num_threads=cfg.threads,
-                                progress_every_s=30.0)
+        ccfg = options.classifier_config(cfg.size, dict(
+            model=cfg.cls_model, epochs=max(cfg.ref_epochs, epochs_for(0, len(train), cfg.cls_batch * 2)),
+            batch_size=cfg.cls_batch * 2, augment="cell", balanced_sampling=True, seed=cfg.split_seed,
+            device=cfg.device, amp=cfg.amp, num_threads=cfg.threads, progress_every_s=30.0))
         res = train_classifier(train, self.val_all, self.names, ccfg, self.tmp / "reference")
         model = load_classifier(res.checkpoint, cfg.device)
         test_pred = predict_logits(model, self.test.images, cfg.device).argmax(1).numpy()
@@ -170,11 +169,11 @@ class Benchmark:
             raise AssertionError(f"{name}: regime cells outside the train split")
         real = data.subset(idx)
         counts = _classes_in(real.labels, k)
-        gcfg = GanConfig(image_size=cfg.size, steps=cfg.gan_steps, batch_size=cfg.gan_batch, g_width=cfg.gan_width,
-                         d_width=cfg.gan_width, aux_weight=cfg.gan_aux_weight, lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d,
-                         ema_start=min(500, cfg.gan_steps // 3), seed=cfg.split_seed,
-                         device=cfg.device, amp=cfg.amp, num_threads=cfg.threads, checkpoint_every=10**9,
-                         sample_every=10**9, log_every=max(1, cfg.gan_steps // 10))
+        gcfg = options.gan_config(cfg.size, None, dict(
+            steps=cfg.gan_steps, batch_size=cfg.gan_batch, width=cfg.gan_width, aux_weight=cfg.gan_aux_weight,
+            lr_g=cfg.gan_lr_g, lr_d=cfg.gan_lr_d, ema_start=min(500, cfg.gan_steps // 3), seed=cfg.split_seed,
+            device=cfg.device, amp=cfg.amp, num_threads=cfg.threads, checkpoint_every=10**9, sample_every=10**9,
+            log_every=max(1, cfg.gan_steps // 10)))
         gan = train_gan(real, self.names, gcfg, self.tmp / f"gan_{name}")
         self.tick(f"{name}: GAN done")
         grid = None

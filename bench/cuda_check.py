@@ -33,7 +33,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wbc_core.classifier import ClassifierConfig, evaluate, train_classifier  # noqa: E402
+from wbc_core import options  # noqa: E402
+from wbc_core.classifier import evaluate, train_classifier  # noqa: E402
 from wbc_core.gan import CUDA_PRESET, GanConfig, load_generator, sample_cells, train_gan  # noqa: E402
 from wbc_core.gan.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from wbc_core.gan.models import build_networks  # noqa: E402
@@ -68,12 +69,12 @@ def downsize(data: LabelledImages, size: int) -> LabelledImages:
 
 def gan_config(args: argparse.Namespace, steps: int) -> GanConfig:
     if args.tiny:
-        return GanConfig(image_size=32, steps=steps, batch_size=8, g_width=16, d_width=16, device=args.device,
-                         checkpoint_every=max(1, steps // 4), sample_every=max(1, steps // 4), log_every=1,
-                         num_threads=1, aux_weight=0.3)
-    preset = {k: v for k, v in CUDA_PRESET.items() if k not in ("steps", "device", "quality_every_checkpoint")}
-    return GanConfig(**{**preset, "steps": steps, "device": args.device, "checkpoint_every": max(1, steps // 4),
-                        "sample_every": max(1, steps // 4), "log_every": 10})
+        return options.gan_config(32, None, dict(
+            steps=steps, batch_size=8, width=16, device=args.device, checkpoint_every=max(1, steps // 4),
+            sample_every=max(1, steps // 4), log_every=1, num_threads=1, aux_weight=0.3))
+    return options.gan_config(CUDA_PRESET["image_size"], "cuda", dict(
+        steps=steps, device=args.device, quality_every_checkpoint=False, checkpoint_every=max(1, steps // 4),
+        sample_every=max(1, steps // 4), log_every=10))
 
 
 def run_gan(data: LabelledImages, classes: list[str], config: GanConfig, out: Path,
@@ -128,9 +129,9 @@ def check_gan(args: argparse.Namespace, classes: list[str], train: LabelledImage
 
 def check_classifier(args: argparse.Namespace, classes: list[str], train: LabelledImages,
                      val: LabelledImages, work: Path) -> dict:
-    config = ClassifierConfig(model="small_cnn" if args.tiny else "resnet18", image_size=train.images.shape[-1],
-                              epochs=1 if args.tiny else args.classifier_epochs, batch_size=8 if args.tiny else 128,
-                              device=args.device, num_threads=1 if args.tiny else 0)
+    config = options.classifier_config(train.images.shape[-1], dict(
+        model="small_cnn" if args.tiny else "resnet18", epochs=1 if args.tiny else args.classifier_epochs,
+        batch_size=8 if args.tiny else 128, device=args.device, num_threads=1 if args.tiny else 0))
     result = train_classifier(train, val, classes, config, work / "classifier")
     on_device = evaluate(result.checkpoint, val, classes, device=args.device)
     on_cpu = evaluate(result.checkpoint, val, classes, device="cpu")

@@ -1,4 +1,4 @@
-"""Data side of the augmentation-gain benchmark: read an ImageFolder, split it, cut regimes, build the arms' sets."""
+"""Data side of the augmentation-gain benchmark: read a labelled folder (bench/cells.py), cut regimes, build arms."""
 
 from __future__ import annotations
 
@@ -10,51 +10,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wbc_core.data import SplitConfig, assign_splits, ingest
-from wbc_core.store import decode_many
-from wbc_core.types import LabelledImages
+from bench.cells import Cells, load_cells
+from wbc_core.data import SplitConfig
 
 ARMS = ("real", "unfiltered", "curated", "matched")  # arms 1-4 of the issue, in order
 SYNTHETIC_ARMS = ARMS[1:]
 
 
-@dataclass(frozen=True)
-class RealData:
-    """Every real cell of the folder, decoded once at the working size, with its key and split."""
-
-    class_names: list[str]  # sorted class folder names; label i is class_names[i]
-    images: torch.Tensor  # uint8 [N,3,S,S]
-    labels: torch.Tensor  # int64 [N]
-    keys: list[str]  # "class/file" path relative to the folder: identifies a real cell in every audit
-    splits: list[str]  # "train", "val" or "test" per cell (seeded, stratified, as the app's import does)
-
-    def subset(self, index: torch.Tensor | list[int]) -> LabelledImages:
-        """The cells at `index` as LabelledImages."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return LabelledImages(self.images[idx], self.labels[idx])
-
-    def split_index(self, split: str) -> torch.Tensor:
-        """Indices of the cells in one split, in key order."""
-        return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
+RealData = Cells  # every real cell of the folder, decoded once at the working size, with its key and split
 
 
-def load_folder(folder: Path, size: int, split_seed: int = 0, val_fraction: float = 0.15,
-                test_fraction: float = 0.15, workers: int = 2) -> RealData:
-    """Validate a labelled folder with wbc_core.data.ingest, split it, decode every cell once at `size`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; unpack archives first (one subfolder per class)")
-    accepted, _report = ingest(folder)
-    accepted = sorted(accepted, key=lambda im: im.source)  # input-order independent, like the split itself
-    if not accepted:
-        raise ValueError(f"{folder}: no readable images")
-    class_names = sorted({im.class_name for im in accepted})
-    # The split is keyed by sha256, exactly like the app's import, so the same folder gives the same test cells.
-    splits = assign_splits([im.class_name for im in accepted], [im.sha256 for im in accepted],
-                           SplitConfig(val_fraction, test_fraction, split_seed))
-    images = decode_many([folder / im.source for im in accepted], size, workers=workers)
-    labels = torch.tensor([class_names.index(im.class_name) for im in accepted], dtype=torch.long)
-    return RealData(class_names, images, labels, [im.source for im in accepted], splits)
+def load_folder(folder: Path, size: int, split_seed: int = SplitConfig.seed,
+                val_fraction: float = SplitConfig.val_fraction, test_fraction: float = SplitConfig.test_fraction,
+                workers: int = 2) -> RealData:
+    """The folder as every bench reads it (bench/cells.py: the app's ingest and sha256-keyed split), at `size`."""
+    return load_cells(folder, size, SplitConfig(val_fraction, test_fraction, split_seed), workers=workers)
 
 
 def seeded_order(index: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Scoring and reporting for the augmentation-gain benchmark: paired bootstrap gains, goals, markdown, PNG chart."""
+"""Scoring and reporting for the augmentation-gain benchmark: paired bootstrap gains, goals, markdown, chart."""
 
 from __future__ import annotations
 
@@ -6,44 +6,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+import plotly.graph_objects as go
 
-ARM_COLOURS = {"unfiltered": (150, 150, 150), "curated": (40, 120, 200), "matched": (230, 150, 40)}
+from wbc_core.classifier import metrics as cls_metrics
+
+ARM_COLOURS = {"unfiltered": "#969696", "curated": "#2878c8", "matched": "#e69628"}
 
 
-def _metrics_from_cm(cm: np.ndarray) -> np.ndarray:
-    """[..., K, K] confusion counts -> [..., 2 + K]: macro-F1, accuracy, F1 per class (sklearn zero_division=0)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
-    support, predicted = cm.sum(-1).astype(np.float64), cm.sum(-2).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    # Macro-F1 over classes present in truth or predictions, the same convention as wbc_core.classifier.metrics.
-    present = (support > 0) | (predicted > 0)
-    macro = (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1)
-    acc = tp.sum(-1) / np.maximum(cm.sum((-1, -2)), 1)
-    return np.concatenate([macro[..., None], acc[..., None], f1], axis=-1)
+def _columns(scored: dict[str, np.ndarray]) -> np.ndarray:
+    """scores_from_confusion's dict -> [..., 2 + K]: macro-F1, accuracy, F1 per class (the metric_names order)."""
+    return np.concatenate([scored["macro_f1"][..., None], scored["accuracy"][..., None], scored["per_class_f1"]],
+                          axis=-1)
 
 
 def metric_names(class_names: list[str]) -> list[str]:
-    """Names of the columns _metrics_from_cm returns."""
+    """Names of the columns `scores` returns."""
     return ["macro_f1", "accuracy", *[f"f1_{c}" for c in class_names]]
 
 
 def boot_index(n: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n] test-cell resamples, shared by every arm and seed so differences stay paired."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return cls_metrics.resample_index(n, n_boot, seed)
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, k: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(point metrics [M], bootstrap metrics [B, M]) of one prediction vector on the test cells."""
-    flat = y_true * k + y_pred
-    point = _metrics_from_cm(np.bincount(flat, minlength=k * k).reshape(k, k))
-    codes = flat[index]  # [B, n]
-    offsets = (np.arange(index.shape[0]) * k * k)[:, None]
-    cms = np.bincount((codes + offsets).ravel(), minlength=index.shape[0] * k * k).reshape(-1, k, k)
-    return point, _metrics_from_cm(cms)
+    point = _columns(cls_metrics.scores_from_confusion(cls_metrics.confusion_matrix(y_true, y_pred, k)))
+    return point, _columns(cls_metrics.bootstrap_scores(y_true, y_pred, k, index))
 
 
 def paired_gain(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.ndarray]],
@@ -140,42 +129,33 @@ def markdown(results: dict[str, Any], focus_classes: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[str, Any], path: Path) -> Path:
-    """Bar chart (Pillow only): macro-F1 gain vs real only per regime and share, one bar per arm, 95% CI whiskers."""
+def chart_figure(results: dict[str, Any]) -> go.Figure:
+    """Plotly bars: macro-F1 gain vs real only per regime and share, one bar per arm, 95% CI error bars."""
     groups = [(regime, share, by) for regime, r in results["regimes"].items() for share, by in r["gains"].items()]
-    arms = list(ARM_COLOURS)
-    values = [by[a]["macro_f1"] for _, _, by in groups for a in arms]
-    lo = min([0.0] + [v["low"] for v in values]) - 1
-    hi = max([0.0] + [v["high"] for v in values]) + 1
-    bar, gap, left, top, height = 18, 26, 70, 40, 320
-    width = left + 20 + max(1, len(groups)) * (len(arms) * bar + gap)
-    img = Image.new("RGB", (max(width, 420), top + height + 70), "white")
-    draw = ImageDraw.Draw(img)
+    x = [f"{regime} ×{share}" for regime, share, _ in groups]
+    fig = go.Figure()
+    for arm, colour in ARM_COLOURS.items():
+        gains = [by[arm]["macro_f1"] for _, _, by in groups]
+        fig.add_bar(name=arm, x=x, y=[g["mean"] for g in gains], marker_color=colour,
+                    error_y={"type": "data", "symmetric": False, "array": [g["high"] - g["mean"] for g in gains],
+                             "arrayminus": [g["mean"] - g["low"] for g in gains], "color": "black", "width": 3},
+                    hovertemplate="%{x} " + arm + ": %{y:+.1f}<extra></extra>")
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    fig.update_layout(template="plotly_white", barmode="group", title="macro-F1 gain vs real only (points), 95% CI",
+                      yaxis_title="Δ macro-F1 (points)", xaxis_title="regime × synthetic share", legend_title_text="",
+                      height=440, width=max(520, 140 + 90 * len(groups)), margin={"t": 50, "b": 40})
+    return fig
 
-    def y(v: float) -> float:
-        return top + (hi - v) / (hi - lo) * height
 
-    for tick in np.linspace(lo, hi, 6):
-        draw.line([(left - 4, y(tick)), (img.width - 10, y(tick))], fill=(232, 232, 232))
-        draw.text((6, y(tick) - 6), f"{tick:+.1f}", fill="black")
-    draw.line([(left, y(0)), (img.width - 10, y(0))], fill="black")
-    draw.text((left, 8), "macro-F1 gain vs real only (points), 95% CI", fill="black")
-    for gi, (regime, share, by) in enumerate(groups):
-        x0 = left + 10 + gi * (len(arms) * bar + gap)
-        for ai, arm in enumerate(arms):
-            g = by[arm]["macro_f1"]
-            xa = x0 + ai * bar
-            draw.rectangle([xa, min(y(0), y(g["mean"])), xa + bar - 3, max(y(0), y(g["mean"]))], fill=ARM_COLOURS[arm])
-            xm = xa + (bar - 3) / 2
-            draw.line([(xm, y(g["low"])), (xm, y(g["high"]))], fill="black", width=1)
-            for v in (g["low"], g["high"]):
-                draw.line([(xm - 3, y(v)), (xm + 3, y(v))], fill="black")
-        draw.text((x0, top + height + 8), f"{regime}", fill="black")
-        draw.text((x0, top + height + 22), f"x{share}", fill="black")
-    for ai, arm in enumerate(arms):
-        xl = left + ai * 110
-        draw.rectangle([xl, top + height + 46, xl + 10, top + height + 56], fill=ARM_COLOURS[arm])
-        draw.text((xl + 14, top + height + 45), arm, fill="black")
+def chart(results: dict[str, Any], path: Path) -> Path:
+    """The chart as a PNG (Plotly through kaleido, which drives Debian's chromium: no browser download)."""
+    import plotly.io as pio
+
+    fig = chart_figure(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    try:
+        pio.write_image(fig, path, format="png", scale=2)
+    except Exception as exc:  # kaleido raises its own types when no browser is found or it crashes
+        raise RuntimeError(f"could not render {path.name} ({type(exc).__name__}: {exc}); kaleido needs a Chromium: "
+                           "install Debian's package 'chromium' (or set BROWSER_PATH to a Chrome binary)") from exc
     return path

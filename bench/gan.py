@@ -4,8 +4,9 @@
     python bench/gan.py --device cuda --preset cuda --size 64 --score-checkpoints   # on a GPU
 
 Prints and saves bench/results/gan.json and gan.md (or gan_<tag>.* with --tag). The data is read from
-../shared/data/pbc128 (WBC_PBC128 overrides), split 70/15/15 per class with a fixed seed, decoded once and
-cached under WBC_HOME/cache/bench/. Two judges, both trained on real train cells only and cached, neither ever
+../shared/data/pbc128 (WBC_PBC128 overrides) by bench/cells.py: split as the app's import splits it (sha256-keyed,
+70/15/15 per class, seed 0), so the ceiling is measured on the same test cells as every other bench, decoded once
+and cached under WBC_HOME/cache/bench/. Two judges, both trained on real train cells only and cached, neither ever
 sees generated cells: the feature judge (the app's small_cnn on up to --judge-per-class cells per class) gives the
 features for the Fréchet ratio, density/coverage, precision/recall, memorisation and TSTR, as in the app; the
 acceptance judge (the app's ResNet-18 on all train cells, the issue's independent classifier) decides acceptance.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -34,9 +34,10 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cells import load_cells  # noqa: E402
+from wbc_core import options  # noqa: E402
 from wbc_core.context import current  # noqa: E402
 from wbc_core.gan import (  # noqa: E402
-    CUDA_PRESET,
     GanConfig,
     compute_limit_sec_per_step,
     load_generator,
@@ -46,7 +47,6 @@ from wbc_core.gan import (  # noqa: E402
 from wbc_core.gan.checkpoint import list_checkpoints  # noqa: E402
 from wbc_core.quality.evaluate import acceptance_metrics, compute_metrics, per_class_table  # noqa: E402
 from wbc_core.quality.judge import JUDGES, QualityConfig, Reference, build_reference  # noqa: E402
-from wbc_core.store import decode_many  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
 
 GOALS = {"density": (">=", 0.8), "coverage": (">=", 0.7), "fd_ratio": ("<=", 3.0), "memorised": ("<", 0.01),
@@ -55,28 +55,12 @@ SPEED_GOAL = 1.15  # trainer s/step within 15% of the bare compute limit
 CURVE_METRICS = ("density", "coverage", "fd_ratio", "acceptance", "memorised", "tstr_accuracy")
 
 
-def load_split(folder: Path, size: int, seed: int = 0) -> tuple[list[str], dict[str, LabelledImages], str]:
-    """Class names, {"train", "val", "test"} tensors and a hash of the file list; decoded once, then cached."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = {c: sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-             for c in classes}
-    digest = hashlib.sha256("".join(f"{c}/{p.name}\n" for c in classes for p in files[c]).encode()).hexdigest()[:12]
-    cache = current().paths.cache / "bench" / f"pbc_{size}_{digest}_seed{seed}.pt"
-    if cache.is_file():
-        return classes, {k: LabelledImages(*v) for k, v in torch.load(cache, weights_only=True).items()}, digest
-    gen = torch.Generator().manual_seed(seed)
-    parts: dict[str, tuple[list[Path], list[int]]] = {s: ([], []) for s in ("train", "val", "test")}
-    for ci, c in enumerate(classes):
-        order = torch.randperm(len(files[c]), generator=gen).tolist()
-        n_val = n_test = round(0.15 * len(order))
-        for split, idx in (("val", order[:n_val]), ("test", order[n_val:n_val + n_test]),
-                           ("train", order[n_val + n_test:])):
-            parts[split][0].extend(files[c][i] for i in idx)
-            parts[split][1].extend([ci] * len(idx))
-    data = {s: (decode_many(p, size), torch.tensor(y)) for s, (p, y) in parts.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache)
-    return classes, {k: LabelledImages(*v) for k, v in data.items()}, digest
+def load_split(folder: Path, size: int) -> tuple[list[str], dict[str, LabelledImages], str]:
+    """Class names, {"train", "val", "test"} tensors and the split's hash (12 hex digits): the app's split of the
+    folder (bench/cells.py), decoded once, then cached. The hash names the judges' cache, so a changed split
+    trains new judges instead of reusing ones that saw today's test cells."""
+    cells = load_cells(folder, size, cache_dir=current().paths.cache / "bench")
+    return cells.class_names, cells.parts(), cells.split_hash[:12]
 
 
 def judge_reference(classes, data, digest, size, qcfg):  # noqa: ANN001, ANN201
@@ -258,12 +242,11 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 def bench_config(args: argparse.Namespace) -> GanConfig:
     """The GanConfig a bench run trains: CPU defaults or CUDA_PRESET, then the command line's overrides."""
-    # The preset's size, length and per-checkpoint scoring belong to the app's job runner; the bench sets its own.
-    app_only = ("image_size", "steps", "device", "quality_every_checkpoint")
-    preset = {k: v for k, v in CUDA_PRESET.items() if k not in app_only} if args.preset == "cuda" else {}
-    base = {"checkpoint_every": 500, "sample_every": 250, **preset}
-    return GanConfig(image_size=args.size, steps=10**6, device=args.device, num_threads=args.threads,
-                     **{**base, **overrides_from(args)})
+    # The preset's size, length, device and per-checkpoint scoring belong to the app's job runner; the bench sets
+    # its own (it trains against a time budget, so "steps" is only a ceiling).
+    own = {"image_size": args.size, "steps": 10**6, "device": args.device, "num_threads": args.threads,
+           "quality_every_checkpoint": False}
+    return options.gan_config(args.size, args.preset, {**own, **overrides_from(args)})
 
 
 def score_curve(out_dir: Path, judges: Judges, classes: list[str], per_class: int, qcfg: QualityConfig,
@@ -317,11 +300,16 @@ def main(argv: list[str] | None = None) -> int:
               "judge": judge_summary(ref, qcfg), "accept_judge": judge_summary(judges.accept, accept_cfg),
               "memorisation": "per-class 1st percentile of real val-to-train distances (global below 50 val cells)",
               "judge_val_accuracy": ref.judge.val_report.get("accuracy"),
+              "split": {"how": "app import defaults (bench/cells.py)", "hash": digest,
+                        "cells": {s: len(data[s]) for s in data}},
               "baseline": baseline, "baseline_table": per_class_table(baseline, classes)}
     results = Path(args.out)
     if args.baseline_only:
         md = "\n".join([f"# Judges on real test cells ({common['when']}, {args.size} px)", "",
-                        judges_line(common), *baseline_markdown(common)]) + "\n"
+                        judges_line(common), "", f"split: the app's import split (bench/cells.py: sha256-keyed, "
+                        f"70/15/15 per class, seed 0; split hash {digest}), {len(data['train'])} train / "
+                        f"{len(data['val'])} val / {len(data['test'])} test cells",
+                        *baseline_markdown(common)]) + "\n"
         write_result(results, f"gan_baseline_{args.tag}" if args.tag else "gan_baseline", common, md)
         return 0
     if args.rescore:

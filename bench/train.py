@@ -19,7 +19,6 @@ Prints and writes bench/results/train.json and .md (train_full.* with --full).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -37,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.cells import Cells, load_cells  # noqa: E402
+from wbc_core import options  # noqa: E402
 from wbc_core.classifier import (  # noqa: E402
     ClassifierConfig,
     build_model,
@@ -45,41 +46,14 @@ from wbc_core.classifier import (  # noqa: E402
     train_classifier,
 )
 from wbc_core.classifier.train import make_optimizer, make_scheduler  # noqa: E402
-from wbc_core.data.split import SplitConfig, assign_splits  # noqa: E402
 from wbc_core.precision import amp_dtype, precision_label  # noqa: E402
-from wbc_core.store import decode_many  # noqa: E402
 from wbc_core.types import LabelledImages  # noqa: E402
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
-
-def list_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files, class indices and class names of a folder with one subfolder per class."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    paths, labels = [], []
-    for k, name in enumerate(classes):
-        for p in sorted((root / name).iterdir()):
-            if p.suffix.lower() in EXTENSIONS and not p.name.startswith("._"):
-                paths.append(p)
-                labels.append(k)
-    return paths, labels, classes
-
-
-def load_store(root: Path, size: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """uint8 [N,3,S,S], labels, class names and app-style splits (sha256 keys); decoded once, then cached."""
-    paths, labels, classes = list_images(root)
-    if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        if blob["n"] == len(paths):
-            return blob["images"], blob["labels"], classes, blob["splits"]
-    t0 = time.perf_counter()
-    images = decode_many(paths, size)
-    keys = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    splits = assign_splits([classes[k] for k in labels], keys, SplitConfig())
-    print(f"decoded {len(paths)} images to {size}px in {time.perf_counter() - t0:.1f} s (cached at {cache})")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"n": len(paths), "images": images, "labels": torch.tensor(labels), "splits": splits}, cache)
-    return images, torch.tensor(labels), classes, splits
+def load_store(root: Path, size: int, cache: Path) -> Cells:
+    """The folder's cells (uint8 [N,3,S,S], labels, class names, keys) in the app's split (bench/cells.py);
+    decoded once, then cached under the folder `cache`."""
+    return load_cells(root, size, cache_dir=cache)
 
 
 def cpu_seconds() -> float:
@@ -130,7 +104,7 @@ def time_ours(data: LabelledImages, val: LabelledImages, classes: list[str], con
     return out
 
 
-def time_imagefolder(root: Path, indices: list[int], classes: list[str], config: ClassifierConfig,
+def time_imagefolder(root: Path, keys: list[str], classes: list[str], config: ClassifierConfig,
                      mean: list[float], std: list[float], workers: int) -> dict[str, float]:
     """A plain ImageFolder + DataLoader pipeline's second epoch (its workers re-spawn, as every epoch)."""
     from torch.utils.data import DataLoader, Subset
@@ -143,6 +117,9 @@ def time_imagefolder(root: Path, indices: list[int], classes: list[str], config:
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
     folder = datasets.ImageFolder(str(root), transform=transform)
     assert folder.classes == classes, "ImageFolder and our listing disagree on classes"
+    # By key, not position: ImageFolder lists every file, the app's ingest skips duplicates and unreadable ones.
+    position = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(folder.samples)}
+    indices = [position[k] for k in keys]
     loader = DataLoader(Subset(folder, indices), batch_size=config.batch_size, shuffle=True, num_workers=workers)
     torch.manual_seed(config.seed)
     net = build_model(config.model, len(classes), config.image_size)
@@ -167,9 +144,9 @@ def time_imagefolder(root: Path, indices: list[int], classes: list[str], config:
 
 
 def quick(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-          splits: list[str]) -> dict:
+          splits: list[str], keys: list[str]) -> dict:
     """The three-way speed comparison on a fixed number of batches."""
-    config = ClassifierConfig(model=args.model, image_size=args.size, batch_size=args.batch)
+    config = options.classifier_config(args.size, {"model": args.model, "batch_size": args.batch})
     train_idx = [i for i, s in enumerate(splits) if s == "train"]
     gen = torch.Generator().manual_seed(0)
     n = min(len(train_idx), args.batches * args.batch)
@@ -184,7 +161,8 @@ def quick(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, 
     measure = {
         "limit": lambda: time_limit(data, config, args.batches),
         "ours": lambda: time_ours(data, val, classes, config),
-        "imagefolder": lambda: time_imagefolder(Path(args.data), subset, classes, config, mean, std, args.workers),
+        "imagefolder": lambda: time_imagefolder(Path(args.data), [keys[i] for i in subset], classes, config, mean, std,
+                                                args.workers),
     }
     if amp_dtype(torch.device("cpu")) is not None:
         # Ours gets CPU bf16 here; the same trainer in fp32 separates what the pipeline buys from what bf16 buys.
@@ -224,7 +202,7 @@ def full(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, c
          splits: list[str]) -> dict:
     """Train the default recipe (real only) on the train split; score the best-val epoch on the test split."""
     overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
-    config = ClassifierConfig.from_dict({"image_size": args.size, **overrides})
+    config = options.classifier_config(args.size, overrides)
 
     def part(name: str) -> LabelledImages:
         idx = [i for i, s in enumerate(splits) if s == name]
@@ -309,13 +287,14 @@ def main() -> None:
     if not data.is_dir():
         raise SystemExit(f"no data folder {data}")
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    images, labels, classes, splits = load_store(data, args.size, Path(args.cache) / f"{data.name}_{args.size}.pt")
+    cells = load_store(data, args.size, Path(args.cache))
+    images, labels, classes, splits = cells.images, cells.labels, cells.class_names, cells.splits
     out: dict = {"when": time.strftime("%Y-%m-%d %H:%M"), "data": str(data), "size": args.size, "model": args.model,
                  "cpu": f"{os.cpu_count()} CPU cores ({platform.machine()})", "torch": torch.__version__,
                  "cuda": torch.cuda.is_available(), "load_before": load_before}
     name = "train"
     if not args.skip_quick:
-        out["quick"] = quick(args, images, labels, classes, splits)
+        out["quick"] = quick(args, images, labels, classes, splits, cells.keys)
     if args.full:
         out["full"] = full(args, images, labels, classes, splits)
         out["model"] = out["full"]["config"]["model"] if args.skip_quick else out["model"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from db.engine import read_session, write_session
+from db import validate
+from db.engine import Database, bound, read_session, write_session
 from db.models import Dataset, Image
 
 
@@ -52,6 +53,11 @@ def create_dataset(name: str, kind: str, source: str, class_names: list[str], sp
                    split_hash: str, import_report: dict[str, Any], images: Iterable[dict[str, Any]],
                    image_size: int = 64) -> int:
     """Insert a dataset and all its real images in one transaction; return the dataset id."""
+    validate.text(name, "the dataset name", validate.DATASET_NAME_MAX, required=True)
+    validate.texts(class_names, "the class name", validate.CLASS_NAME_MAX)
+    validate.json_value(split_config, "the split settings")
+    validate.json_value(import_report, "the import report")
+    images = [_checked(row) for row in images]
     with write_session() as s:
         if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
             raise DatasetExists(f"a dataset named {name!r} already exists; choose another --name")
@@ -70,6 +76,7 @@ def add_images(dataset_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Insert image rows (e.g. generated candidates) for a dataset; return their ids in order."""
     if not rows:
         return []
+    rows = [_checked(row) for row in rows]
     with write_session() as s:
         # insertmanyvalues batches the rows and keeps RETURNING aligned with the input order.
         result = s.scalars(
@@ -107,6 +114,13 @@ def image_counts(dataset_id: int) -> list[dict[str, Any]]:
             .group_by(Image.class_name, Image.origin, Image.split)
         ).all()
     return [{"class_name": c, "origin": o, "split": sp, "n": n} for c, o, sp, n in rows]
+
+
+def has_images_under(prefix: str, database: Database | None = None) -> bool:
+    """Whether any image row's stored path starts with prefix (database: one not bound yet, at start-up)."""
+    db = database if database is not None else bound()
+    with db.read_session() as s:
+        return s.scalar(select(Image.id).where(Image.path.startswith(prefix, autoescape=True)).limit(1)) is not None
 
 
 def real_images(dataset_id: int, split: str | None = None, class_name: str | None = None,
@@ -153,6 +167,14 @@ def delete_dataset(dataset_id: int) -> None:
         ds = s.get(Dataset, dataset_id)
         if ds is not None:
             s.delete(ds)
+
+
+def _checked(row: dict[str, Any]) -> dict[str, Any]:
+    validate.text(row.get("class_name"), "the class name", validate.CLASS_NAME_MAX, required=True)
+    validate.text(row.get("judge_top_class"), "the judged class", validate.CLASS_NAME_MAX)
+    for key in ("judge_prob", "nearest_real_distance"):
+        validate.finite(row.get(key), key.replace("_", " "))
+    return row
 
 
 def _row(im: Image) -> ImageRow:

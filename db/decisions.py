@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, literal, null, or_, select, union_all
 
+from db import validate
 from db.engine import read_session, write_session
 from db.models import BlindItem, Dataset, Decision, Image, utcnow
 from db.vocabulary import VERDICTS
@@ -40,6 +41,9 @@ def record_decisions(image_ids: Iterable[int], reviewer: str, verdict: str, new_
         raise ReviewError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
     if verdict == "relabel" and not new_class:
         raise ReviewError("a relabel decision needs the new class")
+    validate.text(reviewer, "the reviewer name", validate.REVIEWER_MAX)
+    validate.text(new_class, "the new class", validate.CLASS_NAME_MAX)
+    validate.text(reason, "the reason", validate.REASON_MAX)
     if not ids:
         return []
     with write_session() as s:
@@ -48,8 +52,9 @@ def record_decisions(image_ids: Iterable[int], reviewer: str, verdict: str, new_
         if missing:
             raise ReviewError(f"no candidate with id {', '.join(map(str, missing[:10]))}")
         if verdict == "relabel":
-            for classes in s.scalars(select(Dataset.class_names).join(Image, Image.dataset_id == Dataset.id)
-                                     .where(Image.id.in_(ids)).distinct()):
+            # DISTINCT over the datasets' ids, never over the JSON class lists (PostgreSQL's json has no equality).
+            datasets_of = select(Image.dataset_id).where(Image.id.in_(ids)).distinct()
+            for classes in s.scalars(select(Dataset.class_names).where(Dataset.id.in_(datasets_of))):
                 if new_class not in classes:
                     raise ReviewError(f"unknown class {new_class!r}; classes: {', '.join(classes)}")
         real = [i for i in ids if found[i] != "synthetic"]
@@ -256,6 +261,7 @@ def get_review_settings(dataset_id: int) -> dict[str, Any]:
 
 def set_review_settings(dataset_id: int, settings: dict[str, Any]) -> None:
     """Replace the dataset's review settings JSON."""
+    validate.json_value(settings, "the review settings")
     with write_session() as s:
         ds = s.get(Dataset, dataset_id)
         if ds is None:
@@ -267,6 +273,7 @@ def set_review_settings(dataset_id: int, settings: dict[str, Any]) -> None:
 
 def add_blind_items(dataset_id: int, reviewer: str, items: list[tuple[int, float]]) -> int:
     """Record (real image id, hash position) blind items for a reviewer, skipping ones already there."""
+    validate.text(reviewer, "the reviewer name", validate.REVIEWER_MAX, required=True)
     with write_session() as s:
         have = set(s.scalars(select(BlindItem.image_id).where(BlindItem.reviewer == reviewer,
                                                               BlindItem.dataset_id == dataset_id)))

@@ -14,11 +14,13 @@ without honouring busy_timeout; taking the lock up front makes the wait orderly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
@@ -70,10 +72,18 @@ class Database:
         self.engine.dispose()
 
 
+def _json(value: object) -> str:
+    # NaN and infinity are not JSON: PostgreSQL refuses them (DataError) while SQLite would store the invalid
+    # token `NaN`. Refusing them here makes both databases answer alike; the query modules validate first
+    # (db.validate) so that the user sees which value was wrong.
+    return json.dumps(value, allow_nan=False)
+
+
 def _create(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        return create_engine(url, pool_pre_ping=True, json_serializer=_json)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                           json_serializer=_json)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001
@@ -93,6 +103,19 @@ def _create(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def serialise(session: Session, name: str) -> None:
+    """Make this write transaction wait for every other one that serialises on the same name, until it ends.
+
+    SQLite write transactions already take the one write lock at BEGIN (BEGIN IMMEDIATE), so there this does
+    nothing. PostgreSQL runs write transactions side by side under READ COMMITTED; a check-then-write (the last
+    enabled admin, the first user) then needs a transaction-scoped advisory lock, after which every later
+    statement of the transaction sees what the previous holder committed.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 # The one slot the process context fills. Not a cache keyed by anything: exactly one database per process

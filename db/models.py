@@ -207,6 +207,18 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class SignInFailure(Base):
+    """Failed sign-ins counted per key ("user:<name>" or "client:<id>"), for back-off; cleared by a success
+    (the account's key) or an admin's unlock."""
+
+    __tablename__ = "sign_in_failures"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class BlindItem(Base):
     """A real val cell shown unannounced in one reviewer's candidate queue (blinded realism test)."""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from db import validate
 from db.engine import read_session, write_session
 from db.models import Checkpoint, Dataset, Job, Metric, Run, utcnow
 from db.vocabulary import ACTIVE_STATUSES
@@ -78,6 +79,10 @@ def _select_runs():  # noqa: ANN202
 def create_run(kind: str, dataset_id: int | None, config: dict[str, Any], seed: int, recipe: str | None = None,
                group_name: str | None = None, split_hash: str | None = None, started_by: str | None = None) -> int:
     """Create a queued run and its job row; return the run id."""
+    validate.json_value(config, "the run settings")
+    validate.text(recipe, "the recipe", 30)
+    validate.text(group_name, "the group name", validate.GROUP_NAME_MAX)
+    validate.text(started_by, "the user name", validate.USERNAME_MAX)
     with write_session() as s:
         run = Run(kind=kind, dataset_id=dataset_id, config=config, seed=seed, recipe=recipe, group_name=group_name,
                   split_hash=split_hash, status="queued", started_by=started_by)
@@ -156,13 +161,23 @@ def request_cancel(run_id: int, by: str | None = None) -> bool:
 
 def set_training_set(run_id: int, train_set_hash: str, size: int, summary: dict[str, Any]) -> None:
     """Record the exact set of images a run trains on (hash over ids and sha256s) and its composition."""
+    validate.json_value(summary, "the training set summary")
     with write_session() as s:
         s.execute(update(Run).where(Run.id == run_id).values(train_set_hash=train_set_hash, train_set_size=size,
                                                              train_set_summary=summary))
 
 
 def finish_run(run_id: int, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
-    """Close an active run with a final status; never overwrites a run that already ended."""
+    """Close an active run with a final status; never overwrites a run that already ended.
+
+    A result that cannot be stored (NaN or infinity inside) still closes the run, as failed with the reason, and
+    then raises: the run row never stays "running" because of it."""
+    if result is not None:
+        try:
+            validate.json_value(result, "the run's result")
+        except validate.InvalidValue as exc:
+            finish_run(run_id, "failed", error=f"{exc}" + (f"\n\n{error}" if error else ""))
+            raise
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now}
     if result is not None:
@@ -183,6 +198,7 @@ def finish_run(run_id: int, status: str, result: dict[str, Any] | None = None, e
 
 def update_result(run_id: int, result: dict[str, Any]) -> None:
     """Merge keys into a run's result JSON (e.g. test metrics computed after training)."""
+    validate.json_value(result, "the run's result")
     with write_session() as s:
         run = s.get(Run, run_id)
         if run is None:
@@ -195,7 +211,9 @@ def add_metrics(run_id: int, step: int, metrics: dict[str, float]) -> None:
     if not metrics:
         return
     now = utcnow()
-    rows = [{"run_id": run_id, "step": int(step), "name": k, "value": float(v), "created_at": now}
+    # SQLite would turn NaN into NULL (refused by NOT NULL) while PostgreSQL stores it: refuse it alike, by name.
+    rows = [{"run_id": run_id, "step": int(step), "name": validate.text(k, "the metric name", validate.METRIC_NAME_MAX),
+             "value": validate.finite(v, f"metric {k!r} at step {int(step)}"), "created_at": now}
             for k, v in metrics.items()]
     with write_session() as s:
         s.execute(Metric.__table__.insert(), rows)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from db.engine import read_session, write_session
+from db import validate
+from db.engine import read_session, serialise, write_session
+from db.models import SignInFailure
 from db.models import User as UserModel
+
+# Every write that checks the users table before changing it (the first user becomes admin, the last enabled
+# admin stays) waits for the others on this name (PostgreSQL; SQLite's BEGIN IMMEDIATE already does).
+_USERS_LOCK = "users"
 
 
 class UserExists(ValueError):
@@ -19,6 +27,10 @@ class UserExists(ValueError):
 
 class UserNotFound(LookupError):
     """No user with that name."""
+
+
+class AlreadySetUp(UserExists):
+    """The first admin was to be created, but someone created an account meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ def _user(row: UserModel) -> User:
 def insert_user(username: str, password_hash: str, role: str, display_name: str | None = None,
                 source: str = "local") -> User:
     """Insert a user; raise UserExists if the name is taken."""
+    _check(username, display_name)
     try:
         with write_session() as s:
             if s.scalar(select(UserModel.id).where(UserModel.username == username)) is not None:
@@ -59,18 +72,29 @@ def insert_user(username: str, password_hash: str, role: str, display_name: str 
         raise UserExists(f"a user named {username!r} already exists") from exc
 
 
-def insert_first_admin_or(username: str, role: str, display_name: str | None, source: str) -> User:
+def _check(username: str, display_name: str | None) -> None:
+    validate.text(username, "the user name", validate.USERNAME_MAX, required=True)
+    validate.text(display_name, "the display name", validate.DISPLAY_NAME_MAX)
+
+
+def insert_first_admin_or(username: str, role: str | None, display_name: str | None, source: str,
+                          password_hash: str = "") -> User:
     """Return the user with that name, or create it: as admin if nobody exists yet, else with role.
 
-    One write transaction: with SQLite's lock taken at BEGIN, two simultaneous first logins cannot
-    both see an empty table and both become admin.
+    role None is the first-run form: create the admin only into an empty table, else raise AlreadySetUp.
+    One write transaction that waits for every other users write (SQLite's lock taken at BEGIN, an advisory
+    lock on PostgreSQL), so two simultaneous first logins cannot both see an empty table and both become admin.
     """
+    _check(username, display_name)
     with write_session() as s:
+        serialise(s, _USERS_LOCK)
         row = s.scalar(select(UserModel).where(UserModel.username == username))
-        if row is not None:
+        if row is not None and role is not None:
             return _user(row)
         first = not s.scalar(select(func.count()).select_from(UserModel))
-        row = UserModel(username=username, password_hash="", role="admin" if first else role,
+        if not first and role is None:
+            raise AlreadySetUp("an account was created meanwhile; sign in with it instead")
+        row = UserModel(username=username, password_hash=password_hash, role="admin" if first else role,
                         display_name=display_name, source=source, disabled=False)
         s.add(row)
         s.flush()
@@ -104,7 +128,10 @@ def update_user(username: str, **fields: Any) -> User:
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot change {', '.join(sorted(unknown))} of a user")
+    if "display_name" in fields:
+        validate.text(fields["display_name"], "the display name", validate.DISPLAY_NAME_MAX)
     with write_session() as s:
+        serialise(s, _USERS_LOCK)
         row = s.scalar(select(UserModel).where(UserModel.username == username))
         if row is None:
             raise UserNotFound(f"no user {username!r}")
@@ -135,3 +162,53 @@ def count_users(role: str | None = None, enabled_only: bool = False) -> int:
         query = query.where(UserModel.disabled.is_(False))
     with read_session() as s:
         return int(s.scalar(query) or 0)
+
+
+# -- failed sign-ins (back-off) ------------------------------------------------------------------------------
+
+def sign_in_locked_until(keys: Iterable[str], now: datetime) -> datetime | None:
+    """The latest lock still in force on any of the keys, or None."""
+    with read_session() as s:
+        return s.scalar(select(func.max(SignInFailure.locked_until))
+                        .where(SignInFailure.key.in_(list(keys)), SignInFailure.locked_until > now))
+
+
+def record_sign_in_failure(keys: Iterable[str], now: datetime, lock_seconds: Callable[[str, int], float],
+                           forget_before: datetime) -> datetime | None:
+    """Count one failed sign-in on each key and return the latest lock then in force (None: none).
+
+    A key whose last failure is older than forget_before starts again at zero; lock_seconds(key, failures) says
+    for how long the key is locked after that many failures in a row (0: not locked).
+    """
+    keys = sorted(set(keys))  # one lock order for every caller, so two failures cannot deadlock
+    with write_session() as s:
+        dialect = s.get_bind().dialect.name
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        s.execute(make(SignInFailure).values([{"key": k, "failures": 0, "last_failure_at": now} for k in keys])
+                  .on_conflict_do_nothing(index_elements=["key"]))
+        latest = None
+        for row in s.scalars(select(SignInFailure).where(SignInFailure.key.in_(keys))
+                             .order_by(SignInFailure.key).with_for_update()):
+            if row.last_failure_at < forget_before:
+                row.failures, row.locked_until = 0, None
+            row.failures += 1
+            row.last_failure_at = now
+            seconds = lock_seconds(row.key, row.failures)
+            if seconds > 0:
+                row.locked_until = now + timedelta(seconds=seconds)
+            if row.locked_until is not None and row.locked_until > now:
+                latest = row.locked_until if latest is None else max(latest, row.locked_until)
+        return latest
+
+
+def sign_in_failures(key: str) -> tuple[int, datetime | None]:
+    """Failures in a row on a key and its lock (0, None when there are none)."""
+    with read_session() as s:
+        row = s.get(SignInFailure, key)
+        return (row.failures, row.locked_until) if row is not None else (0, None)
+
+
+def clear_sign_in_failures(keys: Iterable[str]) -> int:
+    """Forget the failures of the keys (a successful sign-in, an admin's unlock); how many keys had any."""
+    with write_session() as s:
+        return int(s.execute(delete(SignInFailure).where(SignInFailure.key.in_(list(keys)))).rowcount or 0)

@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import common
-from wbc_core import auth, context, review_model
+from wbc_core import auth, context, limits, review_model
 from wbc_core.export import export_curated_zip, safe_name
 from wbc_core.thumbnails import thumbnail_path
 from wbc_core.vocabulary import ROLE_ORDER
@@ -110,13 +110,15 @@ with settings_tab:
     with st.form("review_settings"):
         st.markdown(f"**{info.name}**: when is a candidate accepted?")
         cols = st.columns(2)
-        agreeing = cols[0].number_input("Reviewers who must agree", 1, 20, current.rule.min_agreeing,
-                                        key="min_agreeing")
-        votes = cols[1].number_input("Votes needed before anything counts", 1, 20, current.rule.min_votes,
-                                     key="min_votes")
+        votes_limit, quota_limit = limits.bound("consensus_votes"), limits.bound("quota")
+        agreeing = cols[0].number_input("Reviewers who must agree", votes_limit.widget_min, votes_limit.widget_max,
+                                        current.rule.min_agreeing, key="min_agreeing")
+        votes = cols[1].number_input("Votes needed before anything counts", votes_limit.widget_min,
+                                     votes_limit.widget_max, current.rule.min_votes, key="min_votes")
         st.markdown("**Quotas**: accepted candidates wanted per class (0 = no quota)")
         qcols = st.columns(min(len(info.class_names), 4) or 1)
-        quotas = {c: qcols[i % len(qcols)].number_input(c, 0, 1_000_000, current.quotas.get(c, 0), key=f"quota_{c}")
+        quotas = {c: qcols[i % len(qcols)].number_input(c, quota_limit.widget_min, quota_limit.widget_max,
+                                                         current.quotas.get(c, 0), key=f"quota_{c}")
                   for i, c in enumerate(info.class_names)}
         if st.form_submit_button("Save review settings", type="primary"):
             try:

@@ -13,7 +13,6 @@ change or a disabled account applies at once. Tests may set that key directly.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +22,7 @@ import streamlit as st
 
 from db import users as users_db
 from db.datasets import DatasetInfo, list_datasets
-from db.migrate import ensure_schema
-from wbc_core import auth, context
+from wbc_core import auth, context, jobs
 from wbc_core.auth import User
 from wbc_core.vocabulary import ROLE_ORDER
 
@@ -35,15 +33,11 @@ USER_ENV = "WBC_USER"
 _NOTICE_KEY = "_auth_notice"  # why someone was signed out, shown on the sign-in form
 
 
-@st.cache_resource
-def _schema_ready() -> bool:
-    ensure_schema()
-    return True
-
-
-def ensure_ready() -> None:
-    """Apply database migrations once per server process."""
-    _schema_ready()
+def ensure_ready() -> context.Context:
+    """This server process's context (home, database with migrations applied, caches), built on first use."""
+    if not context.is_current():
+        context.current("app")
+    return context.current()
 
 
 # -- shared, recently computed values --------------------------------------------------------------------------
@@ -63,7 +57,7 @@ def recent(name: str, compute: Callable[[], Any], max_age_s: float = 5.0) -> Any
     as well, so tests with their own WBC_HOME never see each other's values.
     """
     store = _recent_store()
-    key = (name, str(context.current().home), os.environ.get("WBC_DB_URL", ""))
+    key = (name, id(ensure_ready()))  # per context: tests with their own home never see each other's values
     with store["lock"]:
         entry = store["entries"].get(key)
         if entry is not None and not entry["busy"] and time.monotonic() - entry["at"] > max_age_s:
@@ -100,7 +94,7 @@ def forget_recent() -> None:
 
 def auth_off() -> bool:
     """Whether sign-in is switched off (WBC_AUTH=off): local single-user use."""
-    return os.environ.get(AUTH_ENV, "").strip().lower() in {"off", "0", "false", "no", "none"}
+    return ensure_ready().settings.auth_off
 
 
 def oidc_configured() -> bool:
@@ -124,7 +118,7 @@ def _oidc_providers() -> list[str | None]:
 
 def _local_user() -> User:
     """The implicit admin of WBC_AUTH=off, created (without a password) on first use."""
-    name = auth.validate_username(os.environ.get(USER_ENV) or "local")
+    name = auth.validate_username(ensure_ready().settings.local_user)
     # Read first: the insert takes the database's write lock, which no page view should need.
     return auth.get_user(name) or users_db.insert_first_admin_or(name, "admin", None, "local")
 
@@ -235,7 +229,11 @@ def login_page() -> None:
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        user = auth.authenticate(username, password)
+        try:
+            user = auth.authenticate(username, password)
+        except auth.SignInLocked as exc:
+            st.error(f"{str(exc).capitalize()}.", icon="🚫")
+            return
         if user is None:
             st.error("Wrong user name or password (or the account is disabled).", icon="🚫")
         else:
@@ -257,11 +255,8 @@ def _first_admin_form() -> None:
     if password != again:
         st.error("The two passwords differ.", icon="🚫")
         return
-    if auth.has_users():  # someone else finished the first-run form meanwhile
-        st.error("An account was created meanwhile; sign in with it instead.", icon="🚫")
-        return
-    try:
-        user = auth.create_user(username, password, "admin", display or None)
+    try:  # atomic: refused (AlreadySetUp) when someone else finished the first-run form meanwhile
+        user = auth.create_first_admin(username, password, display or None)
     except ValueError as exc:
         st.error(str(exc), icon="🚫")
         return
@@ -294,6 +289,7 @@ def run_frame() -> None:
     """The app frame: page config, schema check, sign-in, navigation over the pages, shared sidebar; runs the page."""
     st.set_page_config(page_title="wbc-curate", page_icon="🩸", layout="wide")
     ensure_ready()
+    jobs.reconcile_if_due()  # the one periodic place that marks runs of dead workers failed (views only read)
     user = _signed_in_user()
     if user is None:
         # Every page is known (hidden), so a deep link such as /review survives sign-in, but none runs: the

@@ -5,10 +5,10 @@ from functools import partial
 import streamlit as st
 
 from pages import common
-from wbc_core import results, views
+from wbc_core import embedding_jobs, results, views
 from wbc_core.vocabulary import ACTIVE_STATUSES, RUN_STATUSES
 
-common.ensure_frame()
+user = common.ensure_frame()
 st.title("Dashboard")
 info = common.require_dataset()
 st.caption("Every score here is computed on the dataset's real test cells, which no model or GAN trained on.")
@@ -90,15 +90,25 @@ if finished:
     cols = st.columns([2, 1, 1])
     emb_run = cols[0].selectbox("Run for the embedding map", finished, format_func=labels.get)
     max_points = cols[1].number_input("Max cells", 100, 3000, 1500, step=100)
-    compute = cols[2].button("Compute embedding map", key="compute_embedding")
-    try:
-        with st.spinner("Extracting features and running t-SNE…"):
-            figure = views.embedding_map_figure(emb_run, int(max_points), compute=compute)
-    except (ValueError, LookupError) as exc:
-        common.show_error(exc)
-    else:
+    if cols[2].button("Compute embedding map", key="compute_embedding"):
+        try:  # queues a job: feature extraction and the map run in their own process
+            embedding_jobs.start_embedding(emb_run, int(max_points), user=user)
+        except (ValueError, LookupError, PermissionError) as exc:
+            common.show_error(exc)
+
+    @st.fragment(run_every=2)
+    def embedding_panel(run_id: int, max_points: int) -> None:
+        """The map once computed; the running job's progress meanwhile (polled, never computed here)."""
+        job = views.latest_embedding_job(info.id, run_id)
+        if job is not None and job["active"]:
+            st.progress(job["progress"], text=f"Embedding map (job {job['id']}): {job['message'] or job['status']}")
+        elif job is not None and job["status"] == "failed":
+            st.error(f"The embedding map failed: {job['error_line']}", icon="🚫")
+        figure = views.embedding_map_figure(run_id, max_points)
         if figure is not None:
-            st.plotly_chart(figure, width="stretch")
+            st.plotly_chart(figure, width="stretch", key=f"embedding_{run_id}_{max_points}")
+
+    embedding_panel(emb_run, int(max_points))
 
     st.subheader("Download a model")
     dl_run = st.selectbox("Run to download", finished, format_func=labels.get)

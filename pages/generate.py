@@ -3,10 +3,10 @@
 import streamlit as st
 
 from pages import common
-from wbc_core import gan_runs, jobs, views
+from wbc_core import gan_runs, generation, jobs, views
 from wbc_core.quality import views as quality_views
 
-common.ensure_frame()
+user = common.ensure_frame()
 st.title("Generate")
 info = common.require_dataset()
 
@@ -62,7 +62,7 @@ def live_panel(run_id: int, was_active: bool) -> None:
     message = f" · {state['message']}" if state["active"] and state["message"] else ""
     head[0].progress(state["progress"], text=f"**{state['status']}**{message}")
     if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
-        jobs.cancel(run_id)
+        jobs.cancel(run_id, by=user.username)
         st.toast("Cancel requested; the run saves a checkpoint and stops.")
     if state["error"]:
         st.error(state["error"].split("\n\n")[0])
@@ -89,16 +89,34 @@ if grid:
     st.image(grid, caption=f"samples at step {step}", width=480)
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
 if cols[2].button("Generate candidates", type="primary", key="generate"):
-    with st.spinner("sampling and scoring (the first time also trains the judge)"):
-        try:
-            out = gan_runs.generate_candidates(run_id, int(per_class), step=int(step))
-        except (ValueError, LookupError) as exc:
-            common.show_error(exc)
-        else:
-            scoring = out.get("scoring") or {}
-            note = (f" Scored {scoring['scored']} for review sorting ({scoring.get('memorised', 0)} look memorised)."
-                    if scoring.get("scored") else f" Not scored: {scoring['reason']}" if scoring.get("reason") else "")
-            st.success(f"Added {out['candidates']} candidates (seed {out['seed']}) to the review queue.{note}")
+    try:  # only queues the job: sampling and scoring run in their own process
+        generation.start_generation(run_id, int(per_class), step=int(step), user=user)
+    except (ValueError, LookupError, PermissionError) as exc:
+        common.show_error(exc)
+    else:
+        st.toast("Candidate generation started in the background; you may leave this page.")
+
+
+@st.fragment(run_every=2)
+def job_panel(kind: str, gan_run_id: int, what: str) -> None:
+    """The newest job of a kind for this GAN run: live progress while it runs, its outcome once done."""
+    job = generation.latest_job(info.id, kind, gan_run_id)
+    if job is None:
+        return
+    state = views.job_summary(job.id)
+    if state["active"]:
+        st.progress(state["progress"], text=f"{what} (job {job.id}): {state['message'] or state['status']}")
+        if st.button("Cancel", key=f"cancel_job_{job.id}"):
+            jobs.cancel(job.id, by=user.username)
+    elif state["status"] == "failed":
+        st.error(f"{what} (job {job.id}) failed: {state['error_line']}", icon="🚫")
+    elif state["status"] == "succeeded":
+        st.success(f"{what} (job {job.id}): {state['summary']}", icon="✅")
+    else:
+        st.info(f"{what} (job {job.id}) was {state['status']}.")
+
+
+job_panel("generate", run_id, "Candidate generation")
 
 st.subheader("Quality over checkpoints")
 st.caption("Measured offline against the dataset's real cells with a real-only judge classifier: FD ratio "
@@ -109,14 +127,13 @@ st.caption("Measured offline against the dataset's real cells with a real-only j
 qcols = st.columns([1, 3])
 quality_n = qcols[0].number_input("Cells per class to score", 8, 1000, 64, key="quality_per_class")
 if qcols[1].button(f"Score quality for step {step}", key="score_quality"):
-    with st.status(f"Scoring checkpoint {step} (seconds to a minute; the first time also trains the judge)") as box:
-        try:
-            gan_runs.measure_checkpoint(run_id, step=int(step), per_class=int(quality_n))
-        except (ValueError, LookupError) as exc:
-            box.update(label="Scoring failed", state="error")
-            common.show_error(exc)
-        else:
-            box.update(label=f"Scored checkpoint {step}", state="complete")
+    try:
+        generation.start_quality(run_id, step=int(step), per_class=int(quality_n), user=user)
+    except (ValueError, LookupError, PermissionError) as exc:
+        common.show_error(exc)
+    else:
+        st.toast(f"Scoring checkpoint {step} in the background (the first time also trains the judge).")
+job_panel("quality", run_id, "Quality scoring")
 frame = quality_views.quality_frame(run_id)
 if frame.empty:
     st.info("No quality metrics yet for this run: score a checkpoint above.")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import common
 from wbc_core import jobs, retrain, views
+from wbc_core.jobs import groups
 
 common.ensure_frame()
 st.title("Train")
@@ -59,7 +60,7 @@ with st.form("train_classifier"):
                      "device": device, "amp": bool(amp), "num_threads": int(threads),
                      "pretrained_path": pretrained.strip() or None}
         try:
-            launched = retrain.start_training(info.id, recipe, overrides, seeds, synthetic_cap=cap or None)
+            launched = groups.start_training(info.id, recipe, overrides, seeds, synthetic_cap=cap or None)
         except (ValueError, LookupError) as exc:
             common.show_error(exc)
         else:
@@ -103,7 +104,7 @@ def live_panel(run_id: int, was_active: bool) -> None:
     if state["group_active"] and head[2].button("Cancel group", key=f"cancel_group_{run_id}",
                                          help=f"stop every queued or running run of {state['group']}",
                                          disabled=not can_train):
-        st.toast(f"Cancel requested for runs {retrain.cancel_group(state['group'])}.")
+        st.toast(f"Cancel requested for runs {groups.cancel_group(state['group'])}.")
     if state["active"]:
         m = st.columns(5)
         m[0].metric("Train loss", "–" if live["train_loss"] is None else f"{live['train_loss']:.4f}")

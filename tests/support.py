@@ -104,3 +104,25 @@ def wait_for(condition: Callable[[], T], timeout_s: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.1)
+
+
+@contextmanager
+def use_settings(**changes) -> Iterator[None]:
+    """Make a copy of the current context with some settings changed current for the block (same database)."""
+    from wbc_core import context
+
+    with context.using(context.with_settings(context.current(), **changes)):
+        yield
+
+
+@contextmanager
+def context_on(home: Path, db_url: str | None = None) -> Iterator[Path]:
+    """A context on another home (e.g. one a CLI subprocess wrote), current for the block, closed after."""
+    from wbc_core import context
+
+    ctx = context.build("test", home=home, db_url=db_url)
+    try:
+        with context.using(ctx):
+            yield home
+    finally:
+        ctx.close()

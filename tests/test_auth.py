@@ -1,4 +1,5 @@
-"""Users, password hashing, roles and permissions, OIDC first login, and `user add` from the CLI."""
+"""Users, password hashing, roles and permissions, OIDC first login, sign-in back-off, races between admins, and
+`user add` / `user unlock` from the CLI; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from support import context_on
 
 from db import datasets
 from db import decisions as decisions_db
-from db.engine import dispose_all
+from db.engine import read_session
 from wbc_core import auth, review_model
 from wbc_core.auth import PermissionDenied
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def test_password_is_stored_as_salted_pbkdf2_and_verified(wbc_home):
@@ -169,29 +176,182 @@ def test_decide_checks_the_acting_user(wbc_home, monkeypatch):
     assert {d["reviewer"] for d in decisions_db.current_decisions(dataset_id)} == {"rita", "cli"}
 
 
-def _cli(home, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def _cli(home, *args: str, stdin: str | None = None, db_url: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WBC_HOME": str(home)}
     env.pop("WBC_DB_URL", None)
+    if db_url:
+        env["WBC_DB_URL"] = db_url
     return subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], input=stdin, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_user_add_reads_the_password_from_stdin(tmp_path, monkeypatch):
+def test_cli_user_add_reads_the_password_from_stdin(tmp_path, db_url):
     home = tmp_path / "home"
-    out = _cli(home, "user", "add", "ann", "--role", "admin", "--password-stdin", stdin="s3cret-pass\n")
+    out = _cli(home, "user", "add", "ann", "--role", "admin", "--password-stdin", stdin="s3cret-pass\n", db_url=db_url)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"username": "ann", "role": "admin", "display_name": None, "source": "local",
                                       "disabled": False}
-    listed = _cli(home, "user", "list")
+    listed = _cli(home, "user", "list", db_url=db_url)
     assert [u["username"] for u in json.loads(listed.stdout)["users"]] == ["ann"]
-    short = _cli(home, "user", "add", "bob", "--role", "viewer", "--password-stdin", stdin="short\n")
+    short = _cli(home, "user", "add", "bob", "--role", "viewer", "--password-stdin", stdin="short\n", db_url=db_url)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
     # A password on the command line (visible in ps and shell history) is not accepted.
-    argv = _cli(home, "user", "add", "bob", "--role", "viewer", "--password", "hunter2hunter2")
-    assert argv.returncode == 2 and "bob" not in _cli(home, "user", "list").stdout
-    monkeypatch.setenv("WBC_HOME", str(home))
-    dispose_all()
-    try:
+    argv = _cli(home, "user", "add", "bob", "--role", "viewer", "--password", "hunter2hunter2", db_url=db_url)
+    assert argv.returncode == 2 and "bob" not in _cli(home, "user", "list", db_url=db_url).stdout
+    with context_on(home, db_url):
         assert auth.authenticate("ann", "s3cret-pass").role == "admin"
-    finally:
-        dispose_all()
+        for _ in range(auth.ACCOUNT_FREE_FAILURES):
+            assert auth.authenticate("ann", "wrong-pass") is None
+        with pytest.raises(auth.SignInLocked):
+            auth.authenticate("ann", "s3cret-pass")
+    unlocked = _cli(home, "user", "unlock", "ann", db_url=db_url)
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert json.loads(unlocked.stdout)["username"] == "ann"
+    unknown = _cli(home, "user", "unlock", "nobody", db_url=db_url)
+    assert unknown.returncode != 0 and "no user 'nobody'" in unknown.stderr + unknown.stdout
+    with context_on(home, db_url):
+        assert auth.authenticate("ann", "s3cret-pass").role == "admin"
+
+
+# -- sign-in back-off -------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def clock(monkeypatch) -> list[datetime]:
+    """The sign-in clock, moved by hand: clock[0] is now (no sleeping, no timing in the assertions)."""
+    now = [datetime(2026, 1, 5, 9, 0, 0)]
+    monkeypatch.setattr(auth, "_now", lambda: now[0])
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    monkeypatch.setattr(auth, "_DUMMY_HASH", auth.hash_password("unused", 1_000))
+    return now
+
+
+def _attempt(username: str, password: str, client: str | None = None) -> str:
+    try:
+        return "ok" if auth.authenticate(username, password, client=client) is not None else "wrong"
+    except auth.SignInLocked:
+        return "locked"
+
+
+def test_eighty_wrong_passwords_lock_the_account_until_the_back_off_ends(wbc_home, clock):
+    """80 wrong passwords in a row, then the right one, signed in at once before."""
+    auth.create_user("ann", "correct horse", "reviewer")
+    outcomes = [_attempt("ann", "wrong horse") for _ in range(80)]
+    assert outcomes == ["wrong"] * auth.ACCOUNT_FREE_FAILURES + ["locked"] * (80 - auth.ACCOUNT_FREE_FAILURES)
+    with pytest.raises(auth.SignInLocked) as locked:
+        auth.authenticate("ann", "correct horse")
+    assert str(locked.value) == ("too many failed sign-ins for this account or from this browser: try again in "
+                                 "30 s, or ask an admin to unlock the account")
+    assert auth.locked_until("ann") == clock[0] + timedelta(seconds=auth.FIRST_LOCK_S)
+    # While locked nothing is counted; after it, every further failure doubles the lock, up to the cap.
+    waits = []
+    for _ in range(8):
+        clock[0] = auth.locked_until("ann") + timedelta(seconds=1)
+        assert _attempt("ann", "wrong horse") == "wrong"
+        waits.append((auth.locked_until("ann") - clock[0]).total_seconds())
+    assert waits == [60, 120, 240, 480, 900, 900, 900, 900]
+    clock[0] += timedelta(seconds=901)
+    assert auth.authenticate("ann", "correct horse").username == "ann"
+    # A success clears the count: the next mistakes start with free tries again.
+    assert _attempt("ann", "wrong horse") == "wrong" and auth.locked_until("ann") is None
+
+
+def test_unknown_names_back_off_alike_and_old_failures_are_forgotten(wbc_home, clock):
+    for name in ("ann", "nobody"):  # the answer never tells whether a name exists
+        if name == "ann":
+            auth.create_user("ann", "correct horse", "reviewer")
+        for _ in range(auth.ACCOUNT_FREE_FAILURES):
+            assert _attempt(name, "wrong horse") == "wrong"
+        assert _attempt(name, "correct horse") == "locked"
+    auth.create_user("bob", "correct horse", "reviewer")
+    for _ in range(auth.ACCOUNT_FREE_FAILURES - 1):
+        assert _attempt("bob", "wrong horse") == "wrong"
+    clock[0] += auth.FORGET_FAILURES_AFTER + timedelta(minutes=1)  # a day later, the count starts again
+    for _ in range(auth.ACCOUNT_FREE_FAILURES - 1):
+        assert _attempt("bob", "wrong horse") == "wrong"
+    assert _attempt("bob", "correct horse") == "ok"
+
+
+def test_one_client_trying_many_accounts_is_locked_out_alone(wbc_home, clock):
+    auth.create_user("ann", "correct horse", "reviewer")
+    for i in range(auth.CLIENT_FREE_FAILURES):  # one guess per name, never enough to lock any account
+        assert _attempt(f"user{i}", "guess", client="tab-1") == "wrong"
+    assert _attempt("ann", "correct horse", client="tab-1") == "locked"
+    assert _attempt("ann", "correct horse", client="tab-2") == "ok"
+    assert _attempt("ann", "correct horse") == "ok"
+
+
+def test_an_admin_unlocks_an_account_at_once(wbc_home, clock):
+    auth.create_user("ann", "correct horse", "reviewer")
+    for _ in range(auth.ACCOUNT_FREE_FAILURES):
+        _attempt("ann", "wrong horse")
+    assert auth.locked_until("ann") is not None
+    assert auth.unlock_user("ann").username == "ann"
+    assert auth.locked_until("ann") is None
+    assert _attempt("ann", "correct horse") == "ok"
+    with pytest.raises(auth.UserNotFound, match="no user 'nobody'"):
+        auth.unlock_user("nobody")
+
+
+# -- races between concurrent callers -----------------------------------------------------------------------------
+
+def _at_once(calls: list[Callable[[], object]]) -> list[object]:
+    """Run the calls in threads released together; each one's return value or exception."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        with read_session() as s:  # every thread connected first, so none is still logging in when they start
+            s.execute(text("SELECT 1"))
+            barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def _enabled_admins() -> list[str]:
+    return [u.username for u in auth.list_users() if u.role == "admin" and not u.disabled]
+
+
+def test_two_admins_removing_each_other_at_once_leave_one(wbc_home, monkeypatch):
+    """5 of 10 such trials on PostgreSQL ended with no enabled admin (the guard relied on BEGIN IMMEDIATE)."""
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    survivor = auth.create_user("admin0", "password1", "admin").username
+    for trial in range(1, 7):
+        other = auth.create_user(f"admin{trial}", "password1", "admin").username
+        remove = [lambda name=name: auth.set_role(name, "viewer") for name in (survivor, other)]
+        if trial % 2:  # disabling is guarded the same way
+            remove[0] = lambda name=survivor: auth.disable_user(name)
+        results = _at_once(remove)
+        refused = [r for r in results if isinstance(r, ValueError)]
+        assert len(refused) == 1 and "last enabled admin" in str(refused[0]), results
+        assert len(_enabled_admins()) == 1, results
+        survivor = _enabled_admins()[0]
+
+
+def test_first_admin_forms_submitted_at_once_make_one_admin(wbc_home, monkeypatch):
+    """Two first-run forms at once created two admins in 4 of 4 trials."""
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    results = _at_once([lambda i=i: auth.create_first_admin(f"boss{i}", "password1") for i in range(4)])
+    made = [r for r in results if isinstance(r, auth.User)]
+    assert len(made) == 1, results
+    assert all(isinstance(r, auth.AlreadySetUp) for r in results if r is not made[0]), results
+    late = next(r for r in results if r is not made[0])
+    assert str(late) == "an account was created meanwhile; sign in with it instead"
+    assert [(u.username, u.role) for u in auth.list_users()] == [(made[0].username, "admin")]
+    assert auth.authenticate(made[0].username, "password1") == made[0]
+    with pytest.raises(auth.AlreadySetUp):  # and never again once set up
+        auth.create_first_admin("late", "password1")
+
+
+def test_first_oidc_logins_at_once_make_one_admin(wbc_home):
+    results = _at_once([lambda i=i: auth.ensure_oidc_user(f"p{i}@lab.org") for i in range(4)])
+    assert all(isinstance(r, auth.User) for r in results), results
+    assert sorted(r.role for r in results) == ["admin", "viewer", "viewer", "viewer"]

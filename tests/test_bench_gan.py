@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from wbc_core.gan import CUDA_PRESET, GanConfig
 
@@ -67,6 +69,54 @@ def test_markdown_shows_goals_the_real_ceiling_and_the_curve(gan_bench):
     assert "acceptance judge resnet18 (val accuracy 0.970)" in md
     assert "| b | 1.000 | – | – | – | 0.050 |" in md  # the ceiling row carries no goal marks
     assert "| 5 | 0.400 | – |" in md and "| 10 | 0.900 |" in md
+
+
+def test_gan_train_and_gain_benches_get_the_app_split_of_a_folder(gan_bench, tiny_folder, wbc_home, tmp_path):
+    from bench import gain_data
+    from db import datasets as ds_db
+    from wbc_core.importing import import_folder
+
+    # A second copy of one cell: the app's import keeps one of them, and so must every bench.
+    shutil.copy(tiny_folder / "platelet" / "platelet_03.jpg", tiny_folder / "platelet" / "platelet_99_copy.jpg")
+    classes, gan_parts, digest = gan_bench.load_split(tiny_folder, 32)
+    train_cells = load_bench("train").load_store(tiny_folder, 32, tmp_path / "train_cache")
+    gain_cells = gain_data.load_folder(tiny_folder, 32)
+    assert classes == train_cells.class_names == gain_cells.class_names == ["lymphocyte", "neutrophil", "platelet"]
+    for split in ("train", "val", "test"):
+        for cells in (train_cells, gain_cells):
+            part = cells.part(split)
+            assert torch.equal(part.images, gan_parts[split].images), split
+            assert torch.equal(part.labels, gan_parts[split].labels), split
+    assert len(gan_parts["train"]) + len(gan_parts["val"]) + len(gan_parts["test"]) == 36  # the copy is skipped
+    assert len(gan_parts["test"]) == 6 and gan_parts["test"].labels.bincount().tolist() == [2, 2, 2]
+
+    # ... and it is the split the app's import makes of the same folder with its default settings.
+    app = ds_db.get_dataset(import_folder(tiny_folder, "tiny", size=32).dataset_id)
+    assert train_cells.split_hash == gain_cells.split_hash == app.split_hash and digest == app.split_hash[:12]
+    for split in ("train", "val", "test"):
+        in_app = {row.sha256 for row in ds_db.real_images(app.id, split=split)}
+        assert {sha for sha, s in zip(gain_cells.sha256, gain_cells.splits, strict=True) if s == split} == in_app
+
+
+def test_cell_cache_is_reused_and_renewed_when_a_file_changes(tiny_folder, tmp_path, monkeypatch):
+    from bench import cells as bench_cells
+
+    cache = tmp_path / "cache"
+    first = bench_cells.load_cells(tiny_folder, 32, cache_dir=cache)
+    assert len(list(cache.glob("cells_*.pt"))) == 1
+
+    def no_reading(*_args, **_kwargs):  # noqa: ANN202
+        raise AssertionError("the folder was read again although its cache is valid")
+
+    monkeypatch.setattr(bench_cells, "ingest", no_reading)
+    again = bench_cells.load_cells(tiny_folder, 32, cache_dir=cache)
+    assert torch.equal(again.images, first.images) and again.keys == first.keys and again.splits == first.splits
+    assert again.split_hash == first.split_hash
+    monkeypatch.undo()
+    (tiny_folder / "neutrophil" / "neutrophil_00.jpg").unlink()  # one cell fewer: the cache must not serve it
+    fewer = bench_cells.load_cells(tiny_folder, 32, cache_dir=cache)
+    assert len(fewer.keys) == len(first.keys) - 1 and "neutrophil/neutrophil_00.jpg" not in fewer.keys
+    assert len(list(cache.glob("cells_*.pt"))) == 2
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,23 +11,14 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-from support import TINY_CLASSES, draw_cell
+from support import TINY_CLASSES, context_on, draw_cell
 
 from db import datasets as ds_db
-from db.engine import dispose_all
-from db.migrate import ensure_schema, forget_schema_cache
 from wbc_core import auth, cell_detail
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HASH = 1_000
 PASSWORD = "correct horse"
-
-
-def _use_home(home: Path) -> None:
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    dispose_all()
-    forget_schema_cache()
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +29,11 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
     root = tmp_path_factory.mktemp("cell_detail")
     home = root / "home"
-    saved = {k: os.environ.get(k) for k in ("WBC_HOME", "WBC_DB_URL")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    _use_home(home)
     try:
-        with pytest.MonkeyPatch.context() as mp:
+        with context_on(home), pytest.MonkeyPatch.context() as mp:
             mp.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
-            ensure_schema()
             folder = root / "folder"
             rng = np.random.default_rng(0)
             for name, colour in TINY_CLASSES.items():
@@ -66,32 +53,18 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             copy_id, fresh_id = ds_db.add_images(info.id, rows)
             assert gan_runs.score_candidates(info.id)["scored"] == 2  # trains and caches the judge
             auth.create_user("rita", PASSWORD, "reviewer")
-            yield {"home": home, "dataset_id": info.id, "copy": copy_id, "fresh": fresh_id, "original": train[0].id,
-                   "classes": info.class_names}
+        yield {"home": home, "dataset_id": info.id, "copy": copy_id, "fresh": fresh_id, "original": train[0].id,
+               "classes": info.class_names}
     finally:
-        gan_runs._references.clear()
-        cell_detail.forget()
         torch.set_num_threads(threads)
-        dispose_all()
-        forget_schema_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture()
 def home(scored_home: dict, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    """The scored home, active (read-only) for this test."""
-    monkeypatch.setenv("WBC_HOME", str(scored_home["home"]))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
+    """The scored home, active (read-only) for this test, in a fresh context (no judge loaded yet)."""
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
-    dispose_all()
-    forget_schema_cache()
-    yield scored_home
-    dispose_all()
-    forget_schema_cache()
+    with context_on(scored_home["home"]):
+        yield scored_home
 
 
 def _check_shape(detail: dict, classes: list[str], k: int) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import context_on
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,21 +66,15 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path):
     assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
 
     # The database agrees with what the CLI printed.
-    os.environ["WBC_HOME"] = str(home)
-    try:
-        from db.engine import dispose_all
+    with context_on(home):
         from db.runs import get_run
 
-        dispose_all()
         run = get_run(trained["run_id"])
         # 24 real train cells + 5 accepted platelet candidates: the curated set, nothing from val/test.
         real_train = sum(v["train"] for v in imported["classes"].values())
         assert run.train_set_size == real_train + 5
         assert run.train_set_summary["by_origin_class"]["synthetic/platelet"] == 5
         assert run.recipe == "curated" and run.config["epochs"] == 1
-    finally:
-        dispose_all()
-        os.environ.pop("WBC_HOME")
 
 
 def test_cli_errors_are_plain_and_nonzero(tmp_path):

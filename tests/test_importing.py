@@ -68,7 +68,7 @@ def test_tensor_store_decodes_once_and_caches(wbc_home, tiny_folder, monkeypatch
     rows = ds_db.real_images(result.dataset_id, split="train")
     first = store.images_for(result.dataset_id, rows, 32)
     assert first.dtype == torch.uint8 and first.shape == (len(rows), 3, 32, 32)
-    store.forget_memory()  # a new process: only the file cache remains
+    store.forget_memory()  # as in a new process: only the file cache remains
 
     def fail(*_args, **_kwargs):
         raise AssertionError("decoded again although cached")
@@ -89,33 +89,27 @@ def test_tensor_store_resizes_and_crops(wbc_home, tmp_path):
     assert out.shape == (3, 16, 16) and out.min() > 150
 
 
-def test_image_set_hash_depends_on_ids_hashes_and_labels():
-    base = [(1, "aa", "x"), (2, "bb", "y")]
-    assert store.image_set_hash(base) == store.image_set_hash(list(reversed(base)))
-    assert store.image_set_hash(base) != store.image_set_hash([(1, "aa", "y"), (2, "bb", "y")])
-    assert store.image_set_hash(base) != store.image_set_hash(base[:1])
 
 
 
 
-def test_tensor_store_never_serves_another_homes_cells(tmp_path, monkeypatch, tiny_folder):
-    """Two homes whose datasets share id 1 (one process, e.g. a test run or a server switching homes)."""
-    from db.engine import dispose_all
-    from db.migrate import ensure_schema, forget_schema_cache
+def test_tensor_store_never_serves_another_homes_cells(tmp_path):
+    """Two homes whose datasets share id 1 (one process, e.g. a test run or a bench switching homes)."""
+    from support import context_on
 
     seen = []
     for name, colour in (("first", 30), ("second", 220)):
-        monkeypatch.setenv("WBC_HOME", str(tmp_path / name))
-        dispose_all()
-        forget_schema_cache()
-        ensure_schema()
-        folder = tmp_path / f"src_{name}" / "cls"
-        folder.mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(np.full((16, 16, 3), colour + i, dtype=np.uint8)).save(folder / f"{i}.png")
-        result = import_folder(folder.parent, name, size=32, split=SplitConfig(0.0, 0.0))
-        assert result.dataset_id == 1
-        seen.append(store.images_for(1, ds_db.real_images(1), 32).float().mean().item())
-    dispose_all()
-    forget_schema_cache()
+        with context_on(tmp_path / name):
+            seen.append(_one_home(tmp_path, name, colour))
     assert seen[0] < 60 and seen[1] > 200
+
+
+def _one_home(tmp_path, name: str, colour: int) -> float:
+    """Import 4 flat cells of one colour as dataset 1 of the current home; the store's mean pixel value."""
+    folder = tmp_path / f"src_{name}" / "cls"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), colour + i, dtype=np.uint8)).save(folder / f"{i}.png")
+    result = import_folder(folder.parent, name, size=32, split=SplitConfig(0.0, 0.0))
+    assert result.dataset_id == 1
+    return store.images_for(1, ds_db.real_images(1), 32).float().mean().item()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from db import runs
 from wbc_core import jobs
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def _start(config: dict) -> int:
@@ -73,7 +77,7 @@ def test_killed_process_is_marked_failed(wbc_home):
 def test_stale_heartbeat_counts_as_dead_even_if_pid_lives(wbc_home, monkeypatch):
     run_id = runs.create_run("selftest", None, {}, seed=0)
     runs.mark_started(run_id, pid=1, hostname="another-host")  # a pid we cannot judge from here
-    monkeypatch.setattr(jobs, "STALE_SECONDS", -1.0)
+    monkeypatch.setattr(jobs.state, "STALE_SECONDS", -1.0)
     assert jobs.reconcile() == [run_id]
     assert runs.get_run(run_id).status == "failed"
 

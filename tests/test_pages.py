@@ -221,8 +221,13 @@ def test_generate_button_adds_candidates(full_home):
     assert by_label(at.select_slider, "Checkpoint (step)").value == 12
     by_label(at.number_input, "Candidates per class").set_value(2)
     ok(by_label(at.button, "Generate candidates").click().run())
-    assert "Added 10 candidates" in texts(at.success)
+    # The click only queued a job: no candidate exists yet when the page has answered.
+    [job] = runs_db.list_runs(kind="generate")
+    assert job.config["per_class"] == 2 and job.config["step"] == 12
+    assert jobs.wait(job.id, timeout=240).status == "succeeded", jobs.wait(job.id).error
     assert len(ds_db.candidates(dataset_id())) == before + 2 * len(CLASSES)
+    ok(at.run())  # the job panel reports the outcome
+    assert "added 10 candidates" in texts(at.success)
 
 
 # -- Review ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.engine import read_session
 from db.migrate import ensure_schema
+from wbc_core import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -46,6 +47,14 @@ def home(built_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         yield run_id
 
 
+def _finish(kind: str):
+    """Wait for the one job of a kind the page queued; it must succeed. Returns its run info."""
+    [job] = runs_db.list_runs(kind=kind)
+    info = jobs.wait(job.id, timeout=240)
+    assert info.status == "succeeded", info.error
+    return info
+
+
 def page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages/generate.py"), default_timeout=TIMEOUT).run()
     return ok(at)
@@ -70,6 +79,9 @@ def test_score_quality_button_stores_metrics_and_plots_them(home) -> None:
     at = page()
     at.number_input(key="quality_per_class").set_value(8)
     ok(at.button(key="score_quality").click().run())
+    _finish("quality")
+    ok(at.run())
+    assert any("measured checkpoint 4" in str(s.value) for s in at.success)
     names = {r["name"] for r in runs_db.metrics([run_id]) if r["step"] == 4}
     assert {"quality/fd_ratio", "quality/coverage", "quality/acceptance", "quality/memorised"} <= names
     assert at.selectbox(key="quality_metric").value == "fd_ratio"
@@ -85,7 +97,11 @@ def test_generate_button_adds_scored_candidates(home) -> None:
     at = page()
     at.number_input(key="per_class").set_value(3)
     ok(at.button(key="generate").click().run())
-    assert any("Scored 15 for review sorting" in str(s.value) for s in at.success), [s.value for s in at.success]
+    assert any("started in the background" in str(t.value) for t in at.toast)
+    job = _finish("generate")
+    assert job.config == {"gan_run_id": home, "per_class": 3, "step": 4, "seed": None, "classes": None}
+    ok(at.run())
+    assert any("scored 15" in str(s.value) for s in at.success), [s.value for s in at.success]
     rows = ds_db.candidates(ds_db.get_dataset("cells").id)
     assert len(rows) == 15
     with read_session() as s:
@@ -94,11 +110,11 @@ def test_generate_button_adds_scored_candidates(home) -> None:
 
 
 def test_presets_fill_the_form_and_cuda_is_refused_plainly_without_a_gpu(home, monkeypatch) -> None:
-    import torch
 
+    from wbc_core import hardware
     from wbc_core.gan import CUDA_PRESET, GanConfig
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cuda_visible", lambda: False)
     at = page()
     assert at.radio(key="gan_preset").value == "cpu"  # suggested: this machine (as patched) has no GPU
     width = next(w for w in at.number_input if w.label == "Width")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home
+from support import active_home, copy_home, module_home, use_settings
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -241,14 +241,13 @@ def test_oidc_sign_in_creates_the_user_through_the_domain(home, monkeypatch):
     assert [b.label for b in at.button] == ["Sign out of the identity provider"]
 
 
-def test_sign_in_off_acts_as_the_local_admin(home, monkeypatch):
-    monkeypatch.setenv("WBC_AUTH", "off")
-    monkeypatch.setenv("WBC_USER", "eve")
-    at = app("pages/review.py")
-    assert auth.get_user("eve").role == "admin"
-    first = pending("eve")[0]
-    click(at, "rv_accept")
-    assert mine("eve") == {first: ("accept", None, None)}
+def test_sign_in_off_acts_as_the_local_admin(home):
+    with use_settings(auth_off=True, local_user="eve"):
+        at = app("pages/review.py")
+        assert auth.get_user("eve").role == "admin"
+        first = pending("eve")[0]
+        click(at, "rv_accept")
+        assert mine("eve") == {first: ("accept", None, None)}
 
 
 # -- review: roles ----------------------------------------------------------------------------------------------

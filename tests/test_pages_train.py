@@ -18,6 +18,7 @@ from test_results import FAST, build_home
 
 from db import runs as runs_db
 from wbc_core import jobs, retrain
+from wbc_core.jobs import groups, launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -58,11 +59,11 @@ def by_label(elements, label: str):  # noqa: ANN001, ANN201
 
 def _stop_group(group: str) -> None:
     """Cancel a group started by a test and wait until its chain and workers are gone."""
-    retrain.cancel_group(group)
-    runs = retrain.group_runs(group)
+    groups.cancel_group(group)
+    runs = groups.group_runs(group)
     for run in runs:
         assert not jobs.wait(run.id, timeout=120).active
-    for proc in list(retrain._chains.values()):
+    for proc in list(launcher._children.values()):  # the chain (and any worker) started by this process
         proc.wait(timeout=60)
     for run in runs:
         pid = runs_db.get_run(run.id).pid
@@ -216,9 +217,13 @@ def test_dashboard_embedding_button_and_downloads(home):
     run_id = by_label(at.selectbox, "Run for the embedding map").value
     assert not any("t-SNE" in c.proto.spec for c in at.get("plotly_chart"))
     by_label(at.number_input, "Max cells").set_value(200)
+    started = time.monotonic()
     ok(at.button(key="compute_embedding").click().run())
-    assert any("t-SNE of classifier features" in c.proto.spec for c in at.get("plotly_chart"))
+    assert time.monotonic() - started < 30  # the click only queued a job (no t-SNE in the page)
+    [job] = [r for r in runs_db.list_runs(kind="embedding") if r.config["classifier_run_id"] == run_id]
+    assert jobs.wait(job.id, timeout=240).status == "succeeded", job.error
     assert (jobs.run_dir(run_id) / "embedding_200_0.csv").exists()
+    ok(at.run())
     ok(at.run())  # cached: still shown without pressing the button again
     assert any("t-SNE of classifier features" in c.proto.spec for c in at.get("plotly_chart"))
     downloads = {d.proto.label for d in at.get("download_button")}

@@ -25,8 +25,10 @@ from support import module_home
 from db import datasets as ds_db
 from db import runs as runs_db
 from db.migrate import ensure_schema
-from wbc_core import cli, embedding, jobs, results, retrain, review_model, worker
+from wbc_core import embedding, jobs, results, retrain, review_model, worker
+from wbc_core.cli import main as cli
 from wbc_core.context import current
+from wbc_core.jobs import groups
 
 DATASET = "cells"
 # cosine: OneCycleLR divides by zero when a run has exactly 4 optimiser steps (reported to the classifier owner).
@@ -82,8 +84,8 @@ def build_home(root: Path) -> dict:
     accepted = [i for k, i in enumerate(cand) if k % 3 != 2]
     review_model.decide(accepted, "ann", "accept")
     review_model.decide([i for i in cand if i not in accepted], "ann", "reject")
-    ablation = retrain.start_ablation(DATASET, FAST, seeds=[0], launch=False)
-    seeds = retrain.start_seeds(DATASET, "real", [3, 4], FAST, launch=False)
+    ablation = groups.start_ablation(DATASET, FAST, seeds=[0], launch=False)
+    seeds = groups.start_seeds(DATASET, "real", [3, 4], FAST, launch=False)
     for run_id in [*ablation.run_ids, *seeds.run_ids]:
         run_in_process(run_id)
     return {"dataset_id": dataset_id, "candidates": cand, "accepted": accepted, "ablation": ablation,

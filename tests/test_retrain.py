@@ -13,9 +13,11 @@ from test_results import FAST, add_candidates
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from wbc_core import cli, jobs, retrain, review_model, views
+from wbc_core import jobs, retrain, review_model, views
 from wbc_core.classifier import BATCH_METRICS, EPOCH_METRICS
+from wbc_core.cli import main as cli
 from wbc_core.importing import import_folder
+from wbc_core.jobs import groups, launcher
 
 
 @pytest.fixture()
@@ -60,12 +62,12 @@ def test_curated_set_version_changes_exactly_when_accepted_images_change(dataset
 
 
 def test_parse_seeds_accepts_lists_and_text_and_refuses_nonsense():
-    assert retrain.parse_seeds("0 1, 2") == [0, 1, 2]
-    assert retrain.parse_seeds(None, default=7) == [7] and retrain.parse_seeds("") == [0]
-    assert retrain.parse_seeds([3, 1]) == [3, 1] and retrain.parse_seeds(5) == [5]
+    assert groups.parse_seeds("0 1, 2") == [0, 1, 2]
+    assert groups.parse_seeds(None, default=7) == [7] and groups.parse_seeds("") == [0]
+    assert groups.parse_seeds([3, 1]) == [3, 1] and groups.parse_seeds(5) == [5]
     for bad in ("1 1", "a", "-1", [2, -2]):
         with pytest.raises(retrain.RetrainError):
-            retrain.parse_seeds(bad)
+            groups.parse_seeds(bad)
 
 
 # -- live status ------------------------------------------------------------------------------------------
@@ -102,8 +104,8 @@ def test_run_status_reports_live_metrics_fractional_epochs_and_eta(dataset):
 def test_group_runs_train_one_after_another(dataset):
     # Two runs of a multi-seed group: the same chain as an ablation's three arms, one worker start cheaper.
     dataset_id, _ = dataset
-    launched = retrain.start_training(dataset_id, "real", FAST, seeds="1 2")
-    chain = retrain._chains[max(retrain._chains)]
+    launched = groups.start_training(dataset_id, "real", FAST, seeds="1 2")
+    chain = launcher._children[max(launcher._children)]  # the newest child: the chain process
     assert launched.group_name.startswith("seeds-real-")
     assert [runs_db.get_run(r).status for r in launched.run_ids] == ["queued", "queued"]
     infos = [jobs.wait(r, timeout=240) for r in launched.run_ids]
@@ -124,7 +126,7 @@ def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys)
     group, run_ids = out["group"], out["run_ids"]
     assert group.startswith("ablation-") and len(run_ids) == 3
     assert [runs_db.get_run(r).config["epochs"] for r in run_ids] == [300] * 3
-    chain = retrain._chains[max(retrain._chains)]
+    chain = launcher._children[max(launcher._children)]  # the newest child: the chain process
     deadline = time.monotonic() + 120
     while not runs_db.metrics([run_ids[0]], ["train_loss_running", "train_loss"]) and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -137,4 +139,4 @@ def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys)
     assert infos[1].started_at is None and infos[2].started_at is None  # the queued arms never started
     assert chain.wait(timeout=60) == 0
     _wait_gone(runs_db.get_run(run_ids[0]).pid)
-    assert retrain.cancel_group(group) == []
+    assert groups.cancel_group(group) == []

@@ -15,6 +15,8 @@ from wbc_core import review_model
 from wbc_core.review_model import ConsensusRule, outcome_of
 from wbc_core.thumbnails import thumbnail_path
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 @pytest.fixture()
 def queue(wbc_home):
@@ -135,7 +137,8 @@ def test_review_settings_are_the_default_rule_and_quotas_count_final_classes(que
     review_model.decide(ids[:2], "bob", "accept")
     settings = review_model.ReviewSettings(ConsensusRule(min_agreeing=2), {"a": 2, "b": 1})
     review_model.set_review_settings(dataset_id, settings, admin)
-    assert review_model.get_review_settings(dataset_id) == review_model.ReviewSettings(ConsensusRule(2, 2), {"a": 2, "b": 1})
+    expected = review_model.ReviewSettings(ConsensusRule(2, 2), {"a": 2, "b": 1})
+    assert review_model.get_review_settings(dataset_id) == expected
     assert {row.id for row, _ in review_model.accepted_candidates(dataset_id)} == set(ids[:2])
     assert len(review_model.accepted_candidates(dataset_id, ConsensusRule())) == 4  # an explicit rule still wins
     summary = {r["class_name"]: r for r in review_model.class_summary(dataset_id)}

@@ -18,16 +18,14 @@ from wbc_core.auth import User, authorize
 
 def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
     """Cohen's kappa of two raters from (rating_a, rating_b) pairs; None if undefined (no items, or p_e = 1)."""
-    n = len(pairs)
-    if n == 0:
+    from sklearn.metrics import cohen_kappa_score  # first use only: the Agreement page pays, no other import
+
+    if not pairs:
         return None
-    observed = sum(a == b for a, b in pairs) / n
-    count_a = Counter(a for a, _ in pairs)
-    count_b = Counter(b for _, b in pairs)
-    expected = sum(count_a[c] * count_b[c] for c in count_a) / (n * n)
-    if expected >= 1.0:
+    a, b = (list(x) for x in zip(*pairs, strict=True))
+    if len(set(a) | set(b)) == 1:
         return None  # both raters used one and the same category throughout: chance explains everything
-    return (observed - expected) / (1.0 - expected)
+    return float(cohen_kappa_score(a, b))
 
 
 def fleiss_kappa(items: Iterable[Mapping[str, int]]) -> float | None:
@@ -38,6 +36,11 @@ def fleiss_kappa(items: Iterable[Mapping[str, int]]) -> float | None:
     the mean of P_i over items. Category shares p_j = sum_i n_ij / sum_i n_i pool all ratings, and
     P_e = sum_j p_j^2. kappa = (P_bar - P_e) / (1 - P_e). With equal n_i this is Fleiss (1971) exactly.
     Items with fewer than 2 raters are skipped; None when no item is left or P_e = 1.
+
+    Kept by hand rather than taken from statsmodels: its `fleiss_kappa` assumes the same number of raters
+    for every item, which consensus voting does not give (k of n reviewers, some skip a cell), and the
+    whole of statsmodels (with patsy) would be a dependency for these fifteen lines. Pinned by the
+    worked example of Fleiss (1971) and, for equal rater counts, by the table formula in the tests.
     """
     per_item: list[float] = []
     totals: Counter = Counter()

@@ -14,14 +14,17 @@ import hashlib
 import hmac
 import re
 import secrets
+from datetime import datetime, timedelta
 
 from db import users as users_db
-from db.users import User, UserExists, UserNotFound
+from db.models import utcnow
+from db.users import AlreadySetUp, User, UserExists, UserNotFound
 from db.vocabulary import ROLE_ORDER, ROLES
 
-__all__ = ["PERMISSIONS", "PermissionDenied", "User", "UserExists", "UserNotFound", "authenticate", "authorize",
-           "can", "create_user", "disable_user", "ensure_oidc_user", "get_user", "has_users", "list_users",
-           "set_password", "set_role"]
+__all__ = ["PERMISSIONS", "AlreadySetUp", "PermissionDenied", "SignInLocked", "User", "UserExists", "UserNotFound",
+           "authenticate", "authorize", "can", "create_first_admin", "create_user", "disable_user",
+           "ensure_oidc_user", "get_user", "has_users", "list_users", "locked_until", "set_password", "set_role",
+           "unlock_user"]
 
 # OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256 (~0.2 s here); the count is stored with each hash,
 # so raising it later upgrades old hashes at their next successful login.
@@ -47,8 +50,27 @@ _DUMMY_HASH = "pbkdf2_sha256${}${}${}".format(PBKDF2_ITERATIONS, base64.b64encod
                                               base64.b64encode(b"\0" * 32).decode())
 
 
+# Back-off after failed sign-ins, counted per account (the name typed, whether it exists or not, so the answer
+# reveals nothing) and per client (a browser session, an address): a few free tries, then a lock that doubles
+# with every further failure up to a cap. A success clears the account's count; an admin can clear it too.
+ACCOUNT_FREE_FAILURES = 5
+CLIENT_FREE_FAILURES = 20  # a shared lab computer signs several people in
+FIRST_LOCK_S = 30
+MAX_LOCK_S = 15 * 60
+FORGET_FAILURES_AFTER = timedelta(hours=24)
+_now = utcnow  # the clock (naive UTC); tests replace it instead of sleeping
+
+
 class PermissionDenied(PermissionError):
     """The acting user's role does not allow the action (message says which role would)."""
+
+
+class SignInLocked(PermissionError):
+    """Too many failed sign-ins for the account or from the client: no password is checked until `until`."""
+
+    def __init__(self, message: str, until: datetime) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 def validate_username(username: str) -> str:
@@ -99,14 +121,58 @@ def create_user(username: str, password: str, role: str, display_name: str | Non
     return users_db.insert_user(name, hash_password(password), _validate_role(role), display_name or None, "local")
 
 
-def authenticate(username: str, password: str) -> User | None:
-    """The user if the name and password match an enabled local account, else None (same answer for every failure)."""
-    found = users_db.get_credentials((username or "").strip())
+def create_first_admin(username: str, password: str, display_name: str | None = None) -> User:
+    """The first-run form: create the admin only while no account exists at all, atomically (AlreadySetUp if
+    someone else was first), so two forms submitted at once cannot make two admins."""
+    name = validate_username(username)
+    validate_password(password)
+    return users_db.insert_first_admin_or(name, None, display_name or None, "local",
+                                          password_hash=hash_password(password))
+
+
+def _account_key(username: str) -> str:
+    return "user:" + username[:150]
+
+
+def _throttle_keys(username: str, client: str | None) -> list[str]:
+    keys = [_account_key(username)]
+    if client:
+        keys.append("client:" + str(client)[:150])
+    return keys
+
+
+def _lock_seconds(key: str, failures: int) -> float:
+    free = ACCOUNT_FREE_FAILURES if key.startswith("user:") else CLIENT_FREE_FAILURES
+    return 0.0 if failures < free else float(min(MAX_LOCK_S, FIRST_LOCK_S * 2 ** min(failures - free, 20)))
+
+
+def _wait_words(seconds: float) -> str:
+    seconds = max(1, int(seconds + 0.999))
+    return f"{seconds} s" if seconds < 90 else f"{(seconds + 59) // 60} min"
+
+
+def authenticate(username: str, password: str, client: str | None = None) -> User | None:
+    """The user if the name and password match an enabled local account, else None (same answer for every failure).
+
+    client names where the attempt comes from (a browser session id, an address). After too many failures in a
+    row for the name or from the client, SignInLocked says for how long no password is checked.
+    """
+    name = (username or "").strip()
+    keys = _throttle_keys(name, client)
+    now = _now()
+    until = users_db.sign_in_locked_until(keys, now)
+    if until is not None:
+        raise SignInLocked(f"too many failed sign-ins for this account or from this browser: try again in "
+                           f"{_wait_words((until - now).total_seconds())}, or ask an admin to unlock the account",
+                           until)
+    found = users_db.get_credentials(name) if len(name) <= 64 else None
     usable = found is not None and not found[0].disabled and found[1].startswith("pbkdf2_sha256$")
     stored = found[1] if usable else _DUMMY_HASH
     ok = verify_password(password or "", stored)
     if not (usable and ok):
+        users_db.record_sign_in_failure(keys, now, _lock_seconds, now - FORGET_FAILURES_AFTER)
         return None
+    users_db.clear_sign_in_failures([_account_key(name)])
     user = found[0]
     if int(stored.split("$")[1]) < PBKDF2_ITERATIONS:
         users_db.update_user(user.username, password_hash=hash_password(password))
@@ -132,6 +198,20 @@ def set_password(username: str, password: str) -> User:
 def disable_user(username: str, disabled: bool = True) -> User:
     """Block (or with disabled=False, re-enable) a user; their decisions stay. The last admin cannot be disabled."""
     return users_db.update_user(username, disabled=disabled)
+
+
+def unlock_user(username: str) -> User:
+    """Clear an account's failed sign-ins, so its next sign-in is checked at once (an admin's unlock)."""
+    user = users_db.get_user((username or "").strip())
+    if user is None:
+        raise UserNotFound(f"no user {username!r}")
+    users_db.clear_sign_in_failures([_account_key(user.username)])
+    return user
+
+
+def locked_until(username: str) -> datetime | None:
+    """Until when the account's sign-in is locked after failed attempts (None: it is not)."""
+    return users_db.sign_in_locked_until([_account_key(username)], _now())
 
 
 def get_user(username: str) -> User | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
-from wbc_core.context import current
+from wbc_core.context import BoundedCache, current
 from wbc_core.provenance import JudgeKey
 
 __all__ = ["candidate_detail", "cached_judge", "probabilities_figure"]
@@ -39,8 +38,20 @@ class CachedJudge:
     token: tuple[str, int, int]  # (judge folder, model mtime, features mtime): changes when the cache does
 
 
-_judges: dict[tuple[str, int, int], CachedJudge] = {}
-_lock = threading.Lock()
+class _Judges:
+    """Judges loaded in this context, by token, and their lock."""
+
+    def __init__(self) -> None:
+        self.by_token: dict[tuple[str, int, int], CachedJudge] = {}
+        self.lock = threading.Lock()
+
+
+def _judges() -> _Judges:
+    return current().caches.get("cell_detail.judges", _Judges)
+
+
+def _answers() -> BoundedCache:
+    return current().caches.get("cell_detail.answers", lambda: BoundedCache(4096))
 
 
 def _judge_dir(dataset_id: int) -> tuple[Path, int] | None:
@@ -80,9 +91,10 @@ def cached_judge(dataset_id: int) -> CachedJudge | None:
         token = (str(folder), model_path.stat().st_mtime_ns, feats_path.stat().st_mtime_ns)
     except OSError:  # removed in between
         return None
-    with _lock:
-        if token in _judges:
-            return _judges[token]
+    judges = _judges()
+    with judges.lock:
+        if token in judges.by_token:
+            return judges.by_token[token]
         try:
             judge = load_classifier(model_path)
             blob = torch.load(feats_path, weights_only=True)
@@ -100,30 +112,25 @@ def cached_judge(dataset_id: int) -> CachedJudge | None:
                 return None
             ids = torch.tensor([r.id for r in rows], dtype=torch.int64)
         entry = CachedJudge(judge, list(judge.class_names), ids, feats, size, token)
-        for old in [t for t in _judges if t[0] == token[0]]:  # a retrained judge replaces the old one
-            del _judges[old]
-        _judges[token] = entry
+        for old in [t for t in judges.by_token if t[0] == token[0]]:  # a retrained judge replaces the old one
+            del judges.by_token[old]
+        judges.by_token[token] = entry
         return entry
 
 
-@lru_cache(maxsize=4096)
-def _detail(home: str, image_id: int, k: int, token: tuple[str, int, int]) -> dict[str, Any] | None:
+def _detail(home: Path, image_id: int, k: int, token: tuple[str, int, int]) -> dict[str, Any] | None:
     from wbc_core.quality.judge import judge_features
     from wbc_core.quality.neighbours import pairwise_nearest
     from wbc_core.store import decode_cell
 
-    entry = _judges.get(token)
+    entry = _judges().by_token.get(token)
     rows = ds_db.images_by_ids([image_id])
     if entry is None or not rows or entry.train_features.shape[0] == 0:
         return None
     # Decoded exactly as score_candidates() decodes candidates (centre crop, resize to the judge's size).
     image = torch.from_numpy(decode_cell(Path(home) / rows[0].path, entry.image_size)).unsqueeze(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one cell: threads cost more than they save, and the box is shared
-    try:
-        feats, probs = judge_features(entry.judge, image)
-    finally:
-        torch.set_num_threads(before)
+    # Torch's thread count is left alone: this runs inside the app server, where it is process-wide.
+    feats, probs = judge_features(entry.judge, image)
     probabilities = dict(sorted(((name, float(p)) for name, p in zip(entry.class_names, probs[0].tolist(),
                                                                        strict=True)),
                                 key=lambda item: -item[1]))
@@ -152,15 +159,17 @@ def candidate_detail(image_id: int, k: int = 5) -> dict | None:
     entry = cached_judge(dataset_id)
     if entry is None:
         return None
-    out = _detail(str(current().home), int(image_id), int(k), entry.token)
+    key = (int(image_id), int(k), entry.token)
+    out = _answers().get_or_compute(key, lambda: _detail(current().home, int(image_id), int(k), entry.token))
     return copy.deepcopy(out)  # callers may edit their copy; the cached answer stays intact
 
 
 def forget() -> None:
     """Drop the in-process judges and answers (tests; after a judge cache is cleared)."""
-    with _lock:
-        _judges.clear()
-    _detail.cache_clear()
+    judges = _judges()
+    with judges.lock:
+        judges.by_token.clear()
+    _answers().discard(lambda _key: True)
 
 
 def probabilities_figure(probabilities: dict[str, float]):  # noqa: ANN201 - plotly Figure, imported lazily

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from db.engine import Database, bind
+if TYPE_CHECKING:  # imported where used: the compute packages (gan, classifier, quality, data, store) read the
+    from db.engine import Database  # context for paths and caches and must not load the database layer
 
 PROCESS_KINDS = ("app", "worker", "cli", "test", "bench")
 T = TypeVar("T")
@@ -132,7 +133,7 @@ class Context:
 
     settings: Settings
     process: str  # one of PROCESS_KINDS; "app" marks the Streamlit server (shared by many sessions)
-    database: Database
+    database: Database  # db.engine.Database
     caches: Caches = field(default_factory=Caches)
 
     @property
@@ -167,6 +168,8 @@ def build(process: str = "cli", *, home: str | os.PathLike[str] | None = None, d
     """A new context (not yet the current one): settings from the environment, folders made, schema applied."""
     if process not in PROCESS_KINDS:
         raise ValueError(f"process must be one of {', '.join(PROCESS_KINDS)}, got {process!r}")
+    from db.engine import Database
+
     settings = Settings.from_environ(environ, home=home, db_url=db_url)
     Paths(settings.home).make()
     ctx = Context(settings=settings, process=process, database=Database(settings.db_url))
@@ -174,6 +177,9 @@ def build(process: str = "cli", *, home: str | os.PathLike[str] | None = None, d
         from db.migrate import ensure_schema
 
         ensure_schema(ctx.database)
+        from wbc_core.staging import clean_stale_staging
+
+        clean_stale_staging(ctx)  # files of imports that were killed or crashed (asks the database, so: migrated)
     return ctx
 
 
@@ -183,6 +189,8 @@ _current_lock = threading.Lock()
 
 def activate(ctx: Context) -> Context | None:
     """Make ctx this process's context (and bind its database); returns the one it replaces."""
+    from db.engine import bind
+
     global _current
     with _current_lock:
         previous, _current = _current, ctx
@@ -208,6 +216,8 @@ def is_current() -> bool:
 @contextmanager
 def using(ctx: Context) -> Iterator[Context]:
     """Make ctx current for a block, then restore the previous one (tests, benches)."""
+    from db.engine import bind
+
     global _current
     previous = activate(ctx)
     try:
@@ -221,3 +231,47 @@ def using(ctx: Context) -> Iterator[Context]:
 def with_settings(ctx: Context, **changes: Any) -> Context:
     """A context like ctx with some settings changed (same database and caches); for tests."""
     return replace(ctx, settings=replace(ctx.settings, **changes))
+
+
+class BoundedCache:
+    """A thread-safe least-recently-used map with a size limit (one per named cache on a context)."""
+
+    def __init__(self, maxsize: int) -> None:
+        from collections import OrderedDict
+
+        self.maxsize = maxsize
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.RLock()  # also held by owners that must check-and-build under one lock
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self.lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def get_or_compute(self, key: Any, compute: Callable[[], T]) -> T:
+        """The cached value, or compute() stored under key (computed under the lock: one build per key)."""
+        with self.lock:
+            sentinel = object()
+            value = self.get(key, sentinel)
+            if value is sentinel:
+                value = compute()
+                self.put(key, value)
+            return value
+
+    def discard(self, predicate: Callable[[Any], bool]) -> None:
+        """Drop every entry whose key matches predicate."""
+        with self.lock:
+            for key in [k for k in self._items if predicate(k)]:
+                del self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)

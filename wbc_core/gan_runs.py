@@ -12,9 +12,9 @@ from PIL import Image
 from db import datasets as ds_db
 from db import runs as runs_db
 from db.datasets import ImageRow
-from wbc_core import jobs, store
-from wbc_core.context import current
-from wbc_core.provenance import candidate_seed, quality_seed, training_set_record
+from wbc_core import jobs, limits, options, store
+from wbc_core.context import BoundedCache, current
+from wbc_core.provenance import JudgeKey, candidate_seed, quality_seed, training_set_record
 
 
 class GanRunError(ValueError):
@@ -30,47 +30,31 @@ def gan_training_rows(dataset_id: int) -> list[ImageRow]:
     return rows
 
 
-GAN_PRESETS = {"cpu": "CPU: the default networks, sized for a few cores",
-               "cuda": "GPU: wider networks, bigger batches, up to 128 px, 40k steps, quality at every checkpoint"}
-
-
-def suggested_preset() -> str:
-    """"cuda" where this machine has a CUDA GPU, else "cpu"."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+GAN_PRESETS = options.GAN_PRESETS  # the preset table and its suggestion live in wbc_core.options
+suggested_preset = options.suggested_preset
 
 
 def preset_values(preset: str, dataset_size: int) -> dict[str, Any]:
-    """Every GanConfig field of a preset, for the Generate form and `train-gan --preset` (overrides go on top)."""
-    from wbc_core.gan import CUDA_PRESET, GanConfig
-
-    if preset not in GAN_PRESETS:
-        raise GanRunError(f"unknown GAN preset {preset!r}: choose one of {', '.join(GAN_PRESETS)}")
-    values = {**GanConfig().to_dict(), "image_size": dataset_size}
-    if preset == "cuda":
-        # Not above the dataset's working size by default (the user can still pick 128 in the form): a 64 px
-        # dataset upsampled to 128 adds compute, not detail.
-        values.update({**CUDA_PRESET, "image_size": min(CUDA_PRESET["image_size"], dataset_size)})
-    return values
+    """Every GanConfig field of a preset (wbc_core.options.preset_values)."""
+    return options.preset_values(preset, dataset_size)
 
 
 def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, launch: bool = True) -> int:
     """Validate a GAN config for a dataset, record the run and its exact training set, and launch its job."""
-    import torch
-
-    from wbc_core.gan import GanConfig
+    from wbc_core.gan.config import GanConfig
+    from wbc_core.hardware import cuda_visible
 
     info = ds_db.get_dataset(dataset)
     values = {"image_size": info.image_size, **(overrides or {})}
     config = GanConfig.from_dict(values)  # raises ValueError with a plain message on bad values
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
+    if config.device.startswith("cuda") and not cuda_visible():
         # Checked here, not only in the worker: a job that can only fail should not be queued at all.
         raise GanRunError("this machine has no CUDA GPU: choose the CPU preset (or device 'auto'), or start the "
                           "run on a GPU server")
     rows = gan_training_rows(info.id)
     if not rows:
         raise GanRunError(f"dataset {info.name!r} has no real train cells to learn from")
+    limits.check_gan_job(config, len(rows))  # plain refusal: batch above the train cells, or it cannot fit in memory
     digest, summary = training_set_record(rows)
     run_id = runs_db.create_run("gan", info.id, config.to_dict(), seed=config.seed, split_hash=info.split_hash)
     runs_db.set_training_set(run_id, digest, len(rows), summary)
@@ -157,12 +141,14 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
 
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                         classes: list[str] | None = None, progress=None,  # noqa: ANN001
-                        score: bool = True) -> dict[str, Any]:
-    """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them."""
+                        score: bool = True, should_stop=None) -> dict[str, Any]:  # noqa: ANN001
+    """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them.
+
+    Runs inside a "generate" job (wbc_core.generation.start_generation); should_stop() is asked between classes.
+    """
     from wbc_core.gan import load_generator, sample_cells
 
-    if per_class < 1:
-        raise GanRunError("per_class must be at least 1")
+    limits.check("candidates_per_class", per_class)
     run = runs_db.get_run(run_id)
     if run.kind != "gan":
         raise GanRunError(f"run {run_id} is a {run.kind} run, not a GAN run")
@@ -178,6 +164,8 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
     rows: list[dict[str, Any]] = []
     generated: list[Any] = []
     for done, class_name in enumerate(wanted):
+        if should_stop is not None and should_stop():
+            break
         class_index = loaded.class_names.index(class_name)
         cells = sample_cells(loaded, class_index, per_class, seed=candidate_seed(seed, class_index))
         generated.append(cells)
@@ -218,19 +206,15 @@ def _png_bytes(cell) -> bytes:  # noqa: ANN001
 
 # -- quality -----------------------------------------------------------------------------------------
 
-_references: dict[tuple[str, int, int, str, str], Any] = {}  # (home, dataset, size, split, judge) -> judge, per process
-
-
 def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
     """The dataset's judge Reference at size, trained and cached on first use (then kept in this process)."""
     from wbc_core.quality.judge import app_quality_config, dataset_reference
 
     info = ds_db.get_dataset(dataset_id)
-    # One process may serve several homes, and WBC_QUALITY_JUDGE picks which judge.
-    key = (str(current().home), info.id, int(size), info.split_hash, app_quality_config().key())
-    if key not in _references:
-        _references[key] = dataset_reference(info.id, size)
-    return _references[key]
+    key = JudgeKey(info.id, int(size), info.split_hash, app_quality_config().key())
+    # A few references at most (each holds a judge and the features of every train cell), least recent dropped.
+    cache = current().caches.get("quality.references", lambda: BoundedCache(4))
+    return cache.get_or_compute(key, lambda: dataset_reference(info.id, size))
 
 
 def _score_or_reason(dataset_id: int, size: int, ids: list[int], images, labels: list[str]) -> dict[str, Any]:  # noqa: ANN001

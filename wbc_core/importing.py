@@ -6,24 +6,28 @@ import random
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from db import datasets as ds_db
-from wbc_core.context import current
+from wbc_core.context import Context, current
 from wbc_core.data import (
     IngestConfig,
     IngestedImage,
     IngestReport,
     SplitConfig,
     assign_splits,
-    ingest,
+    ingest_stream,
     split_fingerprint,
 )
+from wbc_core.diskspace import DiskFull, ensure_free, is_disk_full
+from wbc_core.staging import Staging
+from wbc_core.staging import clean_stale_staging as _clean_stale_staging
 
 SIZES = (32, 64, 128)
+_ROW_BYTES = 2048  # database bytes per image row (row, indexes, write-ahead log), for the free-space estimate
 
 
 @dataclass(frozen=True)
@@ -44,25 +48,50 @@ def _check_size(size: int) -> None:
         raise ValueError(f"--size must be one of {', '.join(map(str, SIZES))}, got {size}")
 
 
-def _persist(name: str, kind: str, source: str, images: list[IngestedImage], splits: list[str],
-             split_config: dict[str, Any], report: IngestReport, size: int) -> int:
-    if not images:
-        raise ValueError(f"nothing to import from {source}: no usable image was found.\n{report.summary()}")
-    class_names = sorted({im.class_name for im in images})
-    target = current().paths.images / f"import_{int(time.time() * 1000)}_{random.randrange(1 << 30)}"
-    home = current().home
-    rows = []
-    for im, split in zip(images, splits, strict=True):
-        folder = target / im.class_name
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{im.sha256[:24]}{im.extension}"
-        path.write_bytes(im.content)
-        rows.append({"origin": "real", "class_name": im.class_name, "split": split, "sha256": im.sha256,
-                     "path": str(path.relative_to(home)), "width": im.width, "height": im.height,
-                     "source": im.source, "note": im.note})
-    split_hash = split_fingerprint((im.sha256, im.class_name, sp) for im, sp in zip(images, splits, strict=True))
-    return ds_db.create_dataset(name, kind, source, class_names, split_config, split_hash, report.to_dict(), rows,
-                                image_size=size)
+def _persist(name: str, kind: str, source: str, images: Iterable[tuple[IngestedImage, str | None]],
+             split: SplitConfig | None, split_config: dict[str, Any], report: IngestReport, size: int,
+             expected_bytes: int = 0, expected_files: int = 0) -> int:
+    """Stage every image's file, then insert the dataset in one transaction, then move the files in.
+
+    Only metadata stays in memory (the bytes of one image at a time), and whatever goes wrong before the commit,
+    from a bad file to a full disk or a lost race for the name, leaves no file behind. Each item is an image with
+    its split, or None for "choose with split" once all images are known.
+    """
+    ctx = current()
+    needed = expected_bytes + expected_files * _ROW_BYTES
+    if expected_bytes:
+        ensure_free(ctx.home, needed)
+    staging = Staging(ctx)
+    try:
+        rows, given = [], []
+        for im, im_split in images:
+            path = staging.write(im.class_name, f"{im.sha256[:24]}{im.extension}", im.content)
+            rows.append({"origin": "real", "class_name": im.class_name, "split": im_split, "sha256": im.sha256,
+                         "path": path, "width": im.width, "height": im.height, "source": im.source, "note": im.note})
+            given.append(im_split)
+        if not rows:
+            raise ValueError(f"nothing to import from {source}: no usable image was found.\n{report.summary()}")
+        if split is not None:
+            chosen = assign_splits([r["class_name"] for r in rows], [r["sha256"] for r in rows], split)
+            for row, chosen_split in zip(rows, chosen, strict=True):
+                row["split"] = chosen_split
+        class_names = sorted({r["class_name"] for r in rows})
+        split_hash = split_fingerprint((r["sha256"], r["class_name"], r["split"]) for r in rows)
+        dataset_id = ds_db.create_dataset(name, kind, source, class_names, split_config, split_hash,
+                                          report.to_dict(), rows, image_size=size)
+    except BaseException as exc:
+        staging.discard()  # first: frees the space, so the message shows what is really free
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(ctx.home, needed or None) from exc
+        raise
+    try:
+        staging.commit()
+    except BaseException:
+        # The rows point at files that did not arrive: take the dataset back rather than keep a broken one.
+        ds_db.delete_dataset(dataset_id)
+        staging.discard()
+        raise
+    return dataset_id
 
 
 def _result(dataset_id: int, report: IngestReport, started: float) -> ImportResult:
@@ -83,10 +112,19 @@ def import_folder(source: str | Path, name: str, size: int = 64, split: SplitCon
         raise ValueError("a folder or .zip path is required")
     _refuse_existing(name)
     started = time.monotonic()
-    images, report = ingest(Path(source).expanduser(), config, progress=progress)
-    splits = assign_splits([im.class_name for im in images], [im.sha256 for im in images], split)
-    dataset_id = _persist(name, kind, str(source), images, splits, asdict(split), report, size)
+    # Streamed: each image is decoded, staged and dropped, so memory does not grow with the source.
+    report, stream = ingest_stream(Path(source).expanduser(), config, progress=progress)
+    try:
+        dataset_id = _persist(name, kind, str(source), ((im, None) for im in stream), split, asdict(split), report,
+                              size, expected_bytes=stream.bytes_to_read, expected_files=stream.files)
+    finally:
+        stream.close()
     return _result(dataset_id, report, started)
+
+
+def clean_stale_staging(ctx: Context | None = None) -> list[str]:
+    """Remove what interrupted imports left under the home's staging folder; called when a context is built."""
+    return _clean_stale_staging(ctx if ctx is not None else current())
 
 
 def _refuse_existing(name: str) -> None:
@@ -118,22 +156,21 @@ def import_bloodmnist(npz_path: str | Path, name: str, size: int = 64) -> Import
     _check_size(size)
     _refuse_existing(name)
     started = time.monotonic()
-    images: list[IngestedImage] = []
-    splits: list[str] = []
     report = IngestReport()
-    seen: set[str] = set()
-    for image, split in read_bloodmnist_npz(Path(npz_path)):
-        if image.sha256 in seen:  # MedMNIST has a few pixel-identical cells; keep the first
-            report.skipped.append(_duplicate_skip(image.source))
-            continue
-        seen.add(image.sha256)
-        images.append(image)
-        splits.append(split)
     counts: dict[str, int] = defaultdict(int)
-    for im in images:
-        counts[im.class_name] += 1
-    report.classes = dict(sorted(counts.items()))
-    dataset_id = _persist(name, "bloodmnist", str(npz_path), images, splits, {"official_split": True}, report, size)
+
+    def images():  # noqa: ANN202 - streamed into _persist, which fills in the report's counts on the way
+        seen: set[str] = set()
+        for image, split in read_bloodmnist_npz(Path(npz_path)):
+            if image.sha256 in seen:  # MedMNIST has a few pixel-identical cells; keep the first
+                report.skipped.append(_duplicate_skip(image.source))
+                continue
+            seen.add(image.sha256)
+            counts[image.class_name] += 1
+            yield image, split
+        report.classes = dict(sorted(counts.items()))  # runs once the npz is exhausted, before the insert
+
+    dataset_id = _persist(name, "bloodmnist", str(npz_path), images(), None, {"official_split": True}, report, size)
     return _result(dataset_id, report, started)
 
 

@@ -6,7 +6,6 @@ make confidence intervals and paired comparisons (same test cells, two models) p
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import statistics
@@ -22,7 +21,7 @@ import numpy as np
 from db import runs as runs_db
 from db.vocabulary import RECIPES
 from wbc_core import jobs
-from wbc_core.context import current
+from wbc_core.context import BoundedCache, current
 
 PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
 TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
@@ -88,26 +87,13 @@ def confidence_intervals(y_true: np.ndarray, y_pred: np.ndarray, n: int = BOOTST
 def paired_delta(base: Predictions, other: Predictions, n: int = BOOTSTRAP_SAMPLES,
                  seed: int = 0) -> dict[str, dict[str, Any]] | None:
     """other - base for accuracy and macro-F1 with a paired bootstrap CI; None unless both saw the same cells."""
-    from wbc_core.classifier import accuracy, macro_f1
+    from wbc_core.classifier.metrics import paired_bootstrap_delta
 
     if base.ids.shape != other.ids.shape or set(base.ids.tolist()) != set(other.ids.tolist()):
         return None
     order = {int(i): k for k, i in enumerate(other.ids.tolist())}
     aligned = other.y_pred[[order[int(i)] for i in base.ids.tolist()]]
-    t, p0, p1 = base.y_true, base.y_pred, aligned
-    out: dict[str, dict[str, Any]] = {}
-    metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": accuracy, "macro_f1": macro_f1}
-    for name, fn in metrics.items():
-        rng = np.random.default_rng(seed)  # the same resamples for every metric
-        deltas = np.empty(n)
-        for i in range(n):
-            # Resampling cells jointly for both models keeps their correlation: far tighter than two separate CIs.
-            r = rng.integers(0, t.size, size=t.size)
-            deltas[i] = fn(t[r], p1[r]) - fn(t[r], p0[r])
-        alpha = (1.0 - CONFIDENCE) / 2.0
-        low, high = np.quantile(deltas, [alpha, 1.0 - alpha])
-        out[name] = {"delta": fn(t, p1) - fn(t, p0), "ci": [float(low), float(high)]}
-    return out
+    return paired_bootstrap_delta(base.y_true, base.y_pred, aligned, n=n, seed=seed, confidence=CONFIDENCE)
 
 
 def compare_runs(run_ids: Sequence[int], baseline: int | None = None) -> dict[str, Any]:
@@ -144,14 +130,9 @@ def _paired_runs(baseline: int, run_id: int) -> dict[str, dict[str, Any]] | None
     files = [jobs.run_dir(r) / PREDICTIONS_FILE for r in (baseline, run_id)]
     if not all(f.exists() for f in files):
         return None
-    return _paired_files(str(files[0]), files[0].stat().st_mtime_ns, str(files[1]), files[1].stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _paired_files(base_path: str, _base_mtime: int, other_path: str, _other_mtime: int
-                  ) -> dict[str, dict[str, Any]] | None:
-    base, other = (_read_predictions(Path(p)) for p in (base_path, other_path))
-    return paired_delta(base, other)
+    key = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+    cache = current().caches.get("results.paired", lambda: BoundedCache(256))
+    return cache.get_or_compute(key, lambda: paired_delta(*(_read_predictions(f) for f in files)))
 
 
 def group_summary(dataset_id: int | None = None, groups: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from db import decisions as decisions_db
 from db import runs as runs_db
 from db.datasets import ImageRow
 from db.vocabulary import LAUNCH_CHOICES, RECIPES  # noqa: F401 - LAUNCH_CHOICES: the Train form's choices
-from wbc_core import jobs
+from wbc_core import jobs, limits
 from wbc_core.provenance import decisions_snapshot_hash, read_train_set, training_set_record, write_train_set
 from wbc_core.review_model import ConsensusRule, accepted_candidates, get_review_settings
 
@@ -107,12 +107,12 @@ def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: di
         # Checked here, not only in the job: an ablation would otherwise queue three runs that all fail.
         raise RetrainError(f"pretrained weights {config.pretrained_path!r} not found on this machine "
                            "(weights are never downloaded)")
-    if synthetic_cap is not None and synthetic_cap < 0:
-        raise RetrainError(f"synthetic_cap must be >= 0 (x real count per class), got {synthetic_cap}")
+    synthetic_cap = None if synthetic_cap is None else limits.check("synthetic_cap", synthetic_cap)  # NaN refused
     rule = rule or get_review_settings(info.id).rule  # the dataset's own consensus rule unless overridden
     rows, labels = build_training_set(info.id, recipe, rule, synthetic_cap, seed=config.seed)
     if not rows:
         raise RetrainError(f"dataset {info.name!r} has no train cells")
+    limits.check_classifier_job(config, len(rows))  # plain refusal when a training step cannot fit in memory
     if not ds_db.real_images(info.id, split="val", limit=1):
         raise RetrainError(f"dataset {info.name!r} has no val cells; re-import it with a val fraction above 0")
     digest, summary = training_set_record(rows, labels)

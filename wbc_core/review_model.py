@@ -20,6 +20,7 @@ from db import decisions as decisions_db
 from db.datasets import ImageRow
 from db.decisions import QUEUE_ORDERS, QUEUE_STATES, ReviewError
 from db.models import utcnow
+from wbc_core import limits
 from wbc_core.auth import PermissionDenied, User, authorize
 
 __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
@@ -36,7 +37,7 @@ REJECT_REASONS = (
     "broken or smudged cell",
     "too close to a real cell",
 )
-MAX_BLIND_FRACTION = 0.5  # beyond this the "candidate" queue would be mostly real cells
+MAX_BLIND_FRACTION = limits.bound("blind_fraction").max  # beyond 0.5 the "candidate" queue would be mostly real
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,11 @@ class ReviewSettings:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ReviewSettings:
-        """Parse the stored JSON form (missing keys take defaults)."""
-        rule = ConsensusRule(int(raw.get("min_agreeing", 1)), int(raw.get("min_votes", 1)))
-        return cls(rule, {str(k): int(v) for k, v in (raw.get("quotas") or {}).items()})
+        """Parse the stored JSON form (missing keys take defaults). Values stored before the limits existed (a
+        quota of 10**20, NaN, text) are brought into range or dropped, so reading never fails and widgets fit."""
+        votes = [limits.clamp("consensus_votes", raw.get(k, 1)) or 1 for k in ("min_agreeing", "min_votes")]
+        quotas = {str(k): limits.clamp("quota", v) for k, v in (raw.get("quotas") or {}).items()}
+        return cls(ConsensusRule(*votes), {k: v for k, v in quotas.items() if v})
 
 
 @dataclass(frozen=True)
@@ -236,9 +239,11 @@ def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User | 
     unknown = sorted(set(settings.quotas) - set(classes))
     if unknown:
         raise ValueError(f"unknown class {', '.join(map(repr, unknown))}; classes: {', '.join(classes)}")
-    if any(int(v) < 0 for v in settings.quotas.values()):
-        raise ValueError("a quota is a number of cells, 0 or more")
-    clean = ReviewSettings(settings.rule, {c: int(v) for c, v in sorted(settings.quotas.items()) if int(v) > 0})
+    quotas = {c: limits.check("quota", v, f"the quota of {c}") for c, v in sorted(settings.quotas.items())}
+    for what, value in (("reviewers who must agree", settings.rule.min_agreeing),
+                        ("votes needed", settings.rule.min_votes)):
+        limits.check("consensus_votes", value, what)
+    clean = ReviewSettings(settings.rule, {c: v for c, v in quotas.items() if v > 0})
     decisions_db.set_review_settings(dataset_id, clean.to_dict())
     return clean
 

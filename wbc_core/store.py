@@ -24,8 +24,6 @@ from wbc_core.types import LabelledImages
 if TYPE_CHECKING:  # only for annotations: the store must import without SQLAlchemy (GPU boxes, bench scripts)
     from db.datasets import ImageRow
 
-_memory: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor, list[str]]] = {}  # (home, dataset, size)
-_lock = threading.Lock()
 
 
 def decode_cell(path: Path, size: int) -> np.ndarray:
@@ -72,10 +70,22 @@ def _empty(size: int) -> _Entry:
     return torch.empty(0, dtype=torch.int64), torch.empty((0, 3, size, size), dtype=torch.uint8), []
 
 
-def _load(key: tuple[str, int, int]) -> _Entry:
-    if key in _memory:
-        return _memory[key]
-    _, dataset_id, size = key
+class _Memory:
+    """The in-process copies of the cache files of one context: (dataset, size) -> entry, and their lock."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, int], _Entry] = {}
+        self.lock = threading.Lock()
+
+
+def _memory() -> _Memory:
+    return current().caches.get("store.tensors", _Memory)
+
+
+def _load(memory: _Memory, key: tuple[int, int]) -> _Entry:
+    if key in memory.entries:
+        return memory.entries[key]
+    dataset_id, size = key
     path = _cache_file(dataset_id, size)
     if path.exists():
         try:
@@ -96,11 +106,11 @@ def _save(dataset_id: int, size: int, entry: _Entry) -> None:
 
 def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Tensor:
     """uint8 [N,3,S,S] for rows (in their order), decoding and caching only what is not cached yet."""
-    # Keyed by home as well: tests (and users) may point one process at several WBC_HOMEs whose
-    # datasets share ids, and SQLite may reuse an id after a dataset is deleted.
-    key = (str(current().home), dataset_id, size)
-    with _lock:
-        ids, images, shas = _load(key)
+    # The memory belongs to the context, so another home never sees these cells; SQLite may still reuse an id
+    # after a dataset is deleted, which the sha256 check below catches.
+    memory, key = _memory(), (dataset_id, size)
+    with memory.lock:
+        ids, images, shas = _load(memory, key)
         known = {int(i): pos for pos, i in enumerate(ids.tolist())}
         # Every cached picture is checked against the sha256 the database holds for that id; a
         # mismatch means the cache belongs to an older dataset with the same id: start afresh.
@@ -116,7 +126,7 @@ def images_for(dataset_id: int, rows: Sequence[ImageRow], size: int) -> torch.Te
             shas = shas + [r.sha256 for r in missing]
             _save(dataset_id, size, (ids, images, shas))
             known.update({r.id: len(known) + k for k, r in enumerate(missing)})
-        _memory[key] = (ids, images, shas)
+        memory.entries[key] = (ids, images, shas)
         index = torch.tensor([known[r.id] for r in rows], dtype=torch.int64)
         return images.index_select(0, index) if len(rows) else images[:0]
 
@@ -131,7 +141,8 @@ def labelled(dataset_id: int, rows: Sequence[ImageRow], class_names: list[str], 
 
 
 def forget_memory() -> None:
-    """Drop the in-process copies (tests; a long-lived UI process after a dataset is deleted)."""
-    with _lock:
-        _memory.clear()
+    """Drop the in-process copies (a long-lived UI process after a dataset is deleted; tests)."""
+    memory = _memory()
+    with memory.lock:
+        memory.entries.clear()
 

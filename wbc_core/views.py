@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from db import runs as runs_db
 from db.models import utcnow
-from wbc_core import jobs
+from db.vocabulary import TRAINING_KINDS
 from wbc_core.context import current
 
 LIVE_METRICS = ("train_loss_running", "epoch_fraction", "images_per_sec", "train_loss", "val_loss", "val_accuracy",
@@ -24,10 +24,13 @@ LIVE_METRICS = ("train_loss_running", "epoch_fraction", "images_per_sec", "train
 
 def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: Sequence[str] | None = None,
                statuses: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per run with status, recipe, group, device, progress, curated-set version and test metrics."""
-    jobs.reconcile()  # every poll of the runs list also notices dead workers
+    """One row per training run (or runs of one kind) with status, recipe, group, device, progress, who started
+    and who cancelled it, curated-set version and test metrics. Reads only: dead workers are reconciled by the
+    frame and the CLI (jobs.reconcile_if_due), never here."""
     rows: list[dict[str, Any]] = []
     for r in runs_db.list_runs(dataset_id=dataset_id, kind=kind):
+        if kind is None and r.kind not in TRAINING_KINDS:
+            continue
         if (recipes and r.recipe not in recipes) or (statuses and r.status not in statuses):
             continue
         test = r.result.get("test") or {}
@@ -40,6 +43,7 @@ def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: 
             "decisions hash": (r.train_set_summary.get("decisions_snapshot") or "")[:12],
             "test accuracy": test.get("accuracy"), "test macro-F1": test.get("macro_f1"),
             "macro-F1 95% CI": _ci_text(ci), "message": r.progress_message,
+            "started by": r.started_by, "cancelled by": r.cancelled_by,
         })
     return pd.DataFrame(rows)
 
@@ -94,8 +98,7 @@ def curves_figure(run_ids: list[int], names: list[str], title: str = "", x: str 
 
 
 def run_status(run_id: int) -> dict[str, Any]:
-    """A run's live state for a polling panel: status, progress, live metrics with ETA, error, result."""
-    jobs.reconcile()
+    """A run's live state for a polling panel: status, progress, live metrics with ETA, error, result (reads only)."""
     r = runs_db.get_run(run_id)
     checkpoints = runs_db.checkpoints(run_id)
     grids = [c for c in checkpoints if c["grid_path"]]
@@ -105,7 +108,8 @@ def run_status(run_id: int) -> dict[str, Any]:
         "config": r.config, "recipe": r.recipe, "group": r.group_name, "seed": r.seed,
         "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
         "train_set_summary": r.train_set_summary, "heartbeat_at": r.heartbeat_at, "started_at": r.started_at,
-        "finished_at": r.finished_at, "live": _live(r) if r.kind == "classifier" else {},
+        "finished_at": r.finished_at, "started_by": r.started_by, "cancelled_by": r.cancelled_by,
+        "live": _live(r) if r.kind == "classifier" else {},
         "group_active": bool(r.group_name) and any(
             x.active for x in runs_db.list_runs(dataset_id=r.dataset_id, kind=r.kind) if x.group_name == r.group_name),
         "latest_grid": str(current().home / grids[-1]["grid_path"]) if grids else None,
@@ -247,15 +251,20 @@ def embedding_figure(frame: pd.DataFrame, run_id: int) -> go.Figure:
     return fig
 
 
-def embedding_map_figure(run_id: int, max_points: int = 1500, compute: bool = False) -> go.Figure | None:
-    """The run's embedding map figure: the cached one, a fresh one when compute=True, else None."""
-    from wbc_core import embedding
+def embedding_map_figure(run_id: int, max_points: int = 1500) -> go.Figure | None:
+    """The run's cached embedding map figure, or None until an "embedding" job has computed it."""
+    from wbc_core.embedding_cache import cached_embedding
 
-    if compute:
-        frame = embedding.embedding_map(run_id, max_points, refresh=True)
-    else:
-        frame = embedding.cached_embedding(run_id, max_points)
+    frame = cached_embedding(run_id, max_points)
     return None if frame is None else embedding_figure(frame, run_id)
+
+
+def latest_embedding_job(dataset_id: int, classifier_run_id: int) -> dict[str, Any] | None:
+    """job_summary of the newest embedding job for a classifier run, or None."""
+    for r in runs_db.list_runs(dataset_id=dataset_id, kind="embedding", limit=50):
+        if r.config.get("classifier_run_id") == classifier_run_id:
+            return job_summary(r.id)
+    return None
 
 
 def class_counts_frame(counts: dict[str, dict[str, int]]) -> pd.DataFrame:
@@ -264,3 +273,28 @@ def class_counts_frame(counts: dict[str, dict[str, int]]) -> pd.DataFrame:
     if not frame.empty:
         frame["total real"] = frame[[c for c in ("train", "val", "test") if c in frame]].sum(axis=1)
     return frame
+
+
+def job_summary(run_id: int) -> dict[str, Any]:
+    """A short job's state in one line for a polling panel (generate, score, quality, judge, embedding)."""
+    r = runs_db.get_run(run_id)
+    result = r.result or {}
+    summary = ""
+    if r.kind == "generate" and "candidates" in result:
+        scoring = result.get("scoring") or {}
+        summary = f"added {result['candidates']} candidates (seed {result.get('seed')}) to the review queue"
+        if scoring.get("scored"):
+            summary += f"; scored {scoring['scored']} ({scoring.get('memorised', 0)} look memorised)"
+        elif scoring.get("reason"):
+            summary += f"; not scored: {scoring['reason']}"
+    elif r.kind == "quality" and "step" in result:
+        summary = f"measured checkpoint {result['step']} on {result.get('per_class')} cells per class"
+    elif r.kind == "score":
+        summary = f"scored {result.get('scored', 0)} candidates"
+    elif r.kind == "embedding":
+        summary = f"mapped {result.get('points', 0)} cells"
+    elif r.kind == "judge":
+        summary = f"judge ready at {result.get('image_size')} px"
+    return {"id": r.id, "kind": r.kind, "status": r.status, "active": r.active, "progress": r.progress_fraction,
+            "message": r.progress_message, "error_line": (r.error or "").split("\n")[0], "summary": summary,
+            "result": result, "started_by": r.started_by}

@@ -47,29 +47,19 @@ def _healthy(url: str) -> bool:
 
 @pytest.fixture()
 def e2e_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The WBC_HOME the server uses; this test process points at it too, to check the database."""
-    from db.engine import dispose_all
-    from db.migrate import forget_schema_cache
+    """The WBC_HOME the server uses; this test process has a context on it too, to check the database."""
+    from support import active_home
 
-    home = tmp_path / "wbc_home"
-    home.mkdir()
-    monkeypatch.setenv("WBC_HOME", str(home))
-    monkeypatch.delenv("WBC_DB_URL", raising=False)
-    dispose_all()
-    forget_schema_cache()
-    yield home
-    _stop_leftover_runs()
-    dispose_all()
-    forget_schema_cache()
+    with active_home(tmp_path / "wbc_home", monkeypatch) as home:
+        yield home
+        _stop_leftover_runs()
 
 
 def _stop_leftover_runs() -> None:
     """Workers run in their own sessions and outlive the server: stop any a failed test left behind."""
     from db import runs as runs_db
-    from db.migrate import ensure_schema
     from wbc_core import jobs
 
-    ensure_schema()
     for run in runs_db.active_runs():
         jobs.cancel(run.id)
         if jobs.wait(run.id, timeout=30).active:

@@ -13,6 +13,7 @@ from wbc_core.classifier.presets import compute_mean_std, normalize
 from wbc_core.classifier.sampling import steps_per_epoch
 from wbc_core.classifier.train import make_optimizer, make_scheduler
 from wbc_core.precision import amp_dtype
+from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages
 
 
@@ -27,15 +28,10 @@ def compute_limit_epoch_seconds(data: LabelledImages, config: ClassifierConfig,
     steps = steps_per_epoch(len(data), config.batch_size)
     timed = steps if max_batches is None else min(steps, max_batches)
     bs = min(config.batch_size, len(data))
-    previous_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(config.seed)
-            return _time_steps(data, config, device, steps, timed, bs)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(config.num_threads), \
+            torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _time_steps(data, config, device, steps, timed, bs)
 
 
 def _time_steps(data: LabelledImages, config: ClassifierConfig, device: torch.device, steps: int, timed: int,

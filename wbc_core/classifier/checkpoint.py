@@ -13,6 +13,7 @@ from torch import nn
 
 from wbc_core.classifier.config import ClassifierConfig
 from wbc_core.classifier.models import WBCClassifier, build_model, resolve_device
+from wbc_core.diskspace import DiskFull, ensure_free, is_disk_full, payload_bytes
 
 FORMAT = "wbc-classifier"
 FORMAT_VERSION = 1
@@ -46,12 +47,24 @@ def make_checkpoint(config: ClassifierConfig, class_names: Sequence[str], epoch:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace, so readers never see half a file."""
+    """torch.save to a temporary file in the same folder, then os.replace, so readers never see half a file.
+
+    The free space is checked first against the tensors' size; a disk that fills anyway raises DiskFull (how much
+    is needed and free, in plain words) after the partial file is removed.
+    """
     path = Path(path)
+    expected = payload_bytes(obj)
+    ensure_free(path.parent, expected)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except Exception as exc:
+        full = is_disk_full(exc, path.parent)  # asked while the partial file still fills the disk
+        tmp.unlink(missing_ok=True)
+        if full and not isinstance(exc, DiskFull):
+            raise DiskFull(path.parent, expected) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -61,10 +74,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"classifier checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(_damaged(path, "it is empty (0 bytes)"))
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError as exc:
+        raise ValueError(_damaged(path, "it ends too early")) from exc
     except Exception as exc:  # noqa: BLE001 - pickle, zip and unpickler errors all mean "not ours"
-        raise ValueError(f"{str(path)!r} is not a wbc-classifier checkpoint: {exc}") from exc
+        lines = str(exc).strip().splitlines()
+        detail = (lines[0] if lines else type(exc).__name__)[:200]
+        if "failed finding central directory" in detail or "failed reading" in detail:  # a cut-off torch zip
+            raise ValueError(_damaged(path, "it is cut off")) from exc
+        raise ValueError(f"{str(path)!r} is not a wbc-classifier checkpoint: {detail}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a wbc-classifier checkpoint (missing format marker {FORMAT!r})")
     if blob.get("format_version") != FORMAT_VERSION:
@@ -74,6 +95,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{str(path)!r} is a damaged wbc-classifier checkpoint: missing {missing}")
     return blob
+
+
+def _damaged(path: Path, what: str) -> str:
+    return (f"the classifier checkpoint file {path} is empty or damaged ({what}), probably because the disk was "
+            "full or the run was killed while writing it; train the run again")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from wbc_core.classifier.presets import PRESETS
+from wbc_core import limits
 
 SMALL_CNN = "small_cnn"
+# The names of classifier.presets.PRESETS, repeated here so that reading or checking a config does not load torch
+# (tests/test_limits.py checks that both stay the same).
+AUGMENT_PRESETS = ("geometric", "cell", "none")
+# Always valid without asking torchvision (importing it costs seconds and loads torch): the default and the CPU model.
+BUILTIN_MODELS = (SMALL_CNN, "resnet18")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -54,39 +59,21 @@ class ClassifierConfig:
             # Paths are accepted for convenience but stored as str so to_dict() stays JSON-safe.
             object.__setattr__(self, "pretrained_path", str(self.pretrained_path))
         _check_types(self)
-        if self.model not in available_models():
+        if self.model not in BUILTIN_MODELS and self.model not in available_models():
             raise ValueError(f"model must be 'small_cnn' or a torchvision classification model name, "
                              f"got {self.model!r}")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (batch norm needs two samples), got {self.batch_size}")
+        for name, limit_name in _BOUNDED:
+            limits.check(limit_name, getattr(self, name), name)  # ValueError "<name> must be ..., got ..."
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0.0 < self.lr < 10.0:
-            raise ValueError(f"lr must be in (0, 10), got {self.lr}")
-        if not 0.0 <= self.weight_decay < 1.0:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.augment not in PRESETS:
-            raise ValueError(f"augment must be one of {tuple(PRESETS)}, got {self.augment!r}")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(f"augment must be one of {AUGMENT_PRESETS}, got {self.augment!r}")
         if not _DEVICE_RE.match(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.pretrained_path is not None and not self.pretrained_path:
             raise ValueError("pretrained_path must be None or a non-empty path")
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
-        if not self.progress_every_s > 0:
-            raise ValueError(f"progress_every_s must be > 0, got {self.progress_every_s}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict of every field."""
@@ -100,6 +87,15 @@ class ClassifierConfig:
         if unknown:
             raise ValueError(f"unknown ClassifierConfig keys: {unknown}")
         return cls(**data)
+
+
+# Numeric fields and their limit in wbc_core.limits (the Train page's widgets take their ranges from there too).
+_BOUNDED = (
+    ("image_size", "classifier_image_size"), ("epochs", "classifier_epochs"), ("batch_size", "classifier_batch"),
+    ("lr", "classifier_lr"), ("weight_decay", "classifier_weight_decay"),
+    ("label_smoothing", "classifier_label_smoothing"), ("early_stopping_patience", "classifier_patience"),
+    ("seed", "seed"), ("num_threads", "threads"), ("progress_every_s", "progress_every_s"),
+)
 
 
 def _check_types(cfg: ClassifierConfig) -> None:

@@ -1,8 +1,10 @@
-"""Inference on trained classifiers: class probabilities and evaluation reports."""
+"""Inference on trained classifiers: class probabilities, evaluation reports, and model files of every format."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,17 @@ from wbc_core.classifier.models import WBCClassifier, as_wbc_classifier, batched
 from wbc_core.types import LabelledImages
 
 ModelLike = WBCClassifier | LoadedClassifier
+MODEL_FORMATS = ("checkpoint", "torchscript", "onnx")  # files `load_model_file` (and `predict`) accept
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A classifier loaded from a file of any MODEL_FORMATS, behind one call."""
+
+    predict: Callable[[torch.Tensor], torch.Tensor]  # uint8 [N,3,S,S] -> float32 probabilities [N,K] (CPU)
+    class_names: list[str]  # index -> class name
+    image_size: int  # expected input side in pixels
+    format: str  # one of MODEL_FORMATS
 
 
 def _check_size(model: WBCClassifier, images: torch.Tensor) -> None:
@@ -61,3 +74,38 @@ def evaluate(model_or_checkpoint: ModelLike | str | Path, data: LabelledImages, 
         raise ValueError(f"label {int(data.labels.max())} out of range for {len(class_names)} classes")
     logits = predict_logits(wbc, data.images, device, batch_size)
     return report_from_logits(logits, data.labels, class_names)
+
+
+def load_model_file(path: str | Path) -> ModelFile:
+    """A wbc checkpoint (model.pt), exported TorchScript or exported ONNX file, recognised by its content."""
+    from wbc_core.classifier.export import load_onnx, load_torchscript
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            # torch.load notices a TorchScript zip and says so; that file is handled just below.
+            warnings.filterwarnings("ignore", message=".*TorchScript archive.*", category=UserWarning)
+            loaded = load_classifier(path)
+        return ModelFile(lambda x: predict_proba(loaded, x), loaded.class_names, loaded.image_size, "checkpoint")
+    except ValueError as checkpoint_error:
+        reasons = [f"a wbc checkpoint ({checkpoint_error})"]
+    try:
+        module, meta = load_torchscript(path)
+    except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError for any foreign file
+        reasons.append(f"an exported TorchScript classifier ({type(exc).__name__})")
+    else:
+        def run_torchscript(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x).float()
+
+        return ModelFile(run_torchscript, list(meta["class_names"]), int(meta["image_size"]), "torchscript")
+    try:
+        session, meta = load_onnx(path)
+    except ValueError:
+        reasons.append("an exported ONNX classifier")
+    else:
+        return ModelFile(lambda x: torch.from_numpy(session(x.cpu().numpy())).float(), list(meta["class_names"]),
+                         int(meta["image_size"]), "onnx")
+    raise ValueError(f"{str(path)!r} is neither " + ", nor ".join(reasons))

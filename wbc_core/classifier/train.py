@@ -34,6 +34,7 @@ from wbc_core.classifier.models import (
 from wbc_core.classifier.presets import compute_mean_std, get_train_transform
 from wbc_core.classifier.sampling import check_train_weights, epoch_batches, sampling_weights, steps_per_epoch
 from wbc_core.precision import precision_label
+from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn, never_stop, no_progress
 
 __all__ = ["ClassifierResult", "LoadedClassifier", "evaluate", "load_classifier", "predict_logits", "predict_proba",
@@ -115,18 +116,13 @@ def train_classifier(train: LabelledImages, val: LabelledImages, class_names: li
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         # fork_rng: seeding must not change the caller's global RNG streams (e.g. a GAN job in the same process).
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(config.seed)
             run = _Run(train, val, list(class_names), config, out_dir, device, progress, should_stop, weights)
             return run.fit()
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 class _Run:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import traceback
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -17,17 +22,44 @@ from tqdm import tqdm
 from wbc_core.vocabulary import JOB_KINDS, RECIPES
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
 EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results"]
+# Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
+PLAIN_ERRORS = (ValueError, LookupError, OSError)
+JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"
 
 
 class CliError(Exception):
     """An error to report to the user in plain words (exit code 2)."""
 
 
+class UsageError(CliError):
+    """The command line itself is wrong (unknown option, missing or malformed argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting, so --json still gets one object."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _accept_json_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command its own --json, so the flag may come before or after the command.
+
+    SUPPRESS as the default keeps a subcommand from resetting a --json given before it to False."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--json" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+                _accept_json_everywhere(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wbc_core", description="wbc-curate: synthetic white-blood-cell data")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p = _Parser(prog="wbc", description="wbc-curate: synthetic white-blood-cell data (also `python -m wbc_core`)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("import", help="import a folder or zip with one subfolder per class")
@@ -78,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, required=True)
     s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
     s = sub.add_parser("review", help="record decisions on candidates")
     s.add_argument("--dataset", required=True)
@@ -110,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run", type=int)
     for module in _extensions():
         module.register(sub)
+    _accept_json_everywhere(p)
     return p
 
 
@@ -121,38 +155,96 @@ def _extensions() -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    from db.migrate import ensure_schema
-
+    """Entry point; returns the process exit code. Every error becomes one line on stderr (and {"error": ...} on
+    stdout with --json) and exit code 2, its full traceback a log file; only --help exits through SystemExit."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wants_json = "--json" in argv  # before parsing succeeds, an error must still honour --json
+    args: argparse.Namespace | None = None
     try:
-        ensure_schema()
+        args = _parser().parse_args(argv)
+        from wbc_core import context, jobs
+
+        context.current("cli")  # this process's context: home, database (schema applied), caches
+        jobs.reconcile_if_due()  # runs whose worker died are marked failed before anything reads them
         handlers = dict(COMMANDS)
         for module in _extensions():
             handlers.update(module.COMMANDS)
         out = handlers[args.command](args)
+        text = out.pop("_text", None)
     except KeyboardInterrupt:
-        _emit(args, {"error": "interrupted"}, "interrupted")
-        return 130
-    except (CliError, ValueError, LookupError, OSError) as exc:
-        message = str(exc).strip('"') or type(exc).__name__
-        if args.json:
-            print(json.dumps({"error": message}))
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_ERROR
-    _emit(args, out, out.pop("_text", None))
+        _emit(wants_json, {"error": "interrupted"}, "interrupted", sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the top level: everything becomes a plain message and an exit code
+        return _report(exc, argv, wants_json)
+    wants_json = bool(getattr(args, "json", False))
+    _emit(wants_json, out, text, sys.stdout)
     return 1 if out.get("status") in ("failed",) else 0
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str | None) -> None:
-    if args.json:
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).strip('"')
+    return text or type(exc).__name__
+
+
+def _report(exc: Exception, argv: list[str], wants_json: bool) -> int:
+    """Print exc as one plain line (and one JSON object with --json); log its traceback unless it is a usage
+    error. Unexpected kinds of error name the log on that line; plain ones (a missing dataset, a bad value) do
+    not clutter it, but their traceback is kept all the same."""
+    message = _one_line(exc)
+    log = None if isinstance(exc, CliError) else _write_log(exc, argv)
+    if not isinstance(exc, (CliError, *PLAIN_ERRORS)):
+        message = f"unexpected {type(exc).__name__}: {message}" + (f" (traceback in {log})" if log else "")
+    payload: dict[str, Any] = {"error": message}
+    if log:
+        payload["log"] = str(log)
+    if wants_json:
+        print(json.dumps(payload, default=str))
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _log_dirs() -> list[Path]:
+    """Where CLI error logs go: the home's logs/ folder, else a temp folder (an unwritable or missing home)."""
+    from wbc_core import context
+
+    dirs: list[Path] = []
+    try:
+        home_logs = context.current().paths.logs if context.is_current() else (
+            context.Settings.from_environ().home / "logs")
+        dirs.append(home_logs)
+    except Exception:  # noqa: BLE001 - a broken environment must not hide the original error
+        pass
+    dirs.append(Path(tempfile.gettempdir()) / "wbc-logs")
+    return dirs
+
+
+def _write_log(exc: BaseException, argv: list[str]) -> Path | None:
+    """Write exc's full traceback to <logs>/cli-<timestamp>.log; the path, or None when nowhere is writable."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    body = (f"wbc CLI error at {datetime.now().isoformat(timespec='seconds')}\n"
+            f"argv: {json.dumps(argv)}\npython: {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in _log_dirs():
+        path = folder / f"cli-{stamp}-{os.getpid()}.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(body, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def entry() -> None:
+    """The `wbc` console script (pyproject.toml) and `python -m wbc_core`."""
+    sys.exit(main())
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str | None, stream: Any) -> None:
+    if as_json:
         print(json.dumps(payload, default=str))
     else:
-        print(text if text is not None else json.dumps(payload, indent=2, default=str))
-
-
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
+        print(text if text is not None else json.dumps(payload, indent=2, default=str), file=stream)
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -246,14 +338,13 @@ def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
 
 def _train_gan(args: argparse.Namespace) -> dict[str, Any]:
     from db import datasets as ds_db
-    from wbc_core.gan_runs import preset_values, start_gan_run
+    from wbc_core import options
+    from wbc_core.gan_runs import start_gan_run
 
-    overrides = _drop_none({"steps": args.steps, "image_size": args.size, "batch_size": args.batch,
-                            "g_width": args.width, "d_width": args.width, "seed": args.seed,
-                            "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight})
-    if args.preset:
-        overrides = {**preset_values(args.preset, ds_db.get_dataset(args.dataset).image_size), **overrides}
-    return _follow(start_gan_run(args.dataset, overrides), args.detach, "GAN")
+    given = {"steps": args.steps, "image_size": args.size, "batch_size": args.batch, "width": args.width,
+             "seed": args.seed, "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight}
+    config = options.gan_config(ds_db.get_dataset(args.dataset).image_size, args.preset, given)
+    return _follow(start_gan_run(args.dataset, config.to_dict()), args.detach, "GAN")
 
 
 def _resume_gan(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,11 +354,13 @@ def _resume_gan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.gan_runs import generate_candidates
+    from wbc_core.generation import start_generation
 
-    out = generate_candidates(args.run, args.per_class, step=args.step, seed=args.seed)
-    out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "
-                    f"(seed {out['seed']}) to the review queue")
+    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed)
+    out = _follow(job, args.detach, "generating")
+    if out.get("status") == "succeeded":
+        out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "
+                        f"(seed {out['seed']}) to the review queue")
     return out
 
 
@@ -293,10 +386,13 @@ def _review(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from db.datasets import get_dataset
+    from wbc_core import options
     from wbc_core.retrain import start_classifier_run
 
-    overrides = _drop_none({"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed})
-    run_id = start_classifier_run(args.dataset, args.recipe, overrides, synthetic_cap=args.synthetic_cap)
+    given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed}
+    config = options.classifier_config(get_dataset(args.dataset).image_size, given)
+    run_id = start_classifier_run(args.dataset, args.recipe, config.to_dict(), synthetic_cap=args.synthetic_cap)
     out = _follow(run_id, args.detach, f"classifier ({args.recipe})")
     test = out.get("test")
     if isinstance(test, dict):

@@ -22,10 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=None, help="image size for --images (default: the dataset's)")
     s.add_argument("--step", type=int, default=None, help="checkpoint step for --run (default: the newest)")
     s.add_argument("--per-class", type=int, default=64, help="cells sampled per class for --run")
+    s.add_argument("--detach", action="store_true", help="with --run: queue the job and return at once")
 
     s = sub.add_parser("score-candidates", help="(re)score candidates with the judge for review sorting")
     s.add_argument("--dataset", required=True)
     s.add_argument("--run", type=int, default=None, help="only this GAN run's candidates")
+    s.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
 
 def _text(values: dict[str, float], class_names: list[str], head: str) -> str:
@@ -44,9 +46,12 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.run is not None:
         from db import runs
-        from wbc_core.gan_runs import measure_checkpoint
+        from wbc_core.cli.main import _follow
+        from wbc_core.generation import start_quality
 
-        out = measure_checkpoint(args.run, step=args.step, per_class=args.per_class)
+        out = _follow(start_quality(args.run, step=args.step, per_class=args.per_class), args.detach, "quality")
+        if out.get("status") != "succeeded":
+            return out
         info = get_dataset(runs.get_run(args.run).dataset_id)
         head = f"run {args.run} step {out['step']} ({args.per_class} per class); stored as run metrics"
         return {**out, "_text": _text(out["metrics"], info.class_names, head)}
@@ -66,10 +71,13 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _score_candidates(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.gan_runs import score_candidates
+    from wbc_core.cli.main import _follow
+    from wbc_core.generation import start_scoring
 
-    out = score_candidates(args.dataset, args.run)
-    return {**out, "_text": f"scored {out['scored']} candidates"}
+    out = _follow(start_scoring(args.dataset, args.run), args.detach, "scoring")
+    if out.get("status") == "succeeded":
+        out["_text"] = f"scored {out.get('scored', 0)} candidates"
+    return out
 
 
 COMMANDS = {"quality": _quality, "score-candidates": _score_candidates}

@@ -74,7 +74,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ablation(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.retrain import start_ablation
+    from wbc_core.jobs.groups import start_ablation
 
     seeds = args.seeds if args.seeds else [args.seed if args.seed is not None else 0]
     launched = start_ablation(args.dataset, _overrides(args), seeds, synthetic_cap=args.synthetic_cap)
@@ -82,7 +82,7 @@ def _ablation(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_seeds(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.retrain import start_seeds
+    from wbc_core.jobs.groups import start_seeds
 
     launched = start_seeds(args.dataset, args.recipe, args.seeds, _overrides(args), synthetic_cap=args.synthetic_cap)
     return _follow_group(launched.group_name, launched.run_ids, args.detach)
@@ -92,7 +92,7 @@ def _follow_group(group: str, run_ids: list[int], detach: bool) -> dict[str, Any
     """Follow a group's runs one after another with one progress bar, then summarise them."""
     from db import runs
     from wbc_core import jobs
-    from wbc_core.retrain import cancel_group
+    from wbc_core.jobs.groups import cancel_group
 
     if not detach:
         bar = tqdm(total=1000 * len(run_ids), desc=group, disable=None, file=sys.stderr,
@@ -143,7 +143,7 @@ def _group_payload(group: str, run_ids: list[int], detach: bool) -> dict[str, An
 
 
 def _cancel_group(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.retrain import cancel_group
+    from wbc_core.jobs.groups import cancel_group
 
     ids = cancel_group(args.group)
     return {"group": args.group, "cancel_requested": ids,

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True, help="the .zip file to write")
 
-    s = sub.add_parser("user", help="manage users: add, list, role, disable, password")
+    s = sub.add_parser("user", help="manage users: add, list, role, disable, password, unlock")
     users = s.add_subparsers(dest="user_command", required=True)
     u = users.add_parser("add", help="create a local user (password from --password-stdin or a prompt)")
     u.add_argument("name")
@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     u = users.add_parser("password", help="set a local user's password")
     u.add_argument("name")
     u.add_argument("--password-stdin", action="store_true")
+    u = users.add_parser("unlock", help="clear a user's failed sign-ins, so they can sign in again at once")
+    u.add_argument("name")
 
     s = sub.add_parser("adjudicate", help="an admin's ruling on candidates; overrides the reviewers' consensus")
     s.add_argument("--dataset", required=True)
@@ -103,6 +105,9 @@ def _user(args: argparse.Namespace) -> dict[str, Any]:
     elif cmd == "disable":
         user = auth.disable_user(args.name, disabled=not args.enable)
         text = f"{user.username!r} " + ("disabled" if user.disabled else "enabled")
+    elif cmd == "unlock":
+        user = auth.unlock_user(args.name)
+        text = f"{user.username!r} may sign in again at once (failed sign-ins cleared)"
     else:
         user = auth.set_password(args.name, _read_password(args.password_stdin))
         text = f"changed the password of {user.username!r}"
@@ -173,8 +178,9 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
             if not sep or not name or not value.strip().isdigit():
                 raise ValueError(f"--quota takes CLASS=N with N a whole number, got {item!r}")
             quotas[name] = int(value)
-        rule = review_model.ConsensusRule(args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
-                                    args.min_votes if args.min_votes is not None else current.rule.min_votes)
+        rule = review_model.ConsensusRule(
+            args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
+            args.min_votes if args.min_votes is not None else current.rule.min_votes)
         current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas), None)
     out = current.to_dict()
     quota_text = ", ".join(f"{c}={n}" for c, n in out["quotas"].items()) or "none"

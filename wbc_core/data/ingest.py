@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -11,7 +12,9 @@ from wbc_core.data.decode import Rejected, decode_image
 from wbc_core.data.records import (
     DUPLICATE,
     FILE_TOO_BIG,
+    HIDDEN_FILE,
     NO_CLASS_FOLDER,
+    TOO_COMPRESSED,
     UNSAFE_PATH,
     UNSUPPORTED_EXTENSION,
     IngestConfig,
@@ -20,12 +23,41 @@ from wbc_core.data.records import (
     IngestReport,
     SkippedFile,
 )
-from wbc_core.data.sources import Entry, Listing, ReadFailure, open_source
+from wbc_core.data.sources import Entry, Listing, ReadFailure, hidden_reason, open_source
 
-__all__ = ["IngestConfig", "IngestError", "IngestReport", "IngestedImage", "SkippedFile", "ingest", "ingest_stream"]
+__all__ = [
+    "ImageStream",
+    "IngestConfig",
+    "IngestError",
+    "IngestReport",
+    "IngestedImage",
+    "SkippedFile",
+    "ingest",
+    "ingest_stream",
+]
 
 ProgressCallback = Callable[[int, int], None]
 _PROGRESS_EVERY = 200  # files between progress calls: often enough for a progress bar, cheap for the caller
+_RATIO_ENTRY_FLOOR = 2**20  # smaller zip entries cost nothing to unpack, whatever their compression ratio
+_RATIO_ARCHIVE_FLOOR = 64 * 2**20  # below this, a whole zip unpacks in a fraction of a second
+
+
+class ImageStream(Iterator[IngestedImage]):
+    """The accepted images of a source, one at a time; what it will read is known before the first one."""
+
+    def __init__(self, images: Iterator[IngestedImage], files: int, bytes_to_read: int) -> None:
+        self._images = images
+        self.files = files  # files that will be read and decoded (image names inside class folders)
+        self.bytes_to_read = bytes_to_read  # their declared sizes (unpacked, for a zip): what storing them takes
+
+    def __next__(self) -> IngestedImage:
+        return next(self._images)
+
+    def close(self) -> None:
+        """Stop early and release the source (an open zip)."""
+        close = getattr(self._images, "close", None)
+        if close is not None:
+            close()
 
 
 def ingest(
@@ -43,22 +75,54 @@ def ingest_stream(
     source: Path,
     config: IngestConfig = IngestConfig(),
     progress: ProgressCallback | None = None,
-) -> tuple[IngestReport, Iterator[IngestedImage]]:
+) -> tuple[IngestReport, ImageStream]:
     """Like ingest, but yields images one by one (bounded memory); the report is complete once the stream ends."""
     listing = open_source(Path(source))
     try:
-        # Layout problems (no class folders, ...) raise here, before the caller starts consuming.
+        # Layout problems (no class folders, a zip bomb, ...) raise here, before the caller starts consuming.
         report = IngestReport(skipped=list(listing.skipped))
         extensions = tuple(e.lower() for e in config.extensions)
         prefix = _find_root(listing, extensions)
-        classes = _class_folders(listing, prefix, extensions, report)
-        work = _assign_files(listing, prefix, classes, extensions, report)
+        classes, refused = _class_folders(listing, prefix, extensions, report)
+        work = _assign_files(listing, prefix, classes, refused, extensions, report)
+        to_read = [e for _, e in work if _is_image_name(e.parts[-1], extensions) and e.size <= config.max_file_bytes]
+        _check_archive(listing, to_read, config)
         report.classes = {name: 0 for name in classes}
         report.empty_classes = list(classes)  # shrinks as images arrive; final once the stream is exhausted
     except BaseException:
         listing.close()
         raise
-    return report, _run(listing, report, work, config, extensions, progress)
+    images = _run(listing, report, work, config, extensions, progress)
+    return report, ImageStream(images, len(to_read), sum(e.size for e in to_read))
+
+
+def _check_archive(listing: Listing, to_read: list[Entry], config: IngestConfig) -> None:
+    """Refuse a zip whose images would unpack to too much in total, or at a ratio no image reaches.
+
+    Everything here comes from the zip directory, so a zip bomb is refused before a single byte is inflated.
+    """
+    packed = [e for e in to_read if e.packed is not None]
+    if not packed:
+        return
+    unpacked = sum(e.size for e in packed)
+    compressed = sum(max(e.packed or 0, 1) for e in packed)
+    where = Path(listing.label).name
+    if unpacked > config.max_archive_bytes:
+        raise IngestError(
+            f"{where} would unpack to {_gib(unpacked)} of images, above the {_gib(config.max_archive_bytes)} limit "
+            "for one import; nothing was unpacked. Split it into smaller archives, one import each"
+        )
+    ratio = unpacked / compressed
+    if unpacked > _RATIO_ARCHIVE_FLOOR and ratio > config.max_compression_ratio:
+        raise IngestError(
+            f"{where} would unpack {_gib(compressed)} into {_gib(unpacked)} ({ratio:,.0f} times its packed size, "
+            f"above the {config.max_compression_ratio:,.0f} limit); no real image compresses that well, so this "
+            "looks like a zip bomb and nothing was unpacked. Check where the archive came from"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _run(
@@ -107,6 +171,13 @@ def _ingest_one(
     if entry.size > config.max_file_bytes:
         msg = f"is {entry.size / 2**20:.1f} MiB, above the {config.max_file_bytes / 2**20:.0f} MiB limit; skipped"
         return SkippedFile(entry.source, FILE_TOO_BIG, msg)
+    if entry.packed is not None and entry.size > _RATIO_ENTRY_FLOOR:
+        ratio = entry.size / max(entry.packed, 1)
+        if ratio > config.max_compression_ratio:
+            msg = (f"would unpack {entry.packed:,} bytes into {entry.size / 2**20:.1f} MiB ({ratio:,.0f} times; the "
+                   f"limit is {config.max_compression_ratio:,.0f}); no real image compresses that well, so it was "
+                   "not unpacked")
+            return SkippedFile(entry.source, TOO_COMPRESSED, msg)
     try:
         data = listing.read(entry, config.max_file_bytes)
     except ReadFailure as exc:
@@ -163,24 +234,52 @@ def _find_root(listing: Listing, extensions: tuple[str, ...]) -> tuple[str, ...]
     return wrapper if has_subdirs and not direct_images else ()
 
 
+def class_name_problem(name: str) -> tuple[str, str] | None:
+    """(reason, message) when a normalised class name cannot be a class (or a folder on disk), else None."""
+    if not name:
+        return UNSAFE_PATH, "a class folder needs a name; rename it to the class it holds"
+    if name in (".", ".."):
+        return UNSAFE_PATH, (f"'{name}' cannot be a class name (it means a folder itself, or the one above it); "
+                             "rename the folder to the class it holds")
+    if "/" in name or "\\" in name:
+        return UNSAFE_PATH, "a class name cannot contain '/' or '\\'; rename the folder to the class it holds"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return UNSAFE_PATH, ("the folder name contains control or invisible characters; rename the folder to the "
+                             "class it holds")
+    hidden = hidden_reason(name)
+    if hidden:
+        return HIDDEN_FILE, hidden
+    return None
+
+
+def normalise_class_name(raw: str) -> str:
+    """The class a folder name stands for: Unicode NFC (macOS zips spell 'é' as 'e' + accent), spaces stripped."""
+    return unicodedata.normalize("NFC", raw).strip()
+
+
 def _class_folders(
     listing: Listing, prefix: tuple[str, ...], extensions: tuple[str, ...], report: IngestReport
-) -> dict[str, list[tuple[str, ...]]]:
-    """Class name -> folders holding it, sorted by class name; raises IngestError when there are none."""
+) -> tuple[dict[str, list[tuple[str, ...]]], dict[tuple[str, ...], tuple[str, str]]]:
+    """Class name -> folders holding it, sorted by class name, and the refused folders with (reason, message).
+
+    Raises IngestError when there is no class at all.
+    """
     depth = len(prefix) + 1
     found: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    refused: dict[tuple[str, ...], tuple[str, str]] = {}
     for d in sorted(listing.dirs):
         if len(d) != depth or d[: len(prefix)] != prefix:
             continue
-        name = d[-1].strip()
-        if not name:
-            msg = "a class folder needs a name; rename it to the class it holds"
-            report.skipped.append(SkippedFile(_display(listing, d) + "/", UNSAFE_PATH, msg))
+        # "Lymphocyte " and "Lymphocyte", or an NFC and an NFD "Lymphozytär", are the same class to any
+        # reader, so they are merged; the name is checked after that, so " .." cannot become the class "..".
+        name = normalise_class_name(d[-1])
+        problem = class_name_problem(name)
+        if problem:
+            refused[d] = problem
             continue
-        # "Lymphocyte " and "Lymphocyte" would be the same class to any reader, so they are merged.
         found[name].append(d)
     if found:
-        return {name: found[name] for name in sorted(found)}
+        return {name: found[name] for name in sorted(found)}, refused
     where = listing.label + ("/" + "/".join(prefix) if prefix else "")
     loose = [f for f in listing.files if len(f.parts) == depth and f.parts[: len(prefix)] == prefix]
     images = [f for f in loose if _is_image_name(f.parts[-1], extensions)]
@@ -191,6 +290,9 @@ def _class_folders(
         )
     zips = [f.parts[-1] for f in loose if f.parts[-1].lower().endswith(".zip")]
     hint = f" (it contains {zips[0]}: import that .zip itself)" if zips else ""
+    if refused and not hint:
+        d, (_, msg) = next(iter(refused.items()))
+        hint = f" (the folder {d[-1]!r} cannot be a class: {msg})"
     raise IngestError(f"expected one subfolder per class, found none in {where}{hint}")
 
 
@@ -203,6 +305,7 @@ def _assign_files(
     listing: Listing,
     prefix: tuple[str, ...],
     classes: dict[str, list[tuple[str, ...]]],
+    refused: dict[tuple[str, ...], tuple[str, str]],
     extensions: tuple[str, ...],
     report: IngestReport,
 ) -> list[tuple[str, Entry]]:
@@ -210,10 +313,13 @@ def _assign_files(
     owner = {d[-1]: name for name, dirs in classes.items() for d in dirs}
     depth = len(prefix) + 1
     per_class: dict[str, list[Entry]] = {name: [] for name in classes}
+    in_refused: dict[tuple[str, ...], int] = dict.fromkeys(refused, 0)
     for entry in listing.files:
         inside = entry.parts[: len(prefix)] == prefix and len(entry.parts) > depth
         class_name = owner.get(entry.parts[depth - 1]) if inside else None
-        if class_name is not None:
+        if inside and entry.parts[:depth] in in_refused:
+            in_refused[entry.parts[:depth]] += 1  # reported once, with the folder
+        elif class_name is not None:
             # Nested folders inside a class folder (e.g. lymphocyte/batch1/x.jpg) belong to that class.
             per_class[class_name].append(entry)
         elif _is_image_name(entry.parts[-1], extensions):
@@ -223,4 +329,8 @@ def _assign_files(
             suffix = PurePosixPath(entry.parts[-1]).suffix.lower()
             msg = _not_an_image_name(suffix, extensions)
             report.skipped.append(SkippedFile(entry.source, UNSUPPORTED_EXTENSION, msg))
+    for d, (reason, msg) in refused.items():
+        files = in_refused[d]
+        tail = f"; {'its file was' if files == 1 else f'its {files:,} files were'} not imported" if files else ""
+        report.skipped.append(SkippedFile(_display(listing, d) + "/", reason, msg + tail))
     return [(name, e) for name in classes for e in sorted(per_class[name], key=lambda e: e.parts)]

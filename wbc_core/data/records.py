@@ -18,6 +18,7 @@ HIDDEN_FILE = "hidden_file"
 READ_ERROR = "read_error"
 FILE_TOO_BIG = "file_too_big"
 NO_CLASS_FOLDER = "no_class_folder"  # an image lying next to the class folders instead of inside one
+TOO_COMPRESSED = "too_compressed"  # a zip entry that unpacks far beyond what any image compresses (a zip bomb)
 
 REASONS = (
     NOT_AN_IMAGE,
@@ -31,6 +32,7 @@ REASONS = (
     READ_ERROR,
     FILE_TOO_BIG,
     NO_CLASS_FOLDER,
+    TOO_COMPRESSED,
 )
 
 
@@ -46,19 +48,28 @@ class IngestConfig:
     min_side: int = 8  # images with a shorter side are skipped as "too_small"
     max_file_bytes: int = 50 * 2**20  # files (or zip entries, uncompressed) above this are skipped as "file_too_big"
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # lower-case, with the dot
+    # A zip's images may unpack to at most this much in total; checked from the zip directory before unpacking.
+    max_archive_bytes: int = 8 * 2**30
+    # Unpacked size / packed size above which a zip entry (over 1 MiB), or a whole zip (over 64 MiB), is refused
+    # without unpacking: photos and even flat BMPs of cells stay far below it, zeros reach about 1000.
+    max_compression_ratio: float = 100.0
 
     def __post_init__(self) -> None:
         if self.min_side < 1 or self.max_side < self.min_side:
             raise ValueError(f"need 1 <= min_side <= max_side, got min_side={self.min_side} max_side={self.max_side}")
         if self.max_file_bytes < 1:
             raise ValueError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
+        if self.max_archive_bytes < 1:
+            raise ValueError(f"max_archive_bytes must be positive, got {self.max_archive_bytes}")
+        if not self.max_compression_ratio >= 1:  # also refuses NaN
+            raise ValueError(f"max_compression_ratio must be at least 1, got {self.max_compression_ratio}")
 
 
 @dataclass(frozen=True)
 class IngestedImage:
     """One accepted image, ready to be stored."""
 
-    class_name: str  # class folder name with surrounding whitespace stripped (case kept)
+    class_name: str  # class folder name in Unicode NFC with surrounding whitespace stripped (case kept)
     source: str  # posix path relative to the source root, or "archive.zip!path/in/zip"
     sha256: str  # hex sha256 of the original file bytes (provenance and duplicate detection)
     content: bytes  # bytes to store: the original file if it was 8-bit RGB JPEG/PNG, else a PNG re-encode

@@ -64,6 +64,7 @@ class Entry:
     source: str  # the name used in reports
     size: int  # size in bytes as the file system or zip directory declares it
     ref: object  # Path (folder source) or zipfile.ZipInfo (zip source)
+    packed: int | None = None  # compressed size a zip directory declares; None for a folder's files
 
 
 @dataclass
@@ -224,7 +225,7 @@ def _list_zip(path: Path) -> Listing:
             listing.skipped.append(SkippedFile(source, DUPLICATE, msg))
             continue
         seen.add(parts)
-        listing.files.append(Entry(parts, source, info.file_size, info))
+        listing.files.append(Entry(parts, source, info.file_size, info, packed=info.compress_size))
 
     def read(entry: Entry, limit: int) -> bytes:
         info = entry.ref

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from wbc_core import limits
+
+if TYPE_CHECKING:  # torch is imported only where a device is resolved: reading defaults must not load it
+    import torch
 
 IMAGE_SIZES = (32, 64, 128)
 DIFFAUG_OPS = ("color", "translation", "cutout")
@@ -104,6 +107,8 @@ def parse_policy(policy: str) -> tuple[str, ...]:
 
 def resolve_device(device: str) -> torch.device:
     """Turn a config device string into a torch.device ("auto" -> cuda if available, else cpu)."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -113,53 +118,44 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# Numeric fields and their limit in wbc_core.limits (the UI's widgets take their ranges from there too).
+_BOUNDED = (
+    ("steps", "gan_steps"), ("batch_size", "gan_batch"), ("z_dim", "gan_z_dim"),
+    ("g_width", "gan_width"), ("d_width", "gan_width"),  # below 8 the narrowest layers (width // 2) degenerate
+    ("lr_g", "gan_lr"), ("lr_d", "gan_lr"), ("ema_decay", "gan_ema_decay"), ("ema_start", "gan_ema_start"),
+    ("bn_refresh_batches", "gan_bn_refresh_batches"), ("checkpoint_every", "gan_every"),
+    ("sample_every", "gan_every"), ("log_every", "gan_every"), ("grid_per_class", "gan_grid_per_class"),
+    ("seed", "seed"), ("num_threads", "threads"), ("aux_weight", "gan_aux_weight"),
+    ("quality_per_class", "quality_cells_per_class"),
+)
+
+
+def _bounded_problem(c: GanConfig, field: str, limit_name: str) -> str | None:
+    value = getattr(c, field)
+    limit = limits.bound(limit_name)
+    if limit.integer and not _is_int(value):  # a config stores true ints (range(steps), tensor shapes)
+        return f"{field} must be {limit.rule()}, got {value!r}"
+    return limit.problem(value, field)
 
 
 def _problems(c: GanConfig) -> list[str]:
     p: list[str] = []
     if c.image_size not in IMAGE_SIZES or not _is_int(c.image_size):
         p.append(f"image_size must be one of 32, 64, 128, got {c.image_size!r}")
-    for name, lo in (("steps", 1), ("batch_size", 2), ("z_dim", 1), ("checkpoint_every", 1),
-                     ("sample_every", 1), ("log_every", 1), ("grid_per_class", 1), ("bn_refresh_batches", 1)):
-        v = getattr(c, name)
-        if not _is_int(v) or v < lo:
-            p.append(f"{name} must be an integer >= {lo}, got {v!r}")
-    # Widths below 8 would make the narrowest layers (width // 2) degenerate.
-    for name in ("g_width", "d_width"):
-        v = getattr(c, name)
-        if not _is_int(v) or not 8 <= v <= 1024:
-            p.append(f"{name} must be an integer in [8, 1024], got {v!r}")
-    for name in ("lr_g", "lr_d"):
-        v = getattr(c, name)
-        if not _is_num(v) or not 0 < v < 1:
-            p.append(f"{name} must be a number in (0, 1), got {v!r}")
+    p += [msg for field, name in _BOUNDED if (msg := _bounded_problem(c, field, name))]
     if (not isinstance(c.betas, tuple) or len(c.betas) != 2
-            or not all(_is_num(b) and 0 <= b < 1 for b in c.betas)):
+            or any(limits.bound("gan_beta").problem(b) for b in c.betas)):
         p.append(f"betas must be two numbers in [0, 1), got {c.betas!r}")
-    if not _is_num(c.ema_decay) or not 0 <= c.ema_decay < 1:
-        p.append(f"ema_decay must be a number in [0, 1), got {c.ema_decay!r}")
-    if not _is_int(c.ema_start) or c.ema_start < 0:
-        p.append(f"ema_start must be an integer >= 0, got {c.ema_start!r}")
     if not isinstance(c.diffaug, str):
         p.append(f"diffaug must be a string, got {c.diffaug!r}")
     else:
         bad = [op for op in parse_policy(c.diffaug) if op not in DIFFAUG_OPS]
         if bad:
             p.append(f"diffaug ops must be among {', '.join(DIFFAUG_OPS)}, got {', '.join(bad)}")
-    if not _is_int(c.seed) or c.seed < 0:
-        p.append(f"seed must be an integer >= 0, got {c.seed!r}")
     if not isinstance(c.device, str) or not _DEVICE_RE.match(c.device):
         p.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}")
     if not isinstance(c.amp, bool):
         p.append(f"amp must be a bool, got {c.amp!r}")
-    if not _is_num(c.aux_weight) or not 0 <= c.aux_weight <= 10:
-        p.append(f"aux_weight must be a number in [0, 10], got {c.aux_weight!r}")
     if not isinstance(c.quality_every_checkpoint, bool):
         p.append(f"quality_every_checkpoint must be a bool, got {c.quality_every_checkpoint!r}")
-    if not _is_int(c.quality_per_class) or c.quality_per_class < 2:
-        p.append(f"quality_per_class must be an integer >= 2, got {c.quality_per_class!r}")
-    if not _is_int(c.num_threads) or c.num_threads < 0:
-        p.append(f"num_threads must be an integer >= 0, got {c.num_threads!r}")
     return p

@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wbc_core.gan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, write_atomic
+from wbc_core.gan.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    nonfinite_tensors,
+    write_atomic,
+)
 from wbc_core.gan.config import GanConfig
 from wbc_core.gan.models import Generator
 
@@ -30,6 +36,13 @@ class LoadedGenerator:
 def load_generator(checkpoint: Path, device: str = "cpu") -> LoadedGenerator:
     """Load the EMA generator from a wbc-gan checkpoint; ValueError if the file is not one."""
     data = load_checkpoint(checkpoint, map_location="cpu")
+    broken = nonfinite_tensors(data["generator_ema"]) if isinstance(data["generator_ema"], dict) else []
+    if broken:
+        raise ValueError(
+            f"the GAN checkpoint {checkpoint} (step {data['step']}) has NaN or infinite generator weights "
+            f"({len(broken)} tensors, e.g. {broken[0]}): training diverged by this step, and it would only make "
+            "broken cells. Use an earlier checkpoint of the run, or train again with a lower learning rate"
+        )
     config = GanConfig.from_dict(data["config"])
     class_names = [str(c) for c in data["class_names"]]
     g = Generator(len(class_names), config.image_size, config.z_dim, config.g_width)
@@ -74,9 +87,28 @@ def sample_cells(loaded: LoadedGenerator, class_index: int, n: int, seed: int, b
     was_training = g.training
     g.eval()
     try:
-        return generate(g, z, y, batch_size)
+        cells = generate(g, z, y, batch_size)
     finally:
         g.train(was_training)
+    _refuse_constant(cells, loaded, class_index)
+    return cells
+
+
+def _refuse_constant(cells: torch.Tensor, loaded: LoadedGenerator, class_index: int) -> None:
+    """A generator that gives one flat image, or the same image for every noise vector, is broken, not creative."""
+    n = cells.shape[0]
+    if n == 0:
+        return
+    flat = cells.flatten(1)
+    all_flat = bool((flat.amax(dim=1) == flat.amin(dim=1)).all())
+    all_same = n > 1 and bool((flat == flat[:1]).all())
+    if all_flat or all_same:
+        what = "a single flat colour" if all_flat else f"the same image for all {n} noise vectors"
+        raise ValueError(
+            f"the generator of step {loaded.step} makes {what} for class '{loaded.class_names[class_index]}': "
+            "it is broken (diverged or collapsed), so no candidates were made. Use an earlier checkpoint of the "
+            "run, or train again"
+        )
 
 
 def grid_noise(config: GanConfig, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

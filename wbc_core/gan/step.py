@@ -15,6 +15,7 @@ from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.diffaug import diff_augment
 from wbc_core.gan.models import Discriminator, Generator, build_networks
 from wbc_core.precision import amp_dtype
+from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages
 
 METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake")
@@ -125,14 +126,8 @@ def to_model_input(images_u8: torch.Tensor, memory_format: torch.memory_format) 
 @contextlib.contextmanager
 def thread_limit(num_threads: int) -> Iterator[None]:
     """Temporarily set torch's CPU thread count (0 = leave it), restoring it afterwards."""
-    before = torch.get_num_threads()
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         yield
-    finally:
-        if num_threads > 0:
-            torch.set_num_threads(before)
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,13 +1,13 @@
 """Background jobs: every long computation runs as a run of a job kind, in its own OS process.
 
 - `kinds`: the registry of job kinds and their bodies;
-- `launch`: the one spawn (worker and chain processes);
+- `launcher`: the one spawn (worker and chain processes);
 - `state`: submit, cancel, wait, reconcile (dead workers) and kill;
 - `worker`: the process that executes one run (`python -m wbc_core.worker RUN_ID`);
 - `groups`: ablations and multi-seed groups, trained one after another by a chain process.
 """
 
-from wbc_core.jobs.launch import launch, launch_chain
+from wbc_core.jobs.launcher import launch, launch_chain
 from wbc_core.jobs.state import (
     HEARTBEAT_SECONDS,
     STALE_SECONDS,

@@ -21,8 +21,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.vocabulary import ABLATION, RECIPES
 from wbc_core import retrain
-from wbc_core.jobs import launch as launcher
-from wbc_core.jobs import state
+from wbc_core.jobs import launcher, state
 from wbc_core.retrain import RetrainError
 from wbc_core.review_model import ConsensusRule, get_review_settings
 

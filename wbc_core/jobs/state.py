@@ -17,7 +17,7 @@ from typing import Any
 from db import runs as runs_db
 from db.models import utcnow
 from wbc_core.context import current
-from wbc_core.jobs import launch as launcher
+from wbc_core.jobs import launcher
 from wbc_core.jobs.kinds import kind as job_kind
 
 HEARTBEAT_SECONDS = 2.0  # worker heartbeat cadence; also how often it re-reads the cancel flag

@@ -21,6 +21,7 @@ from wbc_core.quality import METRICS, PREFIX
 from wbc_core.quality import metrics as qm
 from wbc_core.quality.judge import QualityConfig, Reference, judge_features
 from wbc_core.quality.neighbours import pairwise_nearest
+from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages
 
 __all__ = ["METRICS", "PREFIX", "CellScores", "acceptance_metrics", "compute_metrics", "per_class_table", "read_folder",
@@ -136,10 +137,7 @@ def compute_metrics(ref: Reference, images: torch.Tensor, labels: torch.Tensor,
     """Flat {"quality/<metric>[/<class>]": value} for uint8 cells with intended class labels; nan values dropped."""
     if images.shape[0] == 0:
         raise ValueError("no cells to measure")
-    prev = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         scores = scores or score_cells(ref, images, labels)
         half_a, _ = _val_halves(ref.val_labels, config.seed)
         out: dict[str, float] = {}
@@ -148,8 +146,6 @@ def compute_metrics(ref: Reference, images: torch.Tensor, labels: torch.Tensor,
                 out[f"{PREFIX}{name}{suffix}"] = value
         if config.tstr_epochs > 0:
             out[f"{PREFIX}tstr_accuracy"] = tstr_accuracy(ref, images, labels, config)
-    finally:
-        torch.set_num_threads(prev)
     return {k: float(v) for k, v in out.items() if not math.isnan(v)}
 
 

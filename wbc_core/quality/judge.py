@@ -18,6 +18,7 @@ import torch
 
 from wbc_core.classifier import ClassifierConfig, LoadedClassifier, load_classifier, train_classifier
 from wbc_core.classifier.models import classifier_head, feature_extractor
+from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages
 
 
@@ -143,14 +144,9 @@ def build_reference(train: LabelledImages, val: LabelledImages, class_names: lis
     feats_path = judge_dir / "reference.pt"
     cached = _load_features(feats_path, ids, len(val))
     if cached is None:
-        prev = torch.get_num_threads()
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        try:
+        with torch_threads(config.num_threads):
             train_f, _ = judge_features(judge, train.images)
             val_f, _ = judge_features(judge, val.images)
-        finally:
-            torch.set_num_threads(prev)
         _save_features(feats_path, ids, train_f, val_f)
     else:
         train_f, val_f = cached

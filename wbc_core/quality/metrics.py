@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from wbc_core.quality.neighbours import pairwise_nearest
@@ -17,17 +18,24 @@ def _check(*feats: torch.Tensor) -> None:
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets a [N,D] and b [M,D] (each needs >= 2 rows)."""
+    from scipy import linalg
+
     _check(a, b)
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError(f"Fréchet distance needs >= 2 rows per set, got {a.shape[0]} and {b.shape[0]}")
-    a, b = a.double(), b.double()
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    # tr sqrtm(A B) = sum of sqrt(eigenvalues of A B); those are real and >= 0 in theory, and small negative or
-    # imaginary parts are round-off, so they are clipped rather than trusted (as scipy.linalg.sqrtm users do).
-    eig = torch.linalg.eigvals(cov_a @ cov_b).real.clamp_min(0)
-    value = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * eig.sqrt().sum()
-    return float(value.clamp_min(0))
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        # A product too close to singular (fewer cells than dimensions): pytorch-fid's remedy, a tiny ridge.
+        offset = np.eye(cov_a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    # The square root of a product of two covariances has real eigenvalues >= 0 in theory; imaginary
+    # parts are round-off, and dropping them is what scipy.linalg.sqrtm users (pytorch-fid) do too.
+    value = np.square(mu_a - mu_b).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean.real)
+    return float(max(value, 0.0))
 
 
 def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
