@@ -1,10 +1,10 @@
 """wbc-curate dashboard: the frame (page config, shared sidebar, navigation over pages/).
 
 Run with `streamlit run app.py`. All work happens in wbc_core/ and db/; pages only render.
-The frame itself lives in pages/common.py (run_frame) so a page that Streamlit starts without this
-file (see common.ensure_frame) can run the same frame.
+The frame itself lives in pages/ui/frame.py (run_frame) so a page that Streamlit starts without this
+file (see frame.ensure_frame) can run the same frame.
 """
 
-from pages import common
+from pages.ui import frame
 
-common.run_frame()
+frame.run_frame()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from pages.ui import frame, refresh, signin, widgets
 from wbc_core import auth, context, limits, review_model
 from wbc_core.export import export_curated_zip, safe_name
 from wbc_core.thumbnails import thumbnail_path
@@ -30,34 +30,34 @@ def _as_admin(action, *args, **kwargs) -> bool:  # noqa: ANN001
     happens here, right before each call.
     """
     try:
-        auth.authorize(st.session_state[common.USER_KEY], "manage_users")
+        auth.authorize(st.session_state[signin.USER_KEY], "manage_users")
         action(*args, **kwargs)
     except (PermissionError, ValueError, LookupError) as exc:
-        common.show_error(exc)
+        widgets.show_error(exc)
         return False
     return True
 
 
 def _adjudicate(image_id: int, verdict: str, new_class: str | None = None, reason: str | None = None) -> None:
     try:
-        review_model.adjudicate([image_id], st.session_state[common.USER_KEY], verdict, new_class=new_class, reason=reason)
+        review_model.adjudicate([image_id], st.session_state[signin.USER_KEY], verdict, new_class=new_class, reason=reason)
     except (PermissionError, ValueError) as exc:
         _fail(exc)
         return
-    common.forget_recent()
+    refresh.forget_recent()
     _flash(f"adjudicated: {verdict}" + (f" to {new_class}" if new_class else ""))
 
 
-user = common.ensure_frame()
+user = frame.ensure_frame()
 st.title("Admin")
-if not common.require_permission("manage_users", "open the admin page"):
+if not signin.require_permission("manage_users", "open the admin page"):
     st.stop()
 notice = st.container()  # always there, so a message never moves the tabs (that would reset the open tab)
 if st.session_state.get("admin_err"):
     notice.error(st.session_state.pop("admin_err"), icon="🚫")
 if st.session_state.get("admin_msg"):
     notice.success(st.session_state.pop("admin_msg"))
-info = common.current_dataset()
+info = frame.current_dataset()
 users_tab, settings_tab, blind_tab, adjudication_tab, export_tab = st.tabs(
     ["Users", "Review settings", "Blind test", "Adjudication", "Export"])
 
@@ -126,9 +126,9 @@ with settings_tab:
                     info.id, review_model.ReviewSettings(review_model.ConsensusRule(int(agreeing), int(votes)),
                                                    {c: int(n) for c, n in quotas.items()}), user)
             except (PermissionError, ValueError) as exc:
-                common.show_error(exc)
+                widgets.show_error(exc)
             else:
-                common.forget_recent()  # the review page's quota gauges show the new quotas at once
+                refresh.forget_recent()  # the review page's quota gauges show the new quotas at once
                 st.success(f"Saved: accepted when {saved.rule.min_agreeing} agree out of at least "
                            f"{saved.rule.min_votes} votes; quotas: "
                            + (", ".join(f"{c} {n}" for c, n in saved.quotas.items()) or "none"))
@@ -147,7 +147,7 @@ with blind_tab:
             try:
                 added = review_model.enable_blind_test(info.id, blind_reviewer, float(fraction), int(seed), user=user)
             except (PermissionError, ValueError) as exc:
-                common.show_error(exc)
+                widgets.show_error(exc)
             else:
                 st.success(f"Mixed {sum(added.values())} real val cells into {blind_reviewer}'s queue: "
                            + ", ".join(f"{c} {n}" for c, n in added.items()))
@@ -198,7 +198,7 @@ with export_tab:
             with st.spinner("Writing the zip"):
                 summary = export_curated_zip(info.id, out, user=user)
         except (PermissionError, ValueError, OSError) as exc:
-            common.show_error(exc)
+            widgets.show_error(exc)
         else:
             st.session_state["export_summary"] = {"dataset": info.id, "path": str(summary.path),
                                                   "files": summary.files, "candidates": summary.candidates,

@@ -4,7 +4,7 @@ blinded realism test (real cells rejected as fake, candidates passing as real)."
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import common
+from pages.ui import frame, widgets
 from wbc_core import auth
 from wbc_core.agreement import agreement_report, realism_report
 
@@ -38,13 +38,13 @@ def pair_heatmap(pairs: list[dict]) -> go.Figure:
     return fig
 
 
-user = common.ensure_frame()
+user = frame.ensure_frame()
 st.title("Agreement")
-info = common.require_dataset()
+info = frame.require_dataset()
 try:
     report = agreement_report(info.id, user=user)
 except PermissionError as exc:
-    common.show_error(exc)
+    widgets.show_error(exc)
     st.stop()
 
 overall = report["overall"]

@@ -4,13 +4,13 @@ from functools import partial
 
 import streamlit as st
 
-from pages import common
+from pages.ui import frame, widgets
 from wbc_core import embedding_jobs, results, views
 from wbc_core.vocabulary import ACTIVE_STATUSES, RUN_STATUSES
 
-user = common.ensure_frame()
+user = frame.ensure_frame()
 st.title("Dashboard")
-info = common.require_dataset()
+info = frame.require_dataset()
 st.caption("Every score here is computed on the dataset's real test cells, which no model or GAN trained on.")
 
 table = views.runs_frame(info.id, kind="classifier")
@@ -94,7 +94,7 @@ if finished:
         try:  # queues a job: feature extraction and the map run in their own process
             embedding_jobs.start_embedding(emb_run, int(max_points), user=user)
         except (ValueError, LookupError, PermissionError) as exc:
-            common.show_error(exc)
+            widgets.show_error(exc)
 
     @st.fragment(run_every=2)
     def embedding_panel(run_id: int, max_points: int) -> None:

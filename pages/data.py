@@ -6,17 +6,17 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from pages import common
+from pages.ui import app_context, frame, signin, widgets
 from wbc_core import importing
 from wbc_core.data import SplitConfig
 from wbc_core.views import class_counts_frame
 
-common.ensure_frame()
+frame.ensure_frame()
 st.title("Data")
-common.ensure_ready()
-can_import = common.require_permission("import", "import datasets")
+app_context.ensure_ready()
+can_import = signin.require_permission("import", "import datasets")
 
-with st.expander("Import cells", expanded=common.current_dataset() is None):
+with st.expander("Import cells", expanded=frame.current_dataset() is None):
     source_tab, upload_tab, bloodmnist_tab, demo_tab = st.tabs(["Folder on server", "Upload zip", "BloodMNIST", "Demo"])
     with source_tab, st.form("import_folder"):
         folder = st.text_input("Folder with one subfolder per class", placeholder="../shared/data/pbc128")
@@ -29,7 +29,7 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
         submitted = st.form_submit_button("Import", type="primary", disabled=not can_import)
     if submitted and not folder.strip():
         # An empty path would mean the server's working directory: never import that by accident.
-        common.show_error(ValueError("Enter the folder to import (a path on the server)."))
+        widgets.show_error(ValueError("Enter the folder to import (a path on the server)."))
     elif submitted:
         bar = st.progress(0.0, text="reading files")
         try:
@@ -37,9 +37,9 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 folder, name, size=int(size), split=SplitConfig(val, test, int(seed)),
                 progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} files"))
         except (ValueError, LookupError, OSError) as exc:
-            common.show_error(exc, "Check the folder path (it is read on the server) and the dataset name.")
+            widgets.show_error(exc, "Check the folder path (it is read on the server) and the dataset name.")
         else:
-            common.select_dataset(result.name)
+            frame.select_dataset(result.name)
             st.session_state["last_import"] = result.summary
             st.rerun()
     with upload_tab:
@@ -52,9 +52,9 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 try:
                     result = importing.import_folder(path, upload_name)
                 except (ValueError, LookupError, OSError) as exc:
-                    common.show_error(exc)
+                    widgets.show_error(exc)
                 else:
-                    common.select_dataset(result.name)
+                    frame.select_dataset(result.name)
                     st.session_state["last_import"] = result.summary
                     st.rerun()
     with bloodmnist_tab:
@@ -65,33 +65,33 @@ with st.expander("Import cells", expanded=common.current_dataset() is None):
                 try:
                     result = importing.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
                 except (ValueError, LookupError, OSError) as exc:
-                    common.show_error(exc)
+                    widgets.show_error(exc)
                 else:
-                    common.select_dataset(result.name)
+                    frame.select_dataset(result.name)
                     st.rerun()
     with demo_tab:
         st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
         demo_size = st.selectbox("Working size (px)", importing.SIZES, index=1, key="demo_size",
                                  help="32 px trains fastest on a CPU")
-        demo_exists = "demo" in common.dataset_names()
+        demo_exists = "demo" in frame.dataset_names()
         if demo_exists:
             st.caption("The demo dataset exists already: choose **demo** in the sidebar.")
         if st.button("Create demo dataset", key="create_demo", disabled=demo_exists or not can_import):
             try:
                 result = importing.import_demo("demo", size=int(demo_size))
             except (ValueError, LookupError) as exc:
-                common.show_error(exc)
+                widgets.show_error(exc)
             else:
-                common.select_dataset(result.name)
+                frame.select_dataset(result.name)
                 st.rerun()
 
 if "last_import" in st.session_state:
     st.success(st.session_state.pop("last_import"))
 
-if common.current_dataset() is None:
+if frame.current_dataset() is None:
     st.info("No dataset yet: import a folder above, or create the demo dataset in the **Demo** tab.")
     st.stop()
-info = common.require_dataset()
+info = frame.require_dataset()
 st.subheader(f"{info.name} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
 counts = class_counts_frame(importing.class_split_counts(info.id))
 left, right = st.columns([2, 3])

@@ -2,13 +2,12 @@
 
 import streamlit as st
 
-from pages import common
-from wbc_core import gan_runs, generation, jobs, views
-from wbc_core.quality import views as quality_views
+from pages.ui import frame, widgets
+from wbc_core import gan_runs, generation, jobs, quality_views, views
 
-user = common.ensure_frame()
+user = frame.ensure_frame()
 st.title("Generate")
-info = common.require_dataset()
+info = frame.require_dataset()
 
 with st.expander("Train a new GAN", expanded=True):
     # Outside the form, so picking a preset refills the fields below at once.
@@ -32,7 +31,7 @@ with st.expander("Train a new GAN", expanded=True):
             try:
                 run_id = gan_runs.start_gan_run(info.id, {**defaults, **chosen})
             except (ValueError, LookupError) as exc:
-                common.show_error(exc)
+                widgets.show_error(exc)
             else:
                 st.session_state["gan_run"] = run_id
                 st.toast(f"GAN run {run_id} started in the background")
@@ -92,7 +91,7 @@ if cols[2].button("Generate candidates", type="primary", key="generate"):
     try:  # only queues the job: sampling and scoring run in their own process
         generation.start_generation(run_id, int(per_class), step=int(step), user=user)
     except (ValueError, LookupError, PermissionError) as exc:
-        common.show_error(exc)
+        widgets.show_error(exc)
     else:
         st.toast("Candidate generation started in the background; you may leave this page.")
 
@@ -130,7 +129,7 @@ if qcols[1].button(f"Score quality for step {step}", key="score_quality"):
     try:
         generation.start_quality(run_id, step=int(step), per_class=int(quality_n), user=user)
     except (ValueError, LookupError, PermissionError) as exc:
-        common.show_error(exc)
+        widgets.show_error(exc)
     else:
         st.toast(f"Scoring checkpoint {step} in the background (the first time also trains the judge).")
 job_panel("quality", run_id, "Quality scoring")

@@ -17,9 +17,8 @@ import time
 
 import streamlit as st
 
-from db import runs as runs_db
-from pages import common
-from wbc_core import auth, cell_detail, context, importing, review_model
+from pages.ui import frame, refresh, signin
+from wbc_core import auth, catalog, cell_detail, context, importing, review_model
 from wbc_core.thumbnails import thumbnail_path
 
 PAGE_SIZE = 48
@@ -119,9 +118,9 @@ def _clear_selection() -> None:
 
 # -- page --------------------------------------------------------------------------------------------------------
 
-user = common.ensure_frame()
+user = frame.ensure_frame()
 st.title("Review")
-info = common.require_dataset()
+info = frame.require_dataset()
 may_review = auth.can(user, "review")
 is_admin = auth.can(user, "configure_review")  # sees ids and provenance; the blind test is theirs to run
 
@@ -136,10 +135,10 @@ gan_run_id = step = None
 if is_admin:
     # Filters by generator run are admin-only: a filtered queue leaves the blind real cells out, so comparing
     # it with the full queue would point a reviewer at the real cells of a blinded realism test.
-    gan_runs = [r.id for r in runs_db.list_runs(dataset_id=info.id, kind="gan")]
+    gan_runs = catalog.gan_run_ids(info.id)
     gan_run_id = head[3].selectbox("GAN run", [None, *gan_runs], format_func=lambda r: "all" if r is None else f"#{r}",
                                    key="review_run")
-    steps = [c["step"] for c in runs_db.checkpoints(gan_run_id)] if gan_run_id is not None else []
+    steps = catalog.checkpoint_steps(gan_run_id) if gan_run_id is not None else []
     step = head[4].selectbox("Checkpoint", [None, *steps], format_func=lambda s: "all" if s is None else str(s),
                              key="review_step", disabled=gan_run_id is None)
 
@@ -181,7 +180,7 @@ if atlas:
     st.caption(f"Real **{class_name}** cells (train split), for comparison")
     st.image(atlas, width=56, output_format="PNG")
 if not may_review:
-    common.require_permission("review", "record decisions (read-only view)")
+    signin.require_permission("review", "record decisions (read-only view)")
 
 
 def _mark(item: dict) -> str:
@@ -316,7 +315,7 @@ def work_area() -> None:
     # the cursor steps on by itself.
     advance = 0 if state == "pending" else 1
 
-    _quota(common.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds), SUMMARY_MAX_AGE_S))
+    _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds), SUMMARY_MAX_AGE_S))
     st.markdown(f"**{total}** {state} candidates of **{class_name}** for **{user.label}** · page {page + 1} of "
                 f"{pages} · {review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
 
@@ -392,13 +391,13 @@ with st.expander("Keyboard"):
     )
 
 with st.expander("Progress per class and reviewer"):
-    summary = common.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds))
+    summary = refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds))
     if is_admin:
         st.dataframe(summary, width="stretch", hide_index=True)
     else:  # counts of candidates would let a blind-mode reviewer size the real cells mixed into their queue
         st.dataframe([{k: r[k] for k in ("class_name", "accepted_final", "quota", "quota_met")} for r in summary],
                      width="stretch", hide_index=True)
-    progress = common.recent(f"reviewer_progress:{info.id}", lambda ds=info.id: review_model.reviewer_progress(ds))
+    progress = refresh.recent(f"reviewer_progress:{info.id}", lambda ds=info.id: review_model.reviewer_progress(ds))
     keep = ("reviewer", "class_name", "decided", "accepted", "rejected", "relabelled")
     st.dataframe(progress if is_admin else [{k: r[k] for k in keep} for r in progress], width="stretch",
                  hide_index=True)

@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from pages import common
+from pages.ui import frame, signin, widgets
 from wbc_core import jobs, retrain, views
 from wbc_core.jobs import groups
 
-common.ensure_frame()
+frame.ensure_frame()
 st.title("Train")
-info = common.require_dataset()
-can_train = common.require_permission("train", "retrain classifiers")
+info = frame.require_dataset()
+can_train = signin.require_permission("train", "retrain classifiers")
 
 defaults = retrain.form_defaults()
 with st.form("train_classifier"):
@@ -62,7 +62,7 @@ with st.form("train_classifier"):
         try:
             launched = groups.start_training(info.id, recipe, overrides, seeds, synthetic_cap=cap or None)
         except (ValueError, LookupError) as exc:
-            common.show_error(exc)
+            widgets.show_error(exc)
         else:
             st.session_state["classifier_run"] = launched.run_ids[0]
             group = f" as group {launched.group_name}, one after another" if launched.group_name else ""

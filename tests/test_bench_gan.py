@@ -98,6 +98,23 @@ def test_gan_train_and_gain_benches_get_the_app_split_of_a_folder(gan_bench, tin
         assert {sha for sha, s in zip(gain_cells.sha256, gain_cells.splits, strict=True) if s == split} == in_app
 
 
+def test_real_baseline_draws_each_class_at_random_not_by_file_name(gan_bench, monkeypatch):
+    from wbc_core.types import LabelledImages
+
+    # Cells come in file-name order; pixel value = position, so the pick shows which positions were measured.
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).clone()
+    labels = torch.tensor([0] * 30 + [1] * 10)
+    seen = []
+    monkeypatch.setattr(gan_bench, "measure", lambda judges, cells, labs, qcfg: seen.append((cells, labs)) or {})
+    gan_bench.real_baseline(None, LabelledImages(images, labels), ["a", "b"], 5, None)
+    cells, labs = seen[0]
+    assert labs.bincount().tolist() == [5, 5]
+    picked = cells[:, 0, 0, 0][labs == 0].tolist()
+    assert all(p < 30 for p in picked) and sorted(picked) != [0, 1, 2, 3, 4]  # not the first five names
+    gan_bench.real_baseline(None, LabelledImages(images, labels), ["a", "b"], 5, None)
+    assert torch.equal(seen[1][0], cells)  # seeded: every run measures the same cells
+
+
 def test_cell_cache_is_reused_and_renewed_when_a_file_changes(tiny_folder, tmp_path, monkeypatch):
     from bench import cells as bench_cells
 

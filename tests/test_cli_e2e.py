@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -15,9 +16,11 @@ from support import context_on
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(home: Path, *args: str, ok: bool = True) -> dict:
+def cli(home: Path, *args: str, ok: bool = True, db_url: str | None = None) -> dict:
     env = {**os.environ, "WBC_HOME": str(home)}
     env.pop("WBC_DB_URL", None)
+    if db_url:  # PostgreSQL; else the home's SQLite file
+        env["WBC_DB_URL"] = db_url
     out = subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert (out.returncode == 0) == ok, f"exit {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr}"
@@ -27,46 +30,48 @@ def cli(home: Path, *args: str, ok: bool = True) -> dict:
 
 
 @pytest.mark.slow
-def test_full_loop_from_the_cli(tiny_folder, tmp_path):
+@pytest.mark.databases("sqlite", "postgresql")
+def test_full_loop_from_the_cli(tiny_folder, tmp_path, db_url):
     home = tmp_path / "home"
-    imported = cli(home, "import", str(tiny_folder), "--name", "tiny", "--size", "32", "--seed", "3")
+    wbc = functools.partial(cli, db_url=db_url)  # every command on the test's database
+    imported = wbc(home, "import", str(tiny_folder), "--name", "tiny", "--size", "32", "--seed", "3")
     assert imported["name"] == "tiny"
     assert {c: sum(v[s] for s in ("train", "val", "test")) for c, v in imported["classes"].items()} == {
         "lymphocyte": 12, "neutrophil": 12, "platelet": 12}
 
     if not torch.cuda.is_available():  # the GPU preset is refused before any job is queued
-        refused = cli(home, "train-gan", "--dataset", "tiny", "--preset", "cuda", ok=False)
+        refused = wbc(home, "train-gan", "--dataset", "tiny", "--preset", "cuda", ok=False)
         assert "no CUDA GPU" in refused["error"]
-    gan = cli(home, "train-gan", "--dataset", "tiny", "--preset", "cpu", "--steps", "12", "--batch", "8",
+    gan = wbc(home, "train-gan", "--dataset", "tiny", "--preset", "cpu", "--steps", "12", "--batch", "8",
               "--width", "8", "--checkpoint-every", "6", "--aux-weight", "0.5")
     assert gan["status"] == "succeeded" and gan["steps_done"] == 12
     assert (gan["config"]["aux_weight"], gan["config"]["g_width"]) == (0.5, 8)  # flags on top of the preset
     assert gan["train_set_hash"] and len(gan["train_set_hash"]) == 64
 
-    generated = cli(home, "generate", "--run", str(gan["run_id"]), "--per-class", "4")
+    generated = wbc(home, "generate", "--run", str(gan["run_id"]), "--per-class", "4")
     assert generated["candidates"] == 12 and generated["checkpoint_step"] == 12
-    again = cli(home, "generate", "--run", str(gan["run_id"]), "--per-class", "1", "--step", "6")
+    again = wbc(home, "generate", "--run", str(gan["run_id"]), "--per-class", "1", "--step", "6")
     assert again["seed"] != generated["seed"] and again["checkpoint_step"] == 6
 
-    accepted = cli(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--accept", "--class", "platelet")
+    accepted = wbc(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--accept", "--class", "platelet")
     assert accepted["decided"] == 5
-    rejected = cli(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--reject", "--all")
+    rejected = wbc(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--reject", "--all")
     assert rejected["decided"] == 10
 
-    trained = cli(home, "train", "--dataset", "tiny", "--recipe", "curated", "--epochs", "1")
+    trained = wbc(home, "train", "--dataset", "tiny", "--recipe", "curated", "--epochs", "1")
     assert trained["status"] == "succeeded"
     test = trained["test"]
     assert set(test) >= {"accuracy", "macro_f1", "per_class_f1"}
     assert set(test["per_class_f1"]) == {"lymphocyte", "neutrophil", "platelet"}
     assert trained["test_size"] == sum(v["test"] for v in imported["classes"].values())
 
-    listed = cli(home, "runs")["runs"]
+    listed = wbc(home, "runs")["runs"]
     assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
         (trained["run_id"], "classifier", "succeeded"), (gan["run_id"], "gan", "succeeded")]
     assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
 
     # The database agrees with what the CLI printed.
-    with context_on(home):
+    with context_on(home, db_url):
         from db.runs import get_run
 
         run = get_run(trained["run_id"])

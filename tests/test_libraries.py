@@ -81,8 +81,9 @@ def old_frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(value.clamp_min(0))
 
 
-def old_tsne(features: torch.Tensor, perplexity: float = 30.0, iterations: int = 600, exaggeration_iterations: int = 200,
-             early_exaggeration: float = 12.0, pca_dims: int = 50, seed: int = 0) -> torch.Tensor:
+def old_tsne(features: torch.Tensor, perplexity: float = 30.0, iterations: int = 600,
+             exaggeration_iterations: int = 200, early_exaggeration: float = 12.0, pca_dims: int = 50,
+             seed: int = 0) -> torch.Tensor:
     """The self-written exact t-SNE (PCA init, perplexity bisection, momentum with gains) that embedding.py had."""
     x = features.detach().float().cpu()
     n = x.shape[0]
@@ -329,3 +330,24 @@ def test_gain_chart_png_is_rendered_by_kaleido(tmp_path):
         assert im.format == "PNG" and im.width >= 520 and im.height >= 440
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
     assert (0x28, 0x78, 0xC8) in colours  # the curated bars were drawn
+
+
+def test_umap_is_a_method_of_the_map_and_keeps_separated_clusters_apart():
+    assert embedding.EMBEDDING_METHODS == ("tsne", "umap")
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(120) % 4
+    features = torch.randn(4, 32, generator=gen)[labels] * 4 + torch.randn(120, 32, generator=gen)
+    y = embedding.layout(features, "umap", embedding.TSNEConfig(seed=3))
+    assert y.shape == (120, 2) and y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert _neighbour_agreement(y, labels) > 0.95
+    assert torch.equal(y, embedding.layout(features, "umap", embedding.TSNEConfig(seed=3)))  # the seed fixes it
+    with pytest.raises(ValueError, match="one of tsne, umap"):
+        embedding.layout(features, "pca")
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+@pytest.mark.parametrize("n", [1, 2, 5, 12])
+def test_layouts_of_tiny_sets_are_finite(method, n):
+    features = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+    y = embedding.layout(features, method)
+    assert y.shape == (n, 2) and torch.isfinite(y).all()

@@ -1,4 +1,4 @@
-"""ONNX export of a trained classifier, checked with onnxruntime against the torch outputs, and predict on all formats."""
+"""ONNX export of a trained classifier, checked with onnxruntime against torch, and loading of every model format."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_frame_runs_every_page_with_the_sidebar(full_home, page):
     at = ok(app("app.py", reviewer="ann"))
     ok(at.switch_page(page).run())
     # AppTest's second run goes through Streamlit's legacy `pages/` folder path; the page must still
-    # run inside the frame (common.ensure_frame), so the shared sidebar is there.
+    # run inside the frame (frame.ensure_frame), so the shared sidebar is there.
     assert [s.value for s in at.sidebar.selectbox] == [DATASET]
     assert "Sign-in is off" in texts(at.sidebar.caption)  # the frame's sign-in line (was: a reviewer text box)
     ok(at.run())

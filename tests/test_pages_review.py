@@ -23,7 +23,7 @@ from support import active_home, copy_home, module_home, use_settings
 from db import datasets as ds_db
 from db import decisions as decisions_db
 from db.migrate import ensure_schema
-from pages import common
+from pages.ui import refresh
 from wbc_core import auth, review_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,15 +301,15 @@ def test_recent_values_refresh_in_the_background(wbc_home):
         calls.append(1)
         return len(calls)
 
-    common.forget_recent()
-    assert common.recent("counter", compute, max_age_s=0.05) == 1
-    assert common.recent("counter", compute, max_age_s=0.05) == 1  # fresh: kept
+    refresh.forget_recent()
+    assert refresh.recent("counter", compute, max_age_s=0.05) == 1
+    assert refresh.recent("counter", compute, max_age_s=0.05) == 1  # fresh: kept
     time.sleep(0.1)
-    assert common.recent("counter", compute, max_age_s=0.05) == 1  # stale: still answered at once ...
+    assert refresh.recent("counter", compute, max_age_s=0.05) == 1  # stale: still answered at once ...
     deadline = time.monotonic() + 5
-    while common.recent("counter", compute, max_age_s=60) != 2 and time.monotonic() < deadline:
+    while refresh.recent("counter", compute, max_age_s=60) != 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert common.recent("counter", compute, max_age_s=60) == 2  # ... and refreshed behind the scenes
+    assert refresh.recent("counter", compute, max_age_s=60) == 2  # ... and refreshed behind the scenes
 
 
 # -- review: deciding -------------------------------------------------------------------------------------------
@@ -428,9 +428,9 @@ def test_quota_gauge_and_quota_met(home):
     assert "Quota eosinophil: **0 / 2**" in bar.proto.text
     click(at, "rv_accept")
     click(at, "rv_accept")
-    # The gauge is shared by all sessions and refreshed in the background every few seconds (common.recent):
+    # The gauge is shared by all sessions and refreshed in the background every few seconds (refresh.recent):
     # drop the kept value so this run recomputes it.
-    common.forget_recent()
+    refresh.forget_recent()
     ok(at.run())
     [bar] = at.get("progress")
     assert bar.value == 100 and "**2 / 2**" in bar.proto.text

@@ -290,7 +290,8 @@ def test_cap_per_class_keeps_at_most_n_of_each_class() -> None:
 def test_full_judge_is_chosen_by_the_environment_and_cached_apart(dataset_with_gan, monkeypatch) -> None:
     from db import datasets as ds_db
     from wbc_core.cell_detail import _judge_dir
-    from wbc_core.quality.judge import JUDGE_ENV, QualityError, app_quality_config, dataset_reference
+    from wbc_core.judges import dataset_reference
+    from wbc_core.quality.judge import JUDGE_ENV, QualityError, app_quality_config
 
     monkeypatch.setenv(JUDGE_ENV, "full")
     full = app_quality_config()

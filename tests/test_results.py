@@ -212,7 +212,7 @@ def test_compare_reports_cis_and_per_class_deltas_against_the_baseline(built, ca
 # -- model files and predict ----------------------------------------------------------------------------
 
 
-def test_export_and_predict_with_checkpoint_and_torchscript_agree_with_the_job(built, tmp_path, capsys):
+def test_export_and_predict_with_checkpoint_torchscript_and_onnx_agree_with_the_job(built, tmp_path, capsys):
     run_id = built["ablation"].run_ids[1]
     assert cli.main(["--json", "export-model", "--run", str(run_id), "--out", str(tmp_path)]) == 0
     files = json.loads(capsys.readouterr().out)["files"]
@@ -222,7 +222,7 @@ def test_export_and_predict_with_checkpoint_and_torchscript_agree_with_the_job(b
     rows = ds_db.images_by_ids(pred.ids[:4].tolist())
     images = [str(current().home / r.path) for r in rows]
     outputs = {}
-    for fmt in ("checkpoint", "torchscript"):
+    for fmt in ("checkpoint", "torchscript", "onnx"):
         assert cli.main(["--json", "predict", "--model", files[fmt], *images]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["format"] == fmt and [p["image"] for p in out["predictions"]] == images
@@ -232,6 +232,8 @@ def test_export_and_predict_with_checkpoint_and_torchscript_agree_with_the_job(b
     # Decoded exactly like the training data: the same probabilities the job saved for those test cells.
     assert np.allclose(outputs["checkpoint"], pred.probs[:4], atol=1e-4)
     assert np.allclose(outputs["torchscript"], pred.probs[:4], atol=1e-4)
+    assert np.allclose(outputs["onnx"], pred.probs[:4], atol=1e-4)
+    assert results.model_bytes(run_id, "onnx") == Path(files["onnx"]).read_bytes()
     assert cli.main(["predict", "--model", files["checkpoint"], images[0]]) == 0
     assert capsys.readouterr().out.startswith(f"{images[0]}: ")
 
@@ -242,7 +244,7 @@ def test_predict_and_downloads_refuse_plainly(built, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(junk), str(junk)]) == 2
     assert "neither a wbc checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="format must be"):
-        results.model_bytes(built["ablation"].run_ids[0], "onnx")
+        results.model_bytes(built["ablation"].run_ids[0], "pickle")
     blob = torch.load(__import__("io").BytesIO(results.model_bytes(built["ablation"].run_ids[0], "checkpoint")),
                       weights_only=True)
     assert blob["format"] == "wbc-classifier" and "state_dict" in blob
@@ -278,3 +280,14 @@ def test_embedding_map_has_one_row_per_sampled_cell_and_is_cached(built):
     assert cached is not None and cached["image_id"].tolist() == frame["image_id"].tolist()
     with pytest.raises(ValueError, match="max_points"):
         embedding.embedding_map(run_id, max_points=5000)
+
+
+def test_embedding_map_by_umap_is_cached_apart_from_the_tsne_map(built):
+    run_id = built["ablation"].run_ids[1]
+    frame = embedding.embedding_map(run_id, max_points=30, method="umap")
+    assert list(frame.columns) == embedding.COLUMNS and len(frame) == 30
+    assert np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    assert embedding.cached_embedding(run_id, 30, method="umap") is not None
+    assert embedding.cached_embedding(run_id, 30) is None  # the t-SNE map of these settings is not computed yet
+    with pytest.raises(ValueError, match="one of tsne, umap"):
+        embedding.embedding_map(run_id, max_points=30, method="isomap")

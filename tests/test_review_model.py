@@ -264,9 +264,10 @@ def test_decision_rate_counts_cells_per_minute(queue):
     assert review_model.decision_rate("ann", window_minutes=5) == pytest.approx(24.0, rel=0.05)
 
 
+@pytest.mark.databases("sqlite")  # files only: nothing here touches the database
 def test_thumbnails_are_made_once_and_reused(wbc_home):
     src = wbc_home / "images" / "cell.jpg"
-    src.parent.mkdir(parents=True)
+    src.parent.mkdir(parents=True, exist_ok=True)
     draw_cell(np.random.default_rng(0), 128, (120, 60, 160)).save(src)
     thumb = thumbnail_path("images/cell.jpg", size=48)
     assert thumb.is_relative_to(wbc_home / "cache" / "thumbs") and thumb.suffix == ".png"

@@ -264,3 +264,12 @@ def authorize(user: User, permission: str) -> User:
         raise PermissionDenied(f"{current.role} '{current.username}' may not {permission.replace('_', ' ')}; "
                                f"ask an admin for the {needed} role")
     return current
+
+
+def ensure_local_admin(username: str) -> User:
+    """The implicit admin of sign-in-off use (WBC_AUTH=off), created without a password on first use.
+
+    Atomic: when several sessions arrive at once on an empty database, exactly one row is inserted.
+    """
+    name = validate_username(username)
+    return users_db.insert_first_admin_or(name, "admin", None, "local")

@@ -14,9 +14,10 @@ import copy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is loaded on the first detail request, not when the Review page imports this
+    import torch
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -95,6 +96,8 @@ def cached_judge(dataset_id: int) -> CachedJudge | None:
     with judges.lock:
         if token in judges.by_token:
             return judges.by_token[token]
+        import torch
+
         try:
             judge = load_classifier(model_path)
             blob = torch.load(feats_path, weights_only=True)
@@ -127,6 +130,8 @@ def _detail(home: Path, image_id: int, k: int, token: tuple[str, int, int]) -> d
     rows = ds_db.images_by_ids([image_id])
     if entry is None or not rows or entry.train_features.shape[0] == 0:
         return None
+    import torch
+
     # Decoded exactly as score_candidates() decodes candidates (centre crop, resize to the judge's size).
     image = torch.from_numpy(decode_cell(Path(home) / rows[0].path, entry.image_size)).unsqueeze(0)
     # Torch's thread count is left alone: this runs inside the app server, where it is process-wide.

@@ -35,6 +35,8 @@ class Settings:
     local_user: str = "local"  # WBC_USER: the acting account with sign-in off, and the CLI's default account
     quality_judge: str = "small"  # WBC_QUALITY_JUDGE: small | full
     import_roots: tuple[Path, ...] = ()  # WBC_IMPORT_ROOTS: server folders an admin may import from
+    cpu_bf16: bool = True  # WBC_CPU_BF16=0: fp32 on CPUs even where bf16 is native
+    cuda_amp_dtype: str = ""  # WBC_CUDA_AMP_DTYPE: "fp16" or "bf16" forces the GPU's mixed precision
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
@@ -50,11 +52,16 @@ class Settings:
         return cls(home=root, db_url=url,
                    auth_off=(env.get("WBC_AUTH") or "").strip().lower() in {"off", "0", "false", "no", "none"},
                    local_user=(env.get("WBC_USER") or "local").strip() or "local",
-                   quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots)
+                   quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots,
+                   cpu_bf16=(env.get("WBC_CPU_BF16") or "1").strip() != "0",
+                   cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower())
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""
-        env = {"WBC_HOME": str(self.home), "WBC_QUALITY_JUDGE": self.quality_judge}
+        env = {"WBC_HOME": str(self.home), "WBC_QUALITY_JUDGE": self.quality_judge,
+               "WBC_CPU_BF16": "1" if self.cpu_bf16 else "0"}
+        if self.cuda_amp_dtype:
+            env["WBC_CUDA_AMP_DTYPE"] = self.cuda_amp_dtype
         if self.db_url != f"sqlite:///{self.home / 'wbc.db'}":
             env["WBC_DB_URL"] = self.db_url
         return env
@@ -275,3 +282,9 @@ class BoundedCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def process_settings() -> Settings:
+    """The current context's settings, or (for library use without a context, e.g. a bench's compute) the
+    environment's, read the same way. Never builds a context: that would create a home as a side effect."""
+    return _current.settings if _current is not None else Settings.from_environ()

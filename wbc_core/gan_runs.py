@@ -12,7 +12,7 @@ from PIL import Image
 from db import datasets as ds_db
 from db import runs as runs_db
 from db.datasets import ImageRow
-from wbc_core import jobs, limits, options, store
+from wbc_core import jobs, limits, options
 from wbc_core.context import BoundedCache, current
 from wbc_core.provenance import JudgeKey, candidate_seed, quality_seed, training_set_record
 
@@ -73,6 +73,8 @@ def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
     digest, _ = training_set_record(rows)
     if run.train_set_hash and digest != run.train_set_hash:
         raise GanRunError("the dataset's train split changed since this run was created; start a new run")
+    from wbc_core import store  # the job process only: the page server never loads torch
+
     data = store.labelled(info.id, rows, info.class_names, config.image_size)
     out_dir = jobs.run_dir(run.id)
     resume = latest_full_checkpoint(out_dir) or _parent_checkpoint(run)
@@ -208,7 +210,8 @@ def _png_bytes(cell) -> bytes:  # noqa: ANN001
 
 def quality_reference(dataset_id: int, size: int):  # noqa: ANN201
     """The dataset's judge Reference at size, trained and cached on first use (then kept in this process)."""
-    from wbc_core.quality.judge import app_quality_config, dataset_reference
+    from wbc_core.judges import dataset_reference
+    from wbc_core.quality.judge import app_quality_config
 
     info = ds_db.get_dataset(dataset_id)
     key = JudgeKey(info.id, int(size), info.split_hash, app_quality_config().key())

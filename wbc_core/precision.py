@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from functools import lru_cache
 
 import torch
+
+from wbc_core.context import process_settings
 
 CPU_BF16_ENV = "WBC_CPU_BF16"  # "0" turns CPU bf16 autocast off everywhere (e.g. to compare against fp32)
 CUDA_AMP_ENV = "WBC_CUDA_AMP_DTYPE"  # "fp16" or "bf16" overrides the CUDA choice (e.g. to test the GradScaler path)
@@ -15,7 +16,7 @@ CUDA_AMP_ENV = "WBC_CUDA_AMP_DTYPE"  # "fp16" or "bf16" overrides the CUDA choic
 @lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU runs bf16 matmuls/convolutions natively (AVX512-BF16 or AMX), so autocast pays off."""
-    if os.environ.get(CPU_BF16_ENV, "1") == "0":
+    if not process_settings().cpu_bf16:
         return False
     # Why not torch.ops.mkldnn._is_mkldnn_bf16_supported(): it is also True on plain AVX512, where bf16 is
     # emulated and slower than fp32. Measured on a 2-core AMD EPYC with AVX512-BF16: ResNet-18 64 px training
@@ -37,7 +38,7 @@ def cuda_has_native_bf16() -> bool:
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training on `device`, or None where mixed precision would not help."""
     if device.type == "cuda":
-        forced = os.environ.get(CUDA_AMP_ENV, "").strip().lower()
+        forced = process_settings().cuda_amp_dtype
         if forced in ("fp16", "bf16"):
             return torch.float16 if forced == "fp16" else torch.bfloat16
         if forced:

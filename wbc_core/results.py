@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from wbc_core.context import BoundedCache, current
 
 PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
 TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
+ONNX_FILE = "model.onnx"  # exported on first request, next to model.pt
 BOOTSTRAP_SAMPLES = 1000  # resamples per interval: percentile CIs are stable to ~0.002 at this count
 CONFIDENCE = 0.95
 
@@ -188,6 +188,17 @@ def torchscript_path(run_id: int) -> Path:
     return target
 
 
+def onnx_path(run_id: int) -> Path:
+    """The run's ONNX export (uint8 images in, probabilities out), exported once and cached."""
+    from wbc_core.classifier import export_onnx
+
+    source = checkpoint_path(run_id)
+    target = source.with_name(ONNX_FILE)
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        export_onnx(source, target)
+    return target
+
+
 def model_card(run_id: int) -> dict[str, Any]:
     """Class map and preprocessing of a run's model, as shipped next to the weights."""
     from wbc_core.classifier import load_classifier
@@ -203,24 +214,27 @@ def model_card(run_id: int) -> dict[str, Any]:
 
 
 def model_bytes(run_id: int, fmt: str) -> bytes:
-    """File contents for a download: "checkpoint" (model.pt), "torchscript" or "card" (JSON class map)."""
+    """File contents for a download: "checkpoint" (model.pt), "torchscript", "onnx" or "card" (JSON class map)."""
     if fmt == "checkpoint":
         return checkpoint_path(run_id).read_bytes()
     if fmt == "torchscript":
         return torchscript_path(run_id).read_bytes()
+    if fmt == "onnx":
+        return onnx_path(run_id).read_bytes()
     if fmt == "card":
         return json.dumps(model_card(run_id), indent=2).encode()
-    raise ValueError(f"format must be checkpoint, torchscript or card, got {fmt!r}")
+    raise ValueError(f"format must be checkpoint, torchscript, onnx or card, got {fmt!r}")
 
 
 def export_model(run_id: int, out_dir: str | Path) -> dict[str, str]:
-    """Write a run's checkpoint, TorchScript file and class map into out_dir; returns their paths."""
+    """Write a run's checkpoint, TorchScript file, ONNX file and class map into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"checkpoint": out / f"run_{run_id}_model.pt", "torchscript": out / f"run_{run_id}_model.torchscript.pt",
-             "card": out / f"run_{run_id}_classes.json"}
+             "onnx": out / f"run_{run_id}_model.onnx", "card": out / f"run_{run_id}_classes.json"}
     shutil.copyfile(checkpoint_path(run_id), files["checkpoint"])
     shutil.copyfile(torchscript_path(run_id), files["torchscript"])
+    shutil.copyfile(onnx_path(run_id), files["onnx"])
     files["card"].write_text(json.dumps(model_card(run_id), indent=2))
     return {k: str(v) for k, v in files.items()}
 
@@ -228,31 +242,11 @@ def export_model(run_id: int, out_dir: str | Path) -> dict[str, str]:
 # -- predict ----------------------------------------------------------------------------------------------
 
 def load_any_model(path: str | Path) -> tuple[Callable[[Any], Any], list[str], int, str]:
-    """(uint8 batch -> probabilities, class names, image size, format) for a wbc checkpoint or TorchScript file."""
-    from wbc_core.classifier import load_classifier, load_torchscript, predict_proba
+    """(uint8 batch -> probabilities, class names, image size, format) for a checkpoint, TorchScript or ONNX file."""
+    from wbc_core.classifier.inference import load_model_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model file {str(path)!r} does not exist")
-    try:
-        with warnings.catch_warnings():
-            # torch.load notices a TorchScript zip and says so; that file is handled just below.
-            warnings.filterwarnings("ignore", message=".*TorchScript archive.*", category=UserWarning)
-            loaded = load_classifier(path)
-        return (lambda x: predict_proba(loaded, x)), loaded.class_names, loaded.image_size, "checkpoint"
-    except ValueError as checkpoint_error:
-        try:
-            module, meta = load_torchscript(path)
-        except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError for any foreign file
-            raise ValueError(f"{str(path)!r} is neither a wbc checkpoint ({checkpoint_error}) nor an exported "
-                             f"TorchScript classifier ({type(exc).__name__})") from exc
-    import torch
-
-    def run(x: Any) -> Any:
-        with torch.no_grad():
-            return module(x)
-
-    return run, list(meta["class_names"]), int(meta["image_size"]), "torchscript"
+    model = load_model_file(path)
+    return model.predict, model.class_names, model.image_size, model.format
 
 
 def predict_images(model_path: str | Path, image_paths: Sequence[str | Path]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from wbc_core import limits
 SMALL_CNN = "small_cnn"
 # The names of classifier.presets.PRESETS, repeated here so that reading or checking a config does not load torch
 # (tests/test_limits.py checks that both stay the same).
-AUGMENT_PRESETS = ("geometric", "cell", "none")
+AUGMENT_PRESETS = ("cell", "geometric", "none")
 # Always valid without asking torchvision (importing it costs seconds and loads torch): the default and the CPU model.
 BUILTIN_MODELS = (SMALL_CNN, "resnet18")
 OPTIMIZERS = ("adamw", "sgd")

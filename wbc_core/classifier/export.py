@@ -97,7 +97,8 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path) -> Path:
 
     module, meta, gen, example = _prepare(checkpoint)
     with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp_dir:
-        warnings.filterwarnings("ignore", category=(FutureWarning, DeprecationWarning, UserWarning))
+        for noisy in (FutureWarning, DeprecationWarning, UserWarning):  # the exporter's notes on its own internals
+            warnings.filterwarnings("ignore", category=noisy)
         # torch's dynamo exporter (torch.export + onnxscript); the batch dimension stays symbolic.
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=ONNX_OPSET,
                                     input_names=["images"], output_names=["probabilities"],

@@ -57,8 +57,8 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
         return {**out, "_text": _text(out["metrics"], info.class_names, head)}
     if not args.dataset:
         raise ValueError("--images needs --dataset (its real cells are the reference)")
+    from wbc_core.judges import dataset_reference
     from wbc_core.quality.evaluate import compute_metrics, read_folder
-    from wbc_core.quality.judge import dataset_reference
 
     info = get_dataset(args.dataset)
     size = args.size or info.image_size

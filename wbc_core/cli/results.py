@@ -52,11 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--runs", type=int, nargs="+", required=True)
     s.add_argument("--baseline", type=int, default=None, help="run to compare against (default: none)")
 
-    s = sub.add_parser("predict", help="classify image files with a model.pt or an exported TorchScript file")
+    s = sub.add_parser("predict", help="classify image files with a model.pt, an exported TorchScript or ONNX file")
     s.add_argument("--model", required=True)
     s.add_argument("images", nargs="+")
 
-    s = sub.add_parser("export-model", help="write a run's checkpoint, TorchScript file and class map")
+    s = sub.add_parser("export-model", help="write a run's checkpoint, TorchScript file, ONNX file and class map")
     s.add_argument("--run", type=int, required=True)
     s.add_argument("--out", required=True)
 

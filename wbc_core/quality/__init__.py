@@ -1,6 +1,6 @@
 """Offline quality measures for generated cells: judge features, distances, memorisation, distribution metrics.
 
-Kept import-light (no torch here): the Generate page reads metric names through quality.views.
+Kept import-light (no torch here): the Generate page reads metric names through wbc_core.quality_views.
 """
 
 PREFIX = "quality/"  # metric names stored per GAN checkpoint: quality/<metric> and quality/<metric>/<class>

@@ -1,0 +1,23 @@
+"""The server process's context, built once (st.cache_resource) and shared by every session."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from wbc_core import context
+
+
+@st.cache_resource
+def _build_once() -> bool:
+    context.activate(context.build("app"))
+    return True
+
+
+def ensure_ready() -> context.Context:
+    """This server process's context (home, database with migrations applied, caches), built on first use.
+
+    A context that is already current (tests build their own) is used as it is.
+    """
+    if not context.is_current():
+        _build_once()
+    return context.current()
