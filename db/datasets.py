@@ -60,7 +60,7 @@ def create_dataset(name: str, kind: str, source: str, class_names: list[str], sp
     images = [_checked(row) for row in images]
     with write_session() as s:
         if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
-            raise DatasetExists(f"a dataset named {name!r} already exists; choose another --name")
+            raise DatasetExists(f"a dataset named {name!r} already exists; choose another name")
         ds = Dataset(name=name, kind=kind, source=source, class_names=class_names, image_size=image_size,
                      split_config=split_config,
                      split_hash=split_hash, import_report=import_report)

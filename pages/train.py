@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages.ui import frame, signin, widgets
-from wbc_core import jobs, retrain, views
+from wbc_core import jobs, limits, mixing, retrain, views
 from wbc_core.jobs import groups
 
 frame.ensure_frame()
@@ -44,8 +44,24 @@ with st.form("train_classifier"):
         patience = c[1].number_input("Early stopping patience", 0, 100, defaults["early_stopping_patience"],
                                      help="epochs without val macro-F1 "
                                      "improvement before stopping; 0 = off")
-        cap = c[2].number_input("Synthetic cap (× real per class)", 0.0, 100.0, 0.0, help="0 = no cap")
-        device = c[3].selectbox("Device", ["auto", "cpu", "cuda", "mps"])
+        device = c[2].selectbox("Device", ["auto", "cpu", "cuda", "mps"])
+        strategy = c[3].selectbox("Mixing", mixing.MIX_CHOICES,
+                                  help="how synthetic cells join the real ones (curated and all-synthetic): none = "
+                                  "all of them; share = up to Share × the real cells of each class; fill = top every "
+                                  "class up to Fill target; weight = synthetic cells count Synthetic weight of a "
+                                  "real one; two-stage = then the last Fine-tune epochs on real cells only")
+        e = st.columns(4)
+        share_limit, target_limit = limits.bound("synthetic_cap"), limits.bound("mix_target")
+        weight_limit, finetune_limit = limits.bound("synthetic_weight"), limits.bound("classifier_epochs")
+        share = e[0].number_input("Share (× real per class)", share_limit.widget_min, share_limit.widget_max,
+                                  mixing.DEFAULTS["share"], help="share; for weight and two-stage a cap, 0 = none")
+        target = e[1].number_input("Fill target (cells per class)", target_limit.widget_min, target_limit.widget_max,
+                                   mixing.DEFAULTS["target"], help="fill: cells per class after topping up")
+        weight = e[2].number_input("Synthetic weight", weight_limit.widget_min, weight_limit.widget_max,
+                                   mixing.DEFAULTS["synthetic_weight"], help="weight: 0.3–0.5 is typical")
+        finetune = e[3].number_input("Fine-tune epochs (real only)", finetune_limit.widget_min,
+                                     finetune_limit.widget_max, mixing.DEFAULTS["finetune_epochs"],
+                                     help="two-stage: the last epochs of the run, on real cells only")
         d = st.columns(4)
         amp = d[0].checkbox("Mixed precision", defaults["amp"], help="AMP + channels_last on CUDA; bf16 on CPUs "
                             "with native bf16 (AVX512-BF16/AMX), about 1.7× faster there; fp32 elsewhere")
@@ -60,7 +76,9 @@ with st.form("train_classifier"):
                      "device": device, "amp": bool(amp), "num_threads": int(threads),
                      "pretrained_path": pretrained.strip() or None}
         try:
-            launched = groups.start_training(info.id, recipe, overrides, seeds, synthetic_cap=cap or None)
+            mix = mixing.mix_from_options(strategy, float(share), int(target), float(weight), int(finetune),
+                                          drop_unused=True)
+            launched = groups.start_training(info.id, recipe, overrides, seeds, mix=mix)
         except (ValueError, LookupError) as exc:
             widgets.show_error(exc)
         else:

@@ -355,3 +355,14 @@ def test_first_oidc_logins_at_once_make_one_admin(wbc_home):
     results = _at_once([lambda i=i: auth.ensure_oidc_user(f"p{i}@lab.org") for i in range(4)])
     assert all(isinstance(r, auth.User) for r in results), results
     assert sorted(r.role for r in results) == ["admin", "viewer", "viewer", "viewer"]
+
+
+def test_failed_sign_ins_at_once_are_all_counted(wbc_home, clock):
+    auth.create_user("ann", "correct horse", "reviewer")
+    outcomes = _at_once([lambda: _attempt("ann", "wrong horse", client="tab-1") for _ in range(8)])
+    from db.users import sign_in_failures
+
+    wrong = outcomes.count("wrong")
+    assert wrong >= auth.ACCOUNT_FREE_FAILURES and set(outcomes) <= {"wrong", "locked"}, outcomes
+    assert sign_in_failures("user:ann")[0] == wrong and sign_in_failures("client:tab-1")[0] == wrong
+    assert _attempt("ann", "correct horse") == "locked"

@@ -66,8 +66,10 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path, db_url):
     assert trained["test_size"] == sum(v["test"] for v in imported["classes"].values())
 
     listed = wbc(home, "runs")["runs"]
-    assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
+    # Generating candidates is a job of its own too (two of them above), between the two trainings.
+    assert [(r["id"], r["kind"], r["status"]) for r in listed if r["kind"] != "generate"] == [
         (trained["run_id"], "classifier", "succeeded"), (gan["run_id"], "gan", "succeeded")]
+    assert [r["status"] for r in listed if r["kind"] == "generate"] == ["succeeded", "succeeded"]
     assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
 
     # The database agrees with what the CLI printed.
@@ -90,6 +92,11 @@ def test_cli_errors_are_plain_and_nonzero(tmp_path):
     assert "no dataset 'nope'" in unknown["error"]
     bad_run = cli(home, "generate", "--run", "42", "--per-class", "3", ok=False)
     assert "no run 42" in bad_run["error"]
+    # Bad values (issue 12): a plain line in a real process, before anything is allocated or queued.
+    absurd = cli(home, "generate", "--run", "42", "--per-class", "99999999999", ok=False)
+    assert "candidates per class must be a whole number from 1 to 5,000" in absurd["error"]
+    typo = cli(home, "train-gan", "--dataset", "nope", "--steps", "1e23", ok=False)
+    assert "invalid int value: '1e23'" in typo["error"]
 
 
 def test_demo_dataset_is_labelled_as_demo(tmp_path):

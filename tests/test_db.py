@@ -313,3 +313,22 @@ def test_three_processes_migrate_a_fresh_database_at_once(empty_db_url, tmp_path
             assert MigrationContext.configure(conn).get_current_revision() == head_revision()
     finally:
         database.dispose()
+
+
+def test_the_newest_migration_goes_down_and_up_again(empty_db_url, tmp_path):
+    from alembic import command
+
+    from db.engine import Database
+    from db.migrate import alembic_config, current_revision, ensure_schema, head_revision
+
+    database = Database(empty_db_url or f"sqlite:///{tmp_path / 'wbc.db'}")
+    try:
+        ensure_schema(database)
+        with database.engine.begin() as conn:
+            cfg = alembic_config(database.url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "-1")
+            command.upgrade(cfg, "head")
+        assert current_revision(database) == head_revision()
+    finally:
+        database.dispose()

@@ -20,7 +20,15 @@ from support import draw_cell
 from db import datasets as ds_db
 from db import decisions as decisions_db
 from wbc_core import auth, review_model
-from wbc_core.export import MANIFEST_COLUMNS, export_curated_zip, safe_name
+from wbc_core.export import (
+    HF_COLUMNS,
+    HF_TEXT_COLUMNS,
+    MANIFEST_COLUMNS,
+    export_curated,
+    export_curated_hf,
+    export_curated_zip,
+    safe_name,
+)
 from wbc_core.importing import import_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +107,8 @@ def test_export_uses_the_stored_rule_adjudication_and_never_blind_cells(curated,
     assert blind
     review_model.decide(blind, "ann", "accept")  # accepted "candidates" that are really real val cells
     review_model.adjudicate([ids[3]], admin, "accept")
-    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2)), admin)
+    rule = review_model.ConsensusRule(min_agreeing=2)
+    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(rule), admin)
     _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "a.zip").path)
     cands = [m for m in manifest if m["origin"] == "synthetic"]
     # Under "2 agree" only ids[0] passes the vote; ids[3] is in by adjudication.
@@ -129,6 +138,58 @@ def test_export_needs_the_export_permission_and_all_files(curated, tmp_path, mon
     assert not (tmp_path / "m.zip").exists()
 
 
+def _hf_rows(folder: Path) -> dict[str, list[dict[str, str]]]:
+    return {split: list(csv.DictReader(open(folder / split / "metadata.csv", encoding="utf-8")))
+            for split in ("train", "validation", "test")}
+
+
+def test_hf_export_holds_the_zip_files_in_imagefolder_layout(curated, tmp_path):
+    dataset_id, _ = curated
+    zipped = export_curated_zip(dataset_id, tmp_path / "curated.zip")
+    summary = export_curated_hf(dataset_id, tmp_path / "hf")
+    assert (summary.files, summary.candidates, summary.counts) == (zipped.files, zipped.candidates, zipped.counts)
+    assert sorted(p.name for p in summary.path.iterdir()) == ["README.md", "test", "train", "validation"]
+    _, manifest, zf = _read(zipped.path)
+    rows = _hf_rows(summary.path)
+    assert all(list(r[0]) == list(HF_COLUMNS) for r in rows.values())
+    by_sha = {m["sha256"]: m for m in manifest}
+    split_name = {"train": "train", "val": "validation", "test": "test"}
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            data = (summary.path / split / row["file_name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == row["sha256"]
+            m = by_sha[row["sha256"]]  # the same file, class and provenance as in the zip
+            assert split_name[m["split"]] == split and m["path"] == f"{m['split']}/{row['file_name']}"
+            assert zf.read(m["path"]) == data
+            assert (row["label"], row["origin"], row["intended_class"], row["seed"]) == (
+                m["class"], m["origin"], m["intended_class"], m["seed"])
+            assert [row[c] for c in HF_TEXT_COLUMNS] == [m[c] or "none" for c in HF_TEXT_COLUMNS]
+    assert {r["origin"] for r in rows["validation"] + rows["test"]} == {"real"}  # candidates only in train
+    assert sum(len(r) for r in rows.values()) == summary.files
+    card = (summary.path / "README.md").read_text()
+    assert 'load_dataset("imagefolder"' in card and "lymphocyte" in card
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        export_curated_hf(dataset_id, tmp_path / "hf")
+    assert not list(tmp_path.glob(".hf.*.tmp"))
+    with pytest.raises(ValueError, match="one of zip, hf"):
+        export_curated(dataset_id, tmp_path / "x", "parquet")
+
+
+def test_hf_export_loads_with_one_line_of_datasets(curated, tmp_path):
+    datasets = pytest.importorskip("datasets")  # optional: only to prove the layout; not a dependency
+    dataset_id, _ = curated
+    summary = export_curated(dataset_id, tmp_path / "hf", "hf")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(summary.path), cache_dir=str(tmp_path / "cache"))
+    assert set(loaded) == {"train", "validation", "test"}
+    assert {s: loaded[s].num_rows for s in loaded} == {
+        {"val": "validation"}.get(s, s): sum(c.values()) for s, c in summary.counts.items()}
+    train = loaded["train"]
+    assert {"image", "label", "origin", "sha256"} <= set(train.features)
+    assert train[0]["image"].size == (32, 32)
+    assert sorted(train.filter(lambda r: r["origin"] == "synthetic")["label"]) == ["lymphocyte", "platelet"]
+    assert set(loaded["test"]["decisions"]) == {"none"} and "ann:accept;bob:accept" in train["decisions"]
+
+
 @pytest.mark.parametrize(("name", "safe"), [("band neutrophil", "band neutrophil"), ("../../etc", "_.._etc"),
                                             ("a/b\\c", "a_b_c"), ("...", "_"), ("IG (immature)", "IG _immature_")])
 def test_safe_names(name, safe):
@@ -151,5 +212,10 @@ def test_cli_export(tiny_folder, tmp_path):
     assert payload["files"] == 36 and payload["candidates"] == 0 and payload["path"] == str(tmp_path / "tiny.zip")
     with zipfile.ZipFile(tmp_path / "tiny.zip") as zf:
         assert len(zf.namelist()) == 37 and "manifest.csv" in zf.namelist()
+    hf = cli("export", "--dataset", "tiny", "--out", str(tmp_path / "tiny_hf"), "--format", "hf")
+    assert hf.returncode == 0, hf.stderr
+    assert json.loads(hf.stdout)["files"] == 36 and (tmp_path / "tiny_hf" / "train" / "metadata.csv").is_file()
+    bad = cli("export", "--dataset", "tiny", "--out", str(tmp_path / "x"), "--format", "tar")
+    assert bad.returncode == 2 and "one of zip, hf" in bad.stderr
     missing = cli("export", "--dataset", "nope", "--out", str(tmp_path / "x.zip"))
     assert missing.returncode == 2 and "no dataset 'nope'" in missing.stderr

@@ -32,7 +32,7 @@ def test_import_refuses_a_taken_name_and_a_bad_size(wbc_home, tiny_folder):
     import_folder(tiny_folder, "tiny", size=32)
     with pytest.raises(ds_db.DatasetExists):
         import_folder(tiny_folder, "tiny", size=32)
-    with pytest.raises(ValueError, match="--size must be one of"):
+    with pytest.raises(ValueError, match="working size must be one of"):
         import_folder(tiny_folder, "other", size=48)
 
 

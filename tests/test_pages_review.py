@@ -539,3 +539,16 @@ def test_admin_exports_the_curated_zip(home):
     assert {row["decisions"] for row in synthetic} == {"rita:accept"}
     [download] = at.get("download_button")
     assert download.proto.label == f"Download {Path(done['path']).name}"
+
+
+def test_review_settings_stored_out_of_range_still_render_admin_and_review(home):
+    """Issue 12: a quota of 2,000,000 set from the CLI crashed the Admin page (its widget stops at 1,000,000) and
+    1e20 the Review page. Such values, stored before the limits, now read back within them."""
+    decisions_db.set_review_settings(dataset_id(), {"min_agreeing": 50, "min_votes": 99,
+                                                    "quotas": {BIG_CLASS: 2_000_000, "lymphocyte": 10**20}})
+    at = app("pages/admin.py", "ada")
+    assert at.number_input(key=f"quota_{BIG_CLASS}").value == 1_000_000
+    assert at.number_input(key="quota_lymphocyte").value == 1_000_000
+    assert (at.number_input(key="min_agreeing").value, at.number_input(key="min_votes").value) == (20, 20)
+    for user in ("rita", "ada"):  # the quota gauge, and the class table (admins see every column)
+        app("pages/review.py", user)

@@ -37,6 +37,7 @@ class Settings:
     import_roots: tuple[Path, ...] = ()  # WBC_IMPORT_ROOTS: server folders an admin may import from
     cpu_bf16: bool = True  # WBC_CPU_BF16=0: fp32 on CPUs even where bf16 is native
     cuda_amp_dtype: str = ""  # WBC_CUDA_AMP_DTYPE: "fp16" or "bf16" forces the GPU's mixed precision
+    mlflow_tracking_uri: str | None = None  # MLFLOW_TRACKING_URI: finished runs are also logged there (optional)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
@@ -54,7 +55,8 @@ class Settings:
                    local_user=(env.get("WBC_USER") or "local").strip() or "local",
                    quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots,
                    cpu_bf16=(env.get("WBC_CPU_BF16") or "1").strip() != "0",
-                   cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower())
+                   cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower(),
+                   mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None)
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""
@@ -64,6 +66,8 @@ class Settings:
             env["WBC_CUDA_AMP_DTYPE"] = self.cuda_amp_dtype
         if self.db_url != f"sqlite:///{self.home / 'wbc.db'}":
             env["WBC_DB_URL"] = self.db_url
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
         return env
 
 

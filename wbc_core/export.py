@@ -1,9 +1,14 @@
-"""Export the curated dataset as an ImageFolder zip with a provenance manifest.
+"""Export the curated dataset as an ImageFolder zip with a provenance manifest, or as a Hugging Face folder.
 
-Layout: train/<class>/ holds real train cells plus candidates accepted by consensus (or adjudication)
+Zip layout: train/<class>/ holds real train cells plus candidates accepted by consensus (or adjudication)
 under their final class; val/<class>/ and test/<class>/ hold real cells only. manifest.csv has one row
 per file: path, origin, class, intended_class, split, sha256 (of the bytes in the zip), gan_run_id,
 checkpoint_step, seed, decisions ("ann:accept;bob:reject(GAN texture artefact)"), consensus, adjudicated.
+
+Hugging Face layout (the `imagefolder` builder of `datasets`): the same files in train/, validation/ and
+test/, each split with a metadata.csv whose `file_name` is relative to it and whose `label` is the final
+class, plus the manifest's provenance columns, and a README.md dataset card. It loads with one line:
+`datasets.load_dataset("imagefolder", data_dir=FOLDER)`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +33,13 @@ from wbc_core.review_model import ConsensusRule, consensus
 
 MANIFEST_COLUMNS = ("path", "origin", "class", "intended_class", "split", "sha256", "gan_run_id",
                     "checkpoint_step", "seed", "decisions", "consensus", "adjudicated")
+EXPORT_FORMATS = ("zip", "hf")  # ImageFolder zip with manifest.csv; Hugging Face imagefolder folder
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # our split -> the name `datasets` expects
+HF_COLUMNS = ("file_name", "label", *[c for c in MANIFEST_COLUMNS if c not in ("path", "class", "split")])
+# `datasets` reads metadata.csv with pandas, split by split, and refuses splits whose column types differ: an
+# empty text column (no decisions on real cells) would read as float NaN in validation but as text in train.
+HF_TEXT_COLUMNS = ("decisions", "consensus", "adjudicated")
+HF_NONE = "none"  # what those columns hold where the zip's manifest is empty
 # Already-compressed formats are stored as they are: deflating them again costs CPU and saves nothing.
 STORED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 # A fixed entry time makes the zip a function of its content only (same data, same bytes).
@@ -115,12 +128,10 @@ def _plan(dataset_id: int, rule: ConsensusRule | None) -> list[dict[str, Any]]:
     return plan
 
 
-def export_curated_zip(dataset_id: int, out_path: str | Path, user: User | None = None,
-                       rule: ConsensusRule | None = None) -> ExportSummary:
-    """Write the curated ImageFolder zip (rule: the dataset's stored consensus rule by default)."""
+def _checked_plan(dataset_id: int, user: User | None, rule: ConsensusRule | None) -> list[dict[str, Any]]:
+    """The plan after the permission check and the hygiene and file checks both formats share."""
     if user is not None:
         authorize(user, "export")
-    out = Path(out_path)
     plan = _plan(dataset_id, rule)
     bad = [p["path"] for p in plan if p["origin"] == "synthetic" and p["split"] != "train"]
     if bad:  # cannot happen by construction; refuse rather than leak candidates into evaluation
@@ -128,6 +139,14 @@ def export_curated_zip(dataset_id: int, out_path: str | Path, user: User | None 
     missing = [str(p["source"]) for p in plan if not p["source"].is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image files are missing, e.g. {missing[0]}")
+    return plan
+
+
+def export_curated_zip(dataset_id: int, out_path: str | Path, user: User | None = None,
+                       rule: ConsensusRule | None = None) -> ExportSummary:
+    """Write the curated ImageFolder zip (rule: the dataset's stored consensus rule by default)."""
+    out = Path(out_path)
+    plan = _checked_plan(dataset_id, user, rule)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     counts: dict[str, Counter] = defaultdict(Counter)
@@ -164,3 +183,80 @@ def _copy_into(zf: zipfile.ZipFile, source: Path, arcname: str) -> str:
             digest.update(chunk)
             dst.write(chunk)
     return digest.hexdigest()
+
+
+def export_curated_hf(dataset_id: int, out_dir: str | Path, user: User | None = None,
+                      rule: ConsensusRule | None = None) -> ExportSummary:
+    """Write the curated set as a Hugging Face `imagefolder` folder (a new or empty out_dir); see the module doc."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{str(out)!r} already exists and is not an empty folder; give a new folder")
+    plan = _checked_plan(dataset_id, user, rule)
+    info = ds_db.get_dataset(dataset_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    try:
+        # Built beside the target and renamed at the end, like the zip: never a half-written dataset.
+        for entry in plan:
+            split, rest = entry["path"].split("/", 1)
+            target = tmp / HF_SPLITS[split] / rest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest = _copy_file(entry["source"], target)
+            texts = {c: entry[c] or HF_NONE for c in HF_TEXT_COLUMNS}
+            rows[HF_SPLITS[split]].append({**entry, **texts, "file_name": rest, "label": entry["class"],
+                                           "sha256": digest})
+            counts[split][entry["class"]] += 1
+        for split, split_rows in rows.items():
+            with open(tmp / split / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=HF_COLUMNS, extrasaction="ignore", lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(split_rows)
+        (tmp / "README.md").write_text(_dataset_card(info.name, info.class_names, counts), encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return ExportSummary(out, len(plan), sum(p["origin"] == "synthetic" for p in plan),
+                         {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}, size)
+
+
+def export_curated(dataset_id: int, out_path: str | Path, fmt: str = "zip", user: User | None = None,
+                   rule: ConsensusRule | None = None) -> ExportSummary:
+    """The curated set in one of EXPORT_FORMATS: "zip" (ImageFolder zip) or "hf" (Hugging Face folder)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"the export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    writer = export_curated_zip if fmt == "zip" else export_curated_hf
+    return writer(dataset_id, out_path, user=user, rule=rule)
+
+
+def _copy_file(source: Path, target: Path) -> str:
+    """Copy one file in chunks; return the sha256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+def _dataset_card(name: str, class_names: list[str], counts: dict[str, Counter]) -> str:
+    """README.md of the Hugging Face export: what is in it and how to load it."""
+    per_split = ", ".join(f"{HF_SPLITS[s]} {sum(c.values())}" for s, c in sorted(counts.items()))
+    return "\n".join([
+        "---", "task_categories:", "- image-classification", "tags:", "- white-blood-cells", "- synthetic-data",
+        "---", f"# {name}: curated white-blood-cell set", "",
+        f"Exported by wbc-curate. Images per split: {per_split}. Candidates (generated cells accepted by the "
+        "reviewers) are only ever in train; validation and test hold real cells only.", "",
+        "```python", "from datasets import load_dataset", "",
+        "ds = load_dataset(\"imagefolder\", data_dir=\"path/to/this/folder\")",
+        "ds = ds.class_encode_column(\"label\")  # optional: class names -> integer ids (sorted by name)", "```", "",
+        "Columns of metadata.csv: " + ", ".join(f"`{c}`" for c in HF_COLUMNS) + ". `label` is the final class "
+        "(after relabels), `origin` is real or synthetic, and the remaining columns record each candidate's "
+        f"provenance (GAN run, checkpoint step, seed) and review (decisions, consensus, adjudication; `{HF_NONE}` "
+        "where there is none, as for every real cell).", "",
+        "Classes in the dataset's order: " + ", ".join(class_names) + ".", ""])

@@ -27,7 +27,7 @@ from wbc_core.staging import Staging
 from wbc_core.staging import clean_stale_staging as _clean_stale_staging
 
 SIZES = (32, 64, 128)
-_ROW_BYTES = 2048  # database bytes per image row (row, indexes, write-ahead log), for the free-space estimate
+_ROW_BYTES = 1024  # database bytes per image row (PBC: 830 with indexes and write-ahead log), for the estimate
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ImportResult:
 
 def _check_size(size: int) -> None:
     if size not in SIZES:
-        raise ValueError(f"--size must be one of {', '.join(map(str, SIZES))}, got {size}")
+        raise ValueError(f"the working size must be one of {', '.join(map(str, SIZES))}, got {size}")
 
 
 def _persist(name: str, kind: str, source: str, images: Iterable[tuple[IngestedImage, str | None]],
@@ -63,12 +63,11 @@ def _persist(name: str, kind: str, source: str, images: Iterable[tuple[IngestedI
         ensure_free(ctx.home, needed)
     staging = Staging(ctx)
     try:
-        rows, given = [], []
+        rows = []
         for im, im_split in images:
             path = staging.write(im.class_name, f"{im.sha256[:24]}{im.extension}", im.content)
             rows.append({"origin": "real", "class_name": im.class_name, "split": im_split, "sha256": im.sha256,
                          "path": path, "width": im.width, "height": im.height, "source": im.source, "note": im.note})
-            given.append(im_split)
         if not rows:
             raise ValueError(f"nothing to import from {source}: no usable image was found.\n{report.summary()}")
         if split is not None:

@@ -144,6 +144,8 @@ _ALL = (
     Limit("classifier_patience", 0, 1000, True, "early stopping patience in epochs"),
     Limit("progress_every_s", 0, 3600, False, "seconds between progress reports", min_open=True),
     Limit("synthetic_cap", 0, 100, False, "synthetic cap (times the real cells per class)"),
+    Limit("mix_target", 1, 1_000_000, True, "fill target (cells per class)"),
+    Limit("synthetic_weight", 0, 1, False, "synthetic weight", min_open=True),
     # Shared by every job
     Limit("seed", 0, SEED_MAX, True, "seed"),
     Limit("threads", 0, 1024, True, "CPU threads"),

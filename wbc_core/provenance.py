@@ -38,13 +38,36 @@ def image_set_hash(rows: Iterable[tuple[int, str, str]]) -> str:
     return digest.hexdigest()
 
 
-def training_set_record(rows: Sequence[_ImageLike], labels: Sequence[str] | None = None
+def weights_digest(rows: Iterable[tuple[int, str, float]]) -> str:
+    """Hash of per-cell loss weights: sorted (image id, label, weight) triples, weights written exactly."""
+    digest = hashlib.sha256()
+    for image_id, label, weight in sorted((i, lab, float(w)) for i, lab, w in rows):
+        digest.update(f"{image_id}:{label}:{weight!r}\n".encode())
+    return digest.hexdigest()
+
+
+def training_set_record(rows: Sequence[_ImageLike], labels: Sequence[str] | None = None,
+                        weights: Sequence[float] | None = None, schedule: dict[str, Any] | None = None
                         ) -> tuple[str, dict[str, Any]]:
-    """Hash and per-class/origin composition of an exact training set."""
+    """Hash and per-class/origin composition of an exact training set.
+
+    weights (one per row) and schedule (how the set is used over the epochs, e.g. a real-only fine-tune) are part
+    of what a trainer receives, so they enter the hash; without them the hash is image_set_hash of the cells.
+    """
     labels = list(labels) if labels is not None else [r.class_name for r in rows]
     digest = image_set_hash((r.id, r.sha256, label) for r, label in zip(rows, labels, strict=True))
     counts = Counter(f"{r.origin}/{label}" for r, label in zip(rows, labels, strict=True))
-    return digest, {"by_origin_class": dict(sorted(counts.items())), "total": len(rows)}
+    summary: dict[str, Any] = {"by_origin_class": dict(sorted(counts.items())), "total": len(rows)}
+    if weights is None and not schedule:
+        return digest, summary
+    w_digest = None
+    if weights is not None:
+        w_digest = weights_digest((r.id, label, w) for r, label, w in zip(rows, labels, weights, strict=True))
+        summary["weights_digest"] = w_digest
+    if schedule:
+        summary["schedule"] = dict(schedule)
+    whole = f"{digest}\nweights:{w_digest}\nschedule:{json.dumps(schedule or None, sort_keys=True)}\n"
+    return hashlib.sha256(whole.encode()).hexdigest(), summary
 
 
 def decisions_snapshot_hash(decisions: Iterable[dict[str, Any]]) -> str:

@@ -25,6 +25,7 @@ from wbc_core.context import BoundedCache, current
 PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
 TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
 ONNX_FILE = "model.onnx"  # exported on first request, next to model.pt
+MODEL_CARD_FILE = "model_card.json"  # class map and preprocessing, next to model.pt
 BOOTSTRAP_SAMPLES = 1000  # resamples per interval: percentile CIs are stable to ~0.002 at this count
 CONFIDENCE = 0.95
 
@@ -77,11 +78,11 @@ def _read_predictions(path: Path) -> Predictions:
 
 def confidence_intervals(y_true: np.ndarray, y_pred: np.ndarray, n: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
     """Percentile bootstrap CIs of accuracy and macro-F1 over test cells (JSON-safe)."""
-    from wbc_core.classifier import accuracy, bootstrap_ci, macro_f1
+    from wbc_core.classifier.metrics import bootstrap_intervals
 
-    return {"accuracy": list(bootstrap_ci(y_true, y_pred, accuracy, n=n, confidence=CONFIDENCE)),
-            "macro_f1": list(bootstrap_ci(y_true, y_pred, macro_f1, n=n, confidence=CONFIDENCE)),
-            "confidence": CONFIDENCE, "samples": n, "method": "percentile bootstrap over real test cells"}
+    ci = bootstrap_intervals(y_true, y_pred, n=n, confidence=CONFIDENCE)  # one set of resamples for both
+    return {"accuracy": list(ci["accuracy"]), "macro_f1": list(ci["macro_f1"]), "confidence": CONFIDENCE,
+            "samples": n, "method": "percentile bootstrap over real test cells"}
 
 
 def paired_delta(base: Predictions, other: Predictions, n: int = BOOTSTRAP_SAMPLES,
@@ -178,32 +179,36 @@ def checkpoint_path(run_id: int) -> Path:
 
 
 def torchscript_path(run_id: int) -> Path:
-    """The run's TorchScript export (uint8 images in, probabilities out), exported once and cached."""
-    from wbc_core.classifier import export_torchscript
-
+    """The run's TorchScript export (uint8 images in, probabilities out); the classifier job writes it."""
     source = checkpoint_path(run_id)
     target = source.with_name(TORCHSCRIPT_FILE)
-    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:  # a run from before exports
+        from wbc_core.classifier import export_torchscript
+
         export_torchscript(source, target)
     return target
 
 
 def onnx_path(run_id: int) -> Path:
-    """The run's ONNX export (uint8 images in, probabilities out), exported once and cached."""
-    from wbc_core.classifier import export_onnx
-
+    """The run's ONNX export (uint8 images in, probabilities out); the classifier job writes it."""
     source = checkpoint_path(run_id)
     target = source.with_name(ONNX_FILE)
-    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:  # a run from before exports
+        from wbc_core.classifier import export_onnx
+
         export_onnx(source, target)
     return target
 
 
 def model_card(run_id: int) -> dict[str, Any]:
-    """Class map and preprocessing of a run's model, as shipped next to the weights."""
+    """Class map and preprocessing of a run's model, as shipped next to the weights (written by the job)."""
+    source = checkpoint_path(run_id)
+    card_file = source.with_name(MODEL_CARD_FILE)
+    if card_file.exists() and card_file.stat().st_mtime >= source.stat().st_mtime:
+        return json.loads(card_file.read_text())
     from wbc_core.classifier import load_classifier
 
-    loaded = load_classifier(checkpoint_path(run_id))
+    loaded = load_classifier(source)
     info = runs_db.get_run(run_id)
     return {"run": run_id, "model": loaded.config.model, "class_names": loaded.class_names,
             "image_size": loaded.image_size, "normalization": loaded.normalization,
@@ -211,6 +216,17 @@ def model_card(run_id: int) -> dict[str, Any]:
                      "divided by 255 then normalised with mean/std (the TorchScript file does this itself)",
             "epoch": loaded.epoch, "recipe": info.recipe, "seed": info.seed, "train_set_hash": info.train_set_hash,
             "test": {k: (info.result.get("test") or {}).get(k) for k in ("accuracy", "macro_f1", "ci")}}
+
+
+def write_exports(run_id: int) -> None:
+    """Write the TorchScript and ONNX exports and the model card next to a finished run's checkpoint.
+
+    Called at the end of the classifier job, so that a download in the page server only reads files.
+    """
+    torchscript_path(run_id)
+    onnx_path(run_id)
+    card = model_card(run_id)
+    checkpoint_path(run_id).with_name(MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
 
 
 def model_bytes(run_id: int, fmt: str) -> bytes:

@@ -8,9 +8,7 @@ taking three times as long, and a sequential chain finishes its first arm (the b
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from db import runs as runs_db
 from db.datasets import ImageRow
 from db.vocabulary import LAUNCH_CHOICES, RECIPES  # noqa: F401 - LAUNCH_CHOICES: the Train form's choices
 from wbc_core import jobs, limits
+from wbc_core.mixing import MixConfig, Mixed, mix_cells
 from wbc_core.provenance import decisions_snapshot_hash, read_train_set, training_set_record, write_train_set
 from wbc_core.review_model import ConsensusRule, accepted_candidates, get_review_settings
 
@@ -45,8 +44,16 @@ def build_training_set(dataset_id: int, recipe: str, rule: ConsensusRule | None 
                        synthetic_cap: float | None = None, seed: int = 0) -> tuple[list[ImageRow], list[str]]:
     """Rows and labels of the training set for a recipe: real train cells plus the recipe's candidates.
 
-    synthetic_cap limits synthetic cells per class to cap x that class's real train count.
+    synthetic_cap limits synthetic cells per class to cap x that class's real train count (the share strategy).
     """
+    mix = None if synthetic_cap is None else MixConfig("share", share=synthetic_cap)
+    mixed = mixed_training_set(dataset_id, recipe, rule, mix, seed)
+    return mixed.rows, mixed.labels
+
+
+def mixed_training_set(dataset_id: int, recipe: str, rule: ConsensusRule | None = None,
+                       mix: MixConfig | None = None, seed: int = 0) -> Mixed:
+    """Rows, labels and per-row weights of a recipe's training set under a mixing strategy (see wbc_core.mixing)."""
     if recipe not in RECIPES:
         raise RetrainError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     real = ds_db.real_images(dataset_id, split="train")
@@ -55,12 +62,9 @@ def build_training_set(dataset_id: int, recipe: str, rule: ConsensusRule | None 
         synthetic = accepted_candidates(dataset_id, rule)
     elif recipe == "all-synthetic":
         synthetic = [(row, row.class_name) for row in ds_db.candidates(dataset_id)]
-    if synthetic_cap is not None:
-        synthetic = _cap(synthetic, real, synthetic_cap, seed)
-    rows = real + [row for row, _ in synthetic]
-    labels = [row.class_name for row in real] + [label for _, label in synthetic]
-    assert_trainable(rows)
-    return rows, labels
+    mixed = mix_cells(real, synthetic, mix, seed)
+    assert_trainable(mixed.rows)
+    return mixed
 
 
 def assert_trainable(rows: list[ImageRow]) -> None:
@@ -78,27 +82,13 @@ def assert_evaluable(rows: list[ImageRow], split: str) -> None:
         raise RetrainError(f"refusing to score on non-real or non-{split} images: ids {bad[:10]}")
 
 
-def _cap(synthetic: list[tuple[ImageRow, str]], real: list[ImageRow], cap: float, seed: int
-         ) -> list[tuple[ImageRow, str]]:
-    real_counts: dict[str, int] = defaultdict(int)
-    for row in real:
-        real_counts[row.class_name] += 1
-    by_class: dict[str, list[tuple[ImageRow, str]]] = defaultdict(list)
-    for item in synthetic:
-        by_class[item[1]].append(item)
-    rng = random.Random(seed)
-    kept: list[tuple[ImageRow, str]] = []
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda it: it[0].id)
-        rng.shuffle(items)
-        kept.extend(items[: int(cap * real_counts[label])])
-    return kept
-
-
 def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: dict[str, Any] | None = None,
                          rule: ConsensusRule | None = None, synthetic_cap: float | None = None,
-                         group_name: str | None = None, launch: bool = True) -> int:
-    """Freeze the recipe's training set, record the run, and launch the training job."""
+                         group_name: str | None = None, launch: bool = True, mix: MixConfig | None = None) -> int:
+    """Freeze the recipe's training set, record the run, and launch the training job.
+
+    mix: the mixing strategy (wbc_core.mixing); synthetic_cap is the older spelling of MixConfig("share", cap).
+    """
     from wbc_core.classifier import ClassifierConfig
 
     info = ds_db.get_dataset(dataset)
@@ -108,26 +98,47 @@ def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: di
         raise RetrainError(f"pretrained weights {config.pretrained_path!r} not found on this machine "
                            "(weights are never downloaded)")
     synthetic_cap = None if synthetic_cap is None else limits.check("synthetic_cap", synthetic_cap)  # NaN refused
+    mix = _resolve_mix(recipe, mix, synthetic_cap, config.epochs)
     rule = rule or get_review_settings(info.id).rule  # the dataset's own consensus rule unless overridden
-    rows, labels = build_training_set(info.id, recipe, rule, synthetic_cap, seed=config.seed)
+    rows, labels, weights = mixed_training_set(info.id, recipe, rule, mix, seed=config.seed)
     if not rows:
         raise RetrainError(f"dataset {info.name!r} has no train cells")
     limits.check_classifier_job(config, len(rows))  # plain refusal when a training step cannot fit in memory
     if not ds_db.real_images(info.id, split="val", limit=1):
         raise RetrainError(f"dataset {info.name!r} has no val cells; re-import it with a val fraction above 0")
-    digest, summary = training_set_record(rows, labels)
+    digest, summary = training_set_record(rows, labels, weights, mix.schedule() if mix else None)
     decisions = decisions_db.current_decisions(info.id) if recipe == "curated" else []
     summary["decisions_snapshot"] = decisions_snapshot_hash(decisions)
     run_config = {**config.to_dict(), "recipe": recipe, "consensus_rule": asdict(rule),
-                  "synthetic_cap": synthetic_cap}
+                  "synthetic_cap": mix.share if mix else None, "mix": mix.to_dict() if mix else None}
     run_id = runs_db.create_run("classifier", info.id, run_config, seed=config.seed, recipe=recipe,
                                 group_name=group_name, split_hash=info.split_hash)
     runs_db.set_training_set(run_id, digest, len(rows), summary)
     # The exact list is frozen now: reviewers may keep deciding while the job waits or trains.
-    write_train_set(jobs.run_dir(run_id), rows, labels)
+    write_train_set(jobs.run_dir(run_id), rows, labels, weights)
     if launch:
         jobs.launch(run_id)
     return run_id
+
+
+def _resolve_mix(recipe: str, mix: MixConfig | dict[str, Any] | None, synthetic_cap: float | None,
+                 epochs: int) -> MixConfig | None:
+    """The run's mix: the given one, or the share strategy for an older synthetic_cap; None on the real recipe."""
+    if isinstance(mix, dict):
+        mix = MixConfig.from_dict(mix)
+    if mix is not None and synthetic_cap is not None:
+        raise RetrainError("give either a mixing strategy or a synthetic cap, not both (a cap is the share strategy)")
+    if mix is not None and recipe == "real":
+        raise RetrainError(f"the real recipe has no synthetic cells to mix ({mix.strategy} strategy); choose the "
+                           "curated or all-synthetic recipe, or no mixing strategy")
+    if mix is None and synthetic_cap is not None and recipe != "real":
+        mix = MixConfig("share", share=synthetic_cap)
+    if mix is not None:
+        try:
+            mix.stage_epochs(epochs)
+        except ValueError as exc:
+            raise RetrainError(str(exc)) from None
+    return mix
 
 
 # -- the job ------------------------------------------------------------------------------------------
@@ -152,8 +163,14 @@ def run_classifier_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: AN
     assert_evaluable(val_rows, "val")
     train = store.labelled(info.id, rows, info.class_names, size, labels)
     val = store.labelled(info.id, val_rows, info.class_names, size)
-    result = train_classifier(train, val, info.class_names, config, out_dir, progress=ctx.progress,
-                              should_stop=ctx.should_stop)
+    weights = _frozen_weights(manifest)
+    mix = MixConfig.from_dict(run.config["mix"]) if run.config.get("mix") else None
+    stages: list[dict[str, Any]] = []
+    if mix is not None and mix.strategy == "two-stage":
+        result, stages = _train_two_stages(train, val, rows, info.class_names, config, mix, out_dir, ctx, weights)
+    else:
+        result = train_classifier(train, val, info.class_names, config, out_dir, progress=ctx.progress,
+                                  should_stop=ctx.should_stop, train_weights=weights)
     runs_db.set_device(run.id, result.device)
     test_rows = ds_db.real_images(info.id, split="test")
     summary: dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_done": result.epochs_done,
@@ -161,13 +178,99 @@ def run_classifier_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: AN
                                "train_seconds": round(result.seconds, 2),
                                "images_per_sec": round(result.images_per_sec, 1), "device": result.device,
                                "model_path": ctx.relative(result.checkpoint), "val": _headline(result.val)}
+    if stages:
+        summary["stages"] = stages
     if test_rows:  # always real test cells: synthetic cells have no split and cannot be here
         assert_evaluable(test_rows, "test")
         test = store.labelled(info.id, test_rows, info.class_names, size)
         summary["test"] = results.score_and_save(result.checkpoint, test, [r.id for r in test_rows],
                                                  [r.id for r in val_rows], info.class_names, result.device, out_dir)
         summary["test_size"] = len(test_rows)
+    summary["exports"] = _write_exports(run.id)
     return summary
+
+
+def _frozen_weights(manifest: list[dict[str, Any]]) -> Any:  # noqa: ANN401 - a torch tensor; torch is lazy here
+    """The frozen per-cell weights as the trainer's train_weights, or None when every cell counts 1.
+
+    The trainer draws each cell with probability proportional to its weight (classifier.sampling): in expectation
+    the same gradient as a loss weighted by it, without touching the loss.
+    """
+    import torch
+
+    if not any("weight" in m for m in manifest):
+        return None
+    return torch.tensor([float(m.get("weight", 1.0)) for m in manifest], dtype=torch.float64)
+
+
+def _train_two_stages(train: Any, val: Any, rows: list[ImageRow], class_names: list[str], config: Any,  # noqa: ANN401
+                      mix: MixConfig, out_dir: Path, ctx: Any, weights: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Stage 1 on the whole frozen set, then stage 2 on its real cells only, starting from stage 1's best weights.
+
+    The run's epochs are split between the stages (mix.stage_epochs); stage 2 runs at FINETUNE_LR_SCALE x the peak
+    learning rate and writes the run's model.pt, stage 1 its own in stage1/. Both validate on real val cells.
+    """
+    import shutil
+
+    import torch
+
+    from wbc_core.classifier import train_classifier
+    from wbc_core.mixing import FINETUNE_LR_SCALE
+    from wbc_core.types import LabelledImages
+
+    first_epochs, last_epochs = mix.stage_epochs(config.epochs)
+    first = train_classifier(train, val, class_names, replace(config, epochs=first_epochs), out_dir / "stage1",
+                             progress=_staged(ctx.progress, 0, config.epochs, "stage 1/2, real + synthetic"),
+                             should_stop=ctx.should_stop, train_weights=weights)
+    stages = [_stage_summary("real + synthetic", len(train), first_epochs, config.lr, first)]
+    if first.stopped:
+        shutil.copyfile(first.checkpoint, out_dir / first.checkpoint.name)  # the run's model.pt is stage 1's
+        return replace(first, checkpoint=out_dir / first.checkpoint.name), stages
+    real = [i for i, r in enumerate(rows) if r.origin == "real"]
+    assert_evaluable([rows[i] for i in real], "train")  # science hygiene: the fine-tune sees real train cells only
+    if len(real) < 2:
+        raise RetrainError(f"the two-stage strategy fine-tunes on real train cells, and this set has {len(real)}")
+    index = torch.tensor(real, dtype=torch.int64)
+    real_train = LabelledImages(train.images[index], train.labels[index])
+    second_config = replace(config, epochs=last_epochs, lr=config.lr * FINETUNE_LR_SCALE,
+                            pretrained_path=str(first.checkpoint))
+    second = train_classifier(real_train, val, class_names, second_config, out_dir,
+                              progress=_staged(ctx.progress, first.epochs_done, config.epochs,
+                                               "stage 2/2, real only"),
+                              should_stop=ctx.should_stop)
+    stages.append(_stage_summary("real only", len(real_train), last_epochs, second_config.lr, second))
+    seconds = first.seconds + second.seconds
+    speed = (first.images_per_sec * first.seconds + second.images_per_sec * second.seconds) / max(seconds, 1e-9)
+    # Epochs on the run's axis: stage 2's epoch e is the run's epoch (stage 1's epochs done) + e.
+    best = first.epochs_done + second.best_epoch if second.best_epoch else first.best_epoch
+    return replace(second, best_epoch=best, epochs_done=first.epochs_done + second.epochs_done,
+                   early_stopped=first.early_stopped or second.early_stopped, seconds=seconds,
+                   images_per_sec=speed, history=first.history + second.history), stages
+
+
+def _stage_summary(cells: str, n: int, epochs: int, lr: float, result: Any) -> dict[str, Any]:  # noqa: ANN401
+    return {"cells": cells, "train_size": n, "epochs": epochs, "lr": lr, "epochs_done": result.epochs_done,
+            "best_epoch": result.best_epoch, "stopped": result.stopped, "val": _headline(result.val)}
+
+
+def _staged(progress: Any, offset: int, total: int, label: str) -> Any:  # noqa: ANN401
+    """A progress callback that puts a stage's epochs on the run's epoch axis and names the stage."""
+    def emit(event: Any) -> None:  # noqa: ANN401
+        progress(replace(event, step=event.step + offset, total=total, message=f"{label}: {event.message}"))
+
+    return emit
+
+
+def _write_exports(run_id: int) -> str:
+    """TorchScript, ONNX and the model card, written now so downloads never compute in the page server."""
+    from wbc_core import results
+
+    try:
+        results.write_exports(run_id)
+    except Exception as exc:  # noqa: BLE001 - an exporter that cannot handle a model must not fail the run
+        print(f"model exports not written: {type(exc).__name__}: {exc}", flush=True)
+        return f"not written: {exc}"
+    return "written"
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

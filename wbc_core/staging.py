@@ -113,7 +113,10 @@ def clean_stale_staging(ctx: Context, stale_hours: float = STALE_HOURS) -> list[
             except Exception:  # noqa: BLE001 - a database that cannot answer now: keep the files for the next start
                 continue
             if committed:
-                os.replace(cells, target)
+                try:
+                    os.replace(cells, target)
+                except OSError:  # another process starting at the same time got there first, or cannot now
+                    continue
         shutil.rmtree(folder, ignore_errors=True)
         handled.append(folder.name)
     return handled

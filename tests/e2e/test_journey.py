@@ -87,7 +87,15 @@ def test_expert_journey(browser_page: Page, streamlit_server, tmp_path):
     main(page).get_by_label("Candidates per class").fill("4")
     main(page).get_by_label("Candidates per class").press("Tab")
     main(page).get_by_role("button", name="Generate candidates").click()
-    expect(main(page).get_by_text("Added 20 candidates")).to_be_visible()
+    # The click only queues a job: close the tab at once, mid-generation, and come back in a new one.
+    [job] = wait_for(lambda: runs_db.list_runs(kind="generate"), what="the candidate generation job")
+    assert runs_db.get_run(job.id).active  # its worker is still importing torch or sampling
+    page.close()
+    page = page.context.new_page()
+    page.goto(streamlit_server.url)
+    go_to(page, "Generate")
+    expect(main(page).get_by_text("added 20 candidates")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    assert runs_db.get_run(job.id).status == "succeeded"
     assert len(ds_db.candidates(info.id)) == 20
 
     # Review: as the local user eve (sign-in off, see the streamlit_server fixture), the keyboard shortcut

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wbc_core.vocabulary import JOB_KINDS, RECIPES
+from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="resnet18 (default), small_cnn or any torchvision model name")
     s.add_argument("--batch", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count")
+    s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count "
+                   "(the same as --mix share --mix-share X)")
+    add_mix_arguments(s)
     s.add_argument("--detach", action="store_true")
 
     s = sub.add_parser("runs", help="list runs with kind, status and final metrics")
@@ -385,6 +387,33 @@ def _review(args: argparse.Namespace) -> dict[str, Any]:
             "image_ids": ids, "_text": f"{args.reviewer}: {verdict} x {len(decision_ids)}"}
 
 
+def add_mix_arguments(s: argparse.ArgumentParser) -> None:
+    """The mixing-strategy options of a classifier command (train; ablation and seeds may share them)."""
+    from wbc_core.mixing import MIX_STRATEGIES
+
+    s.add_argument("--mix", default=None, choices=MIX_STRATEGIES,
+                   help="how synthetic cells join the real ones: share (x real per class), fill (top every class up "
+                   "to a target), weight (synthetic cells count less), two-stage (then fine-tune on real only)")
+    s.add_argument("--mix-share", type=float, default=None,
+                   help="share: synthetic cells per class, x its real count; caps weight and two-stage")
+    s.add_argument("--mix-target", type=int, default=None, help="fill: cells per class after topping up")
+    s.add_argument("--mix-weight", type=float, default=None, help="weight: how much a synthetic cell counts (0-1]")
+    s.add_argument("--finetune-epochs", type=int, default=None,
+                   help="two-stage: the last epochs, on real cells only")
+
+
+def mix_from_args(args: argparse.Namespace) -> Any:  # noqa: ANN401 - a MixConfig or None (imported lazily)
+    """The MixConfig of --mix and its numbers (None without --mix)."""
+    from wbc_core.mixing import mix_from_options
+
+    numbers = {"--mix-share": args.mix_share, "--mix-target": args.mix_target, "--mix-weight": args.mix_weight,
+               "--finetune-epochs": args.finetune_epochs}
+    given = [flag for flag, value in numbers.items() if value is not None]
+    if args.mix is None and given:
+        raise CliError(f"{given[0]} needs --mix (share, fill, weight or two-stage)")
+    return mix_from_options(args.mix, args.mix_share, args.mix_target, args.mix_weight, args.finetune_epochs)
+
+
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
     from wbc_core import options
@@ -392,8 +421,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed}
     config = options.classifier_config(get_dataset(args.dataset).image_size, given)
-    run_id = start_classifier_run(args.dataset, args.recipe, config.to_dict(), synthetic_cap=args.synthetic_cap)
-    out = _follow(run_id, args.detach, f"classifier ({args.recipe})")
+    mix = mix_from_args(args)
+    run_id = start_classifier_run(args.dataset, args.recipe, config.to_dict(), synthetic_cap=args.synthetic_cap,
+                                  mix=mix)
+    out = _follow(run_id, args.detach, f"classifier ({args.recipe}{', ' + mix.describe() if mix else ''})")
     test = out.get("test")
     if isinstance(test, dict):
         out["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "per_class_f1", "confusion") if k in test}
@@ -410,12 +441,15 @@ def _runs(args: argparse.Namespace) -> dict[str, Any]:
     dataset_id = get_dataset(args.dataset).id if args.dataset else None
     items = []
     for r in runs.list_runs(dataset_id=dataset_id, kind=args.kind):
+        if args.kind is None and r.kind not in TRAINING_KINDS:  # jobs such as "generate" only when asked for
+            continue
         test = r.result.get("test") or {}
         items.append({"id": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
                       "device": r.device, "seed": r.seed, "created_at": r.created_at.isoformat(timespec="seconds"),
                       "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
                       "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
-                      "steps_done": r.result.get("steps_done"),
+                      "steps_done": r.result.get("steps_done"), "started_by": r.started_by,
+                      "cancelled_by": r.cancelled_by,
                       "error": r.error.splitlines()[0] if r.error else None})
     lines = [f"{i['id']:>4} {i['kind']:<10} {i['status']:<9} {i['dataset'] or '':<16} {i['recipe'] or '':<13}"
              + (f" macro-F1 {i['test_macro_f1']:.4f}" if i["test_macro_f1"] is not None else "") for i in items]

@@ -17,9 +17,14 @@ from wbc_core.vocabulary import ROLES
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the main parser."""
-    s = sub.add_parser("export", help="write the curated dataset as an ImageFolder zip with manifest.csv")
+    s = sub.add_parser("export", help="write the curated dataset as an ImageFolder zip with manifest.csv, "
+                       "or as a Hugging Face imagefolder folder with metadata.csv")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--out", required=True, help="the .zip file to write")
+    s.add_argument("--out", required=True, help="the .zip file (zip) or the new, empty folder (hf) to write")
+    # No argparse choices: wbc_core.export.EXPORT_FORMATS checks the word, and importing it here would load
+    # the database layer for every command's start-up.
+    s.add_argument("--format", default="zip",
+                   help="zip: ImageFolder zip (default); hf: folder for datasets.load_dataset('imagefolder', ...)")
 
     s = sub.add_parser("user", help="manage users: add, list, role, disable, password, unlock")
     users = s.add_subparsers(dest="user_command", required=True)
@@ -116,13 +121,13 @@ def _user(args: argparse.Namespace) -> dict[str, Any]:
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
-    from wbc_core.export import export_curated_zip
+    from wbc_core.export import export_curated
 
     info = get_dataset(args.dataset)
-    summary = export_curated_zip(info.id, args.out)
+    summary = export_curated(info.id, args.out, args.format)
     per_split = {split: sum(c.values()) for split, c in summary.counts.items()}
-    return {"dataset": info.name, "path": str(summary.path), "files": summary.files, "candidates": summary.candidates,
-            "counts": summary.counts, "bytes": summary.size_bytes,
+    return {"dataset": info.name, "format": args.format, "path": str(summary.path), "files": summary.files,
+            "candidates": summary.candidates, "counts": summary.counts, "bytes": summary.size_bytes,
             "_text": f"wrote {summary.path}: {summary.files} images ({summary.candidates} accepted candidates); "
                      + ", ".join(f"{k} {v}" for k, v in per_split.items())}
 

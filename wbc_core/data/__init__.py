@@ -6,6 +6,7 @@ Everything here is a pure function over files and bytes: no database, no streaml
 from wbc_core.data.bloodmnist import BLOODMNIST_CLASSES, download_bloodmnist, read_bloodmnist_npz
 from wbc_core.data.demo import DEMO_CLASSES, make_demo_cells, write_demo_folder
 from wbc_core.data.ingest import (
+    ImageStream,
     IngestConfig,
     IngestedImage,
     IngestError,
@@ -19,6 +20,7 @@ from wbc_core.data.split import SplitConfig, assign_splits, split_fingerprint
 __all__ = [
     "BLOODMNIST_CLASSES",
     "DEMO_CLASSES",
+    "ImageStream",
     "IngestConfig",
     "IngestError",
     "IngestReport",

@@ -107,17 +107,17 @@ def _check_archive(listing: Listing, to_read: list[Entry], config: IngestConfig)
     unpacked = sum(e.size for e in packed)
     compressed = sum(max(e.packed or 0, 1) for e in packed)
     where = Path(listing.label).name
-    if unpacked > config.max_archive_bytes:
-        raise IngestError(
-            f"{where} would unpack to {_gib(unpacked)} of images, above the {_gib(config.max_archive_bytes)} limit "
-            "for one import; nothing was unpacked. Split it into smaller archives, one import each"
-        )
     ratio = unpacked / compressed
     if unpacked > _RATIO_ARCHIVE_FLOOR and ratio > config.max_compression_ratio:
         raise IngestError(
             f"{where} would unpack {_gib(compressed)} into {_gib(unpacked)} ({ratio:,.0f} times its packed size, "
             f"above the {config.max_compression_ratio:,.0f} limit); no real image compresses that well, so this "
             "looks like a zip bomb and nothing was unpacked. Check where the archive came from"
+        )
+    if unpacked > config.max_archive_bytes:
+        raise IngestError(
+            f"{where} would unpack to {_gib(unpacked)} of images, above the {_gib(config.max_archive_bytes)} limit "
+            "for one import; nothing was unpacked. Split it into smaller archives, one import each"
         )
 
 

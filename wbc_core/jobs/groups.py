@@ -22,6 +22,7 @@ from db import runs as runs_db
 from db.vocabulary import ABLATION, RECIPES
 from wbc_core import retrain
 from wbc_core.jobs import launcher, state
+from wbc_core.mixing import MixConfig
 from wbc_core.retrain import RetrainError
 from wbc_core.review_model import ConsensusRule, get_review_settings
 
@@ -70,8 +71,10 @@ def _group_name(dataset_id: int, prefix: str) -> str:
 
 def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int], prefix: str,
                 overrides: dict[str, Any] | None = None, rule: ConsensusRule | None = None,
-                synthetic_cap: float | None = None, launch: bool = True) -> Launched:
-    """One queued run per (seed, recipe), all with the same settings and group name, trained in sequence."""
+                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
+    """One queued run per (seed, recipe), all with the same settings and group name, trained in sequence.
+
+    mix applies to the recipes with synthetic cells; the real arm stays the plain baseline."""
     info = ds_db.get_dataset(dataset)
     seeds = parse_seeds(list(seeds))
     rule = rule or get_review_settings(info.id).rule  # one rule for every arm, even if settings change meanwhile
@@ -81,7 +84,8 @@ def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int]
         for seed in seeds:  # seed-major: the first complete comparison (all arms of seed 0) comes first
             for recipe in recipes:
                 created.append(retrain.start_classifier_run(info.id, recipe, {**(overrides or {}), "seed": seed}, rule,
-                                                    synthetic_cap, group_name=group, launch=False))
+                                                    synthetic_cap, group_name=group, launch=False,
+                                                    mix=None if recipe == "real" else mix))
     except Exception:
         for run_id in created:  # never leave half a group queued
             state.cancel(run_id)
@@ -93,33 +97,37 @@ def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int]
 
 def start_ablation(dataset: str | int, overrides: dict[str, Any] | None = None,
                    seeds: Sequence[int] | str | None = None, rule: ConsensusRule | None = None,
-                   synthetic_cap: float | None = None, launch: bool = True) -> Launched:
+                   synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
     """real vs curated vs all-synthetic with the same seed(s) and settings, grouped as "ablation-<time>"."""
     seed_list = parse_seeds(seeds, default=int((overrides or {}).get("seed", 0)))
-    return start_group(dataset, RECIPES, seed_list, ABLATION, overrides, rule, synthetic_cap, launch)
+    return start_group(dataset, RECIPES, seed_list, ABLATION, overrides, rule, synthetic_cap, launch, mix)
 
 
 def start_seeds(dataset: str | int, recipe: str, seeds: Sequence[int] | str,
                 overrides: dict[str, Any] | None = None, rule: ConsensusRule | None = None,
-                synthetic_cap: float | None = None, launch: bool = True) -> Launched:
+                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
     """One run of a recipe per seed, grouped as "seeds-<recipe>-<time>" (mean ± std in the comparison)."""
     if recipe not in RECIPES:
         raise RetrainError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if mix is not None and recipe == "real":  # refused here, not dropped as for the real arm of an ablation
+        raise RetrainError("the real recipe has no synthetic cells to mix; choose the curated or all-synthetic "
+                           "recipe, or no mixing strategy")
     return start_group(dataset, [recipe], parse_seeds(seeds), f"seeds-{recipe}", overrides, rule, synthetic_cap,
-                       launch)
+                       launch, mix)
 
 
 def start_training(dataset: str | int, recipe: str, overrides: dict[str, Any] | None = None,
                    seeds: Sequence[int] | str | None = None, synthetic_cap: float | None = None,
-                   launch: bool = True) -> Launched:
+                   launch: bool = True, mix: MixConfig | None = None) -> Launched:
     """The Train page's one call: a single run, a multi-seed group, or an ablation."""
     seed_list = parse_seeds(seeds, default=int((overrides or {}).get("seed", 0)))
     if recipe == ABLATION:
-        return start_ablation(dataset, overrides, seed_list, synthetic_cap=synthetic_cap, launch=launch)
+        return start_ablation(dataset, overrides, seed_list, synthetic_cap=synthetic_cap, launch=launch, mix=mix)
     if len(seed_list) > 1:
-        return start_seeds(dataset, recipe, seed_list, overrides, synthetic_cap=synthetic_cap, launch=launch)
+        return start_seeds(dataset, recipe, seed_list, overrides, synthetic_cap=synthetic_cap, launch=launch,
+                           mix=mix)
     run_id = retrain.start_classifier_run(dataset, recipe, {**(overrides or {}), "seed": seed_list[0]},
-                                  synthetic_cap=synthetic_cap, launch=launch)
+                                  synthetic_cap=synthetic_cap, launch=launch, mix=mix)
     return Launched([run_id], None)
 
 

@@ -103,7 +103,7 @@ def _death_reason(run_id: int, age: float) -> str:
             tail = path.read_text(errors="replace")[-2000:]
     message = (f"the worker process (pid {info.pid}) stopped without reporting back "
                f"(last heartbeat {age:.0f} s ago); it was killed or crashed.")
-    if "No space left on device" in tail:
+    if "No space left on device" in tail or "DiskFull: disk full:" in tail:  # the OS's words, or wbc_core.diskspace
         message = ("the disk is full: the worker could not write its files "
                    f"(free space in {current().home}: {_free_mb(current().home):.0f} MB). Free some space, "
                    "then resume the run.")

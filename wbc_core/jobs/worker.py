@@ -18,6 +18,7 @@ from db import runs
 from wbc_core import context
 from wbc_core.jobs.kinds import kind as job_kind
 from wbc_core.jobs.state import HEARTBEAT_SECONDS
+from wbc_core.tracking import log_finished_run
 from wbc_core.types import ProgressEvent
 
 
@@ -105,6 +106,8 @@ def main(run_id: int) -> int:
     result = {**result, "wall_seconds": round(time.monotonic() - started, 2)}
     runs.finish_run(run_id, status, result=result)
     print(f"run {run_id} {status}", flush=True)
+    if status == "succeeded":
+        log_finished_run(run_id)  # a copy in MLflow when MLFLOW_TRACKING_URI is set; warns, never raises
     return 0
 
 
