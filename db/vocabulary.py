@@ -39,6 +39,7 @@ JOB_KINDS = (
     "quality",  # quality metrics of one GAN checkpoint
     "judge",  # train (or load) a dataset's quality judge
     "embedding",  # the 2-D map of real and synthetic cells on the Dashboard
+    "import",  # import a folder, an uploaded zip, the demo or BloodMNIST into a new dataset
     "selftest",  # a torch-free job for tests of the job machinery
 )
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")

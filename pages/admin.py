@@ -24,14 +24,9 @@ def _fail(exc: Exception) -> None:
 
 
 def _as_admin(action, *args, **kwargs) -> bool:  # noqa: ANN001
-    """Run a user-management call after re-checking (in the database) that the signed-in user may manage users.
-
-    wbc_core.auth's create_user, set_role, disable_user and set_password take no acting user, so the check
-    happens here, right before each call.
-    """
+    """Run a user-management call as the signed-in user; wbc_core.auth checks (in the database) that they may."""
     try:
-        auth.authorize(st.session_state[signin.USER_KEY], "manage_users")
-        action(*args, **kwargs)
+        action(*args, user=st.session_state[signin.USER_KEY], **kwargs)
     except (PermissionError, ValueError, LookupError) as exc:
         widgets.show_error(exc)
         return False

@@ -1,25 +1,35 @@
 """Data: import labelled cells (folder, zip upload, BloodMNIST, demo) and look at them."""
 
-import tempfile
-from pathlib import Path
-
 import plotly.express as px
 import streamlit as st
 
 from pages.ui import app_context, frame, signin, widgets
-from wbc_core import importing
+from wbc_core import import_jobs, importing, jobs, views
 from wbc_core.data import SplitConfig
 from wbc_core.views import class_counts_frame
 
-frame.ensure_frame()
+user = frame.ensure_frame()
 st.title("Data")
-app_context.ensure_ready()
 can_import = signin.require_permission("import", "import datasets")
+
+
+def _queue(source_kind: str, name: str, **options) -> None:
+    """Queue an import job (the page never imports in its own process); errors about the request show at once."""
+    try:
+        import_jobs.start_import(source_kind, name, user=user, **options)
+    except (ValueError, LookupError, OSError, PermissionError) as exc:
+        widgets.show_error(exc, "Check the folder (a path on the server, inside its import folders) and the name.")
+    else:
+        st.toast("Import started in the background; you may leave this page.")
+
 
 with st.expander("Import cells", expanded=frame.current_dataset() is None):
     source_tab, upload_tab, bloodmnist_tab, demo_tab = st.tabs(["Folder on server", "Upload zip", "BloodMNIST", "Demo"])
     with source_tab, st.form("import_folder"):
-        folder = st.text_input("Folder with one subfolder per class", placeholder="../shared/data/pbc128")
+        roots = app_context.ensure_ready().settings.import_roots
+        folder = st.text_input("Folder with one subfolder per class", placeholder=str(roots[0] / "pbc128"),
+                               help="A folder on the server, inside one of its import folders: "
+                                    + ", ".join(str(r) for r in roots) + " (set WBC_IMPORT_ROOTS to change them)")
         name = st.text_input("Dataset name", placeholder="pbc128")
         cols = st.columns(4)
         size = cols[0].selectbox("Working size (px)", importing.SIZES, index=1)
@@ -27,48 +37,24 @@ with st.expander("Import cells", expanded=frame.current_dataset() is None):
         test = cols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05)
         seed = cols[3].number_input("Split seed", 0, 10**6, 0)
         submitted = st.form_submit_button("Import", type="primary", disabled=not can_import)
-    if submitted and not folder.strip():
-        # An empty path would mean the server's working directory: never import that by accident.
-        widgets.show_error(ValueError("Enter the folder to import (a path on the server)."))
-    elif submitted:
-        bar = st.progress(0.0, text="reading files")
-        try:
-            result = importing.import_folder(
-                folder, name, size=int(size), split=SplitConfig(val, test, int(seed)),
-                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done:,} / {total:,} files"))
-        except (ValueError, LookupError, OSError) as exc:
-            widgets.show_error(exc, "Check the folder path (it is read on the server) and the dataset name.")
-        else:
-            frame.select_dataset(result.name)
-            st.session_state["last_import"] = result.summary
-            st.rerun()
+    if submitted:
+        _queue("folder", name, folder=folder, size=int(size), split=SplitConfig(val, test, int(seed)))
     with upload_tab:
         upload = st.file_uploader("Zip with one folder per class", type=["zip"])
         upload_name = st.text_input("Dataset name", key="upload_name")
+        ucols = st.columns(4)
+        upload_size = ucols[0].selectbox("Working size (px)", importing.SIZES, index=1, key="upload_size")
+        upload_val = ucols[1].number_input("Val fraction", 0.0, 0.5, 0.15, 0.05, key="upload_val")
+        upload_test = ucols[2].number_input("Test fraction", 0.0, 0.5, 0.15, 0.05, key="upload_test")
+        upload_seed = ucols[3].number_input("Split seed", 0, 10**6, 0, key="upload_seed")
         if st.button("Import upload", disabled=not can_import or upload is None or not upload_name):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "upload.zip"
-                path.write_bytes(upload.getvalue())
-                try:
-                    result = importing.import_folder(path, upload_name)
-                except (ValueError, LookupError, OSError) as exc:
-                    widgets.show_error(exc)
-                else:
-                    frame.select_dataset(result.name)
-                    st.session_state["last_import"] = result.summary
-                    st.rerun()
+            _queue("upload", upload_name, upload=upload.getvalue(), upload_name=upload.name, size=int(upload_size),
+                   split=SplitConfig(upload_val, upload_test, int(upload_seed)))
     with bloodmnist_tab:
         st.write("BloodMNIST (MedMNIST v2): the same PBC cells with official splits. Needs internet.")
         mnist_size = st.selectbox("Size", [28, 64, 128, 224], index=1)
         if st.button("Download and import BloodMNIST", disabled=not can_import):
-            with st.spinner("downloading"):
-                try:
-                    result = importing.download_bloodmnist(f"bloodmnist-{mnist_size}", size=int(mnist_size))
-                except (ValueError, LookupError, OSError) as exc:
-                    widgets.show_error(exc)
-                else:
-                    frame.select_dataset(result.name)
-                    st.rerun()
+            _queue("bloodmnist", f"bloodmnist-{mnist_size}", size=int(mnist_size))
     with demo_tab:
         st.write("Procedurally drawn cell-like images, so the whole loop can be tried offline. **Not real cells.**")
         demo_size = st.selectbox("Working size (px)", importing.SIZES, index=1, key="demo_size",
@@ -77,14 +63,33 @@ with st.expander("Import cells", expanded=frame.current_dataset() is None):
         if demo_exists:
             st.caption("The demo dataset exists already: choose **demo** in the sidebar.")
         if st.button("Create demo dataset", key="create_demo", disabled=demo_exists or not can_import):
-            try:
-                result = importing.import_demo("demo", size=int(demo_size))
-            except (ValueError, LookupError) as exc:
-                widgets.show_error(exc)
-            else:
-                frame.select_dataset(result.name)
-                st.rerun()
+            _queue("demo", "demo", size=int(demo_size))
 
+
+@st.fragment(run_every=1)
+def import_panel() -> None:
+    """The newest import of this user: live progress while it runs, its report once done (polled)."""
+    job = import_jobs.latest_import(user.username)
+    if job is None or job.id in st.session_state.get("seen_imports", set()):
+        return
+    state = views.job_summary(job.id)
+    if state["active"]:
+        st.progress(state["progress"], text=f"Importing {job.config['name']!r}: {state['message'] or 'starting'}")
+        if st.button("Cancel import", key=f"cancel_import_{job.id}"):
+            jobs.cancel(job.id, user)
+        return
+    st.session_state.setdefault("seen_imports", set()).add(job.id)
+    if state["status"] == "succeeded" and "summary" in state["result"]:
+        frame.select_dataset(state["result"]["name"])
+        st.session_state["last_import"] = state["result"]["summary"]
+    elif state["status"] == "failed":
+        st.session_state["import_error"] = f"The import of {job.config['name']!r} failed: {state['error_line']}"
+    st.rerun()
+
+
+import_panel()
+if "import_error" in st.session_state:
+    st.error(st.session_state.pop("import_error"), icon="🚫")
 if "last_import" in st.session_state:
     st.success(st.session_state.pop("last_import"))
 

@@ -252,7 +252,7 @@ def test_fleiss_kappa_equals_the_table_formula_and_statsmodels_for_equal_rater_c
 # -- Fréchet distance --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "d", "shift"), [(200, 8, 0.0), (300, 16, 0.5), (40, 64, 1.0)])  # 40 < 64: singular
+@pytest.mark.parametrize(("n", "d", "shift"), [(200, 8, 0.0), (300, 16, 0.5), (40, 64, 1.0), (6, 32, 0.3)])
 def test_frechet_distance_equals_scipy_sqrtm_and_the_old_code(n, d, shift):
     from scipy import linalg
 

@@ -247,3 +247,11 @@ def test_rule_wording():
     assert limits.bound("gan_ema_decay").rule() == "a number at least 0 and below 1"
     assert limits.bound("quota").rule() == "a whole number from 0 to 1,000,000"
     assert not math.isnan(limits.bound("gan_lr").widget_min)
+
+
+def test_widget_bounds_have_one_type_per_limit():
+    """Streamlit refuses a number_input whose min, max and value differ in type (int vs float)."""
+    for limit in limits.LIMITS.values():
+        kind = int if limit.integer else float
+        assert type(limit.widget_min) is kind and type(limit.widget_max) is kind, limit.name
+        assert type(limit.check(limit.widget_max)) is kind and type(limit.clamp(limit.widget_max)) is kind, limit.name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home
+from support import active_home, copy_home, module_home, use_settings
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -144,10 +144,21 @@ def test_frame_runs_every_page_with_the_sidebar(full_home, page):
 # -- Data -----------------------------------------------------------------------------------------
 
 
-def test_data_demo_button_creates_the_demo_and_shows_its_classes(wbc_home):
+def _finish_import(at: AppTest) -> AppTest:
+    """Wait for the import job the page queued (it must succeed), then let the page's status panel pick it up."""
+    [job] = runs_db.list_runs(kind="import", limit=1)
+    info = jobs.wait(job.id, timeout=240)
+    assert info.status == "succeeded", info.error
+    return ok(at.run())
+
+
+def test_data_demo_button_queues_an_import_job_that_creates_the_demo(wbc_home):
     at = ok(app("pages/data.py"))
     at.selectbox(key="demo_size").set_value(32)
     ok(at.button(key="create_demo").click().run())
+    [job] = runs_db.list_runs(kind="import")  # the click only queued the job
+    assert (job.config["source_kind"], job.config["size"]) == ("demo", 32)
+    _finish_import(at)
     info = ds_db.get_dataset("demo")
     assert info.kind == "demo" and info.image_size == 32
     assert any(s.value.startswith("demo · demo · 5 classes · 32 px") for s in at.subheader)
@@ -162,30 +173,35 @@ def test_data_folder_form_imports_and_selects_the_new_dataset(full_home, tmp_pat
     from wbc_core.data.demo import write_demo_folder
 
     folder = write_demo_folder(tmp_path / "more", per_class=5, size=32, seed=7)
-    at = ok(app("app.py"))  # through the frame: the sidebar's dataset selectbox already exists
-    by_label(at.text_input, "Folder with one subfolder per class").set_value(str(folder))
-    by_label(at.text_input, "Dataset name").set_value("more")
-    by_label(at.selectbox, "Working size (px)").set_value(32)
-    ok(at.form_submit_button[0].click().run())
-    assert not at.error, texts(at.error)
-    assert {d.name for d in ds_db.list_datasets()} == {DATASET, "more"}
-    assert [s.value for s in at.sidebar.selectbox] == ["more"]
-    assert any(s.value.startswith("more · real · 5 classes · 32 px") for s in at.subheader)
-    assert list(at.dataframe[0].value.index) == CLASSES
+    with use_settings(import_roots=(tmp_path,)):
+        at = ok(app("app.py"))  # through the frame: the sidebar's dataset selectbox already exists
+        by_label(at.text_input, "Folder with one subfolder per class").set_value(str(folder))
+        by_label(at.text_input, "Dataset name").set_value("more")
+        by_label(at.selectbox, "Working size (px)").set_value(32)
+        ok(at.form_submit_button[0].click().run())
+        assert not at.error, texts(at.error)
+        at = _finish_import(at)
+        assert {d.name for d in ds_db.list_datasets()} == {DATASET, "more"}
+        assert [s.value for s in at.sidebar.selectbox] == ["more"]
+        assert any(s.value.startswith("more · real · 5 classes · 32 px") for s in at.subheader)
+        assert list(at.dataframe[0].value.index) == CLASSES
 
 
 @pytest.mark.parametrize(("folder", "message"), [
-    ("/definitely/not/here", "does not exist"),
-    ("   ", "Enter the folder to import"),
+    ("/etc", "is not inside a folder this server imports from"),
+    ("{root}/not/here", "does not exist"),
+    ("   ", "enter the folder to import"),
 ])
-def test_data_folder_form_shows_a_plain_error(wbc_home, folder, message):
-    at = ok(app("pages/data.py"))
-    by_label(at.text_input, "Folder with one subfolder per class").set_value(folder)
-    by_label(at.text_input, "Dataset name").set_value("x")
-    ok(at.form_submit_button[0].click().run())
+def test_data_folder_form_shows_a_plain_error_and_queues_nothing(wbc_home, tmp_path, folder, message):
+    with use_settings(import_roots=(tmp_path,)):
+        at = ok(app("pages/data.py"))
+        by_label(at.text_input, "Folder with one subfolder per class").set_value(folder.format(root=tmp_path))
+        by_label(at.text_input, "Dataset name").set_value("x")
+        ok(at.form_submit_button[0].click().run())
     assert len(at.error) == 1 and message in at.error[0].value
     assert "Traceback" not in at.error[0].value
-    assert ds_db.list_datasets() == []
+    assert "passwd" not in at.error[0].value and "ssl" not in at.error[0].value  # no other file is named
+    assert ds_db.list_datasets() == [] and runs_db.list_runs(kind="import") == []
 
 
 # -- Generate -------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def test_train_form_starts_an_ablation_with_the_advanced_options(home):
     by_label(at.number_input, "Label smoothing").set_value(0.0)
     by_label(at.number_input, "Early stopping patience").set_value(3)
     by_label(at.checkbox, "Balanced sampling").uncheck()
-    by_label(at.number_input, "Synthetic cap (× real per class)").set_value(0.5)
+    by_label(at.selectbox, "Mixing").set_value("share")
+    by_label(at.number_input, "Share (× real per class)").set_value(0.5)
     by_label(at.selectbox, "Device").set_value("cpu")
     ok(at.form_submit_button[0].click().run())
     new = sorted(r.id for r in runs_db.list_runs(kind="classifier") if r.id not in before)
@@ -96,10 +97,14 @@ def test_train_form_starts_an_ablation_with_the_advanced_options(home):
         assert len({r.group_name for r in runs}) == 1 and runs[0].group_name.startswith("ablation-")
         c = runs[0].config
         assert (c["model"], c["epochs"], c["seed"], c["optimizer"], c["label_smoothing"],
-                c["early_stopping_patience"], c["balanced_sampling"], c["synthetic_cap"], c["device"]) == (
-            "small_cnn", 2, 7, "sgd", 0.0, 3, False, 0.5, "cpu")
-        assert all({k: v for k, v in r.config.items() if k != "recipe"} ==
-                   {k: v for k, v in c.items() if k != "recipe"} for r in runs)
+                c["early_stopping_patience"], c["balanced_sampling"], c["device"]) == (
+            "small_cnn", 2, 7, "sgd", 0.0, 3, False, "cpu")
+        # The mix applies to the arms with synthetic cells; the real arm stays the plain baseline.
+        assert [r.config["mix"] for r in runs] == [None] + [
+            {"strategy": "share", "share": 0.5, "target": None, "synthetic_weight": None, "finetune_epochs": None}] * 2
+        other = ("recipe", "mix", "synthetic_cap")
+        assert all({k: v for k, v in r.config.items() if k not in other} ==
+                   {k: v for k, v in c.items() if k not in other} for r in runs)
         assert by_label(at.selectbox, "Run").value == new[0]  # the page follows the first arm
     finally:
         _stop_group(runs[0].group_name)

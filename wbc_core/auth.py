@@ -114,8 +114,11 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
-def create_user(username: str, password: str, role: str, display_name: str | None = None) -> User:
-    """Create a local user with a hashed password; raise ValueError (UserExists) with a plain message."""
+def create_user(username: str, password: str, role: str, display_name: str | None = None, *, user: User) -> User:
+    """Create a local user with a hashed password; raise ValueError (UserExists) with a plain message.
+
+    user is the acting account: it needs the manage_users permission (PermissionDenied otherwise)."""
+    authorize(user, "manage_users")
     name = validate_username(username)
     validate_password(password)
     return users_db.insert_user(name, hash_password(password), _validate_role(role), display_name or None, "local")
@@ -179,34 +182,42 @@ def authenticate(username: str, password: str, client: str | None = None) -> Use
     return user
 
 
-def set_role(username: str, role: str) -> User:
-    """Give a user another role (the last enabled admin cannot be demoted)."""
+def set_role(username: str, role: str, *, user: User) -> User:
+    """Give a user another role (the last enabled admin cannot be demoted); the acting user manages users."""
+    authorize(user, "manage_users")
     return users_db.update_user(username, role=_validate_role(role))
 
 
-def set_password(username: str, password: str) -> User:
-    """Replace a local user's password."""
+def set_password(username: str, password: str, *, user: User) -> User:
+    """Replace a local user's password: one's own, or anyone's with the manage_users permission."""
+    acting = authorize(user, "view")
+    if acting.username != (username or "").strip():
+        authorize(acting, "manage_users")
     validate_password(password)
-    user = users_db.get_user(username)
-    if user is None:
+    target = users_db.get_user(username)
+    if target is None:
         raise UserNotFound(f"no user {username!r}")
-    if user.source != "local":
+    if target.source != "local":
         raise ValueError(f"{username!r} signs in through the identity provider and has no local password")
     return users_db.update_user(username, password_hash=hash_password(password))
 
 
-def disable_user(username: str, disabled: bool = True) -> User:
-    """Block (or with disabled=False, re-enable) a user; their decisions stay. The last admin cannot be disabled."""
+def disable_user(username: str, disabled: bool = True, *, user: User) -> User:
+    """Block (or with disabled=False, re-enable) a user; their decisions stay. The last admin cannot be disabled.
+
+    The acting user needs the manage_users permission."""
+    authorize(user, "manage_users")
     return users_db.update_user(username, disabled=disabled)
 
 
-def unlock_user(username: str) -> User:
+def unlock_user(username: str, *, user: User) -> User:
     """Clear an account's failed sign-ins, so its next sign-in is checked at once (an admin's unlock)."""
-    user = users_db.get_user((username or "").strip())
-    if user is None:
+    authorize(user, "manage_users")
+    target = users_db.get_user((username or "").strip())
+    if target is None:
         raise UserNotFound(f"no user {username!r}")
-    users_db.clear_sign_in_failures([_account_key(user.username)])
-    return user
+    users_db.clear_sign_in_failures([_account_key(target.username)])
+    return target
 
 
 def locked_until(username: str) -> datetime | None:
@@ -264,6 +275,21 @@ def authorize(user: User, permission: str) -> User:
         raise PermissionDenied(f"{current.role} '{current.username}' may not {permission.replace('_', ' ')}; "
                                f"ask an admin for the {needed} role")
     return current
+
+
+def claim_local_account(username: str) -> User:
+    """The CLI's default account: the existing user of that name, or, while the database has no account at all,
+    that name created as admin without a password (the owner of the machine). AlreadySetUp when other accounts
+    exist but this one does not: then an admin creates it, or the caller names another account. Atomic."""
+    name = validate_username(username)
+    found = users_db.get_user(name)
+    if found is not None:
+        return found
+    try:
+        return users_db.insert_first_admin_or(name, None, None, "local")
+    except AlreadySetUp:
+        raise AlreadySetUp(f"no account {name!r}, and other accounts exist: ask an admin to create it "
+                           "(user add), or act as an existing account") from None
 
 
 def ensure_local_admin(username: str) -> User:

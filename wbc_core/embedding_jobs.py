@@ -11,10 +11,13 @@ from wbc_core.types import ProgressEvent
 
 
 def start_embedding(run_id: int, max_points: int = 1500, seed: int = 0, method: str = "tsne",
-                    user: User | None = None, launch: bool = True) -> int:
-    """Queue a job that computes (and caches) the embedding map of a finished classifier run."""
+                    *, user: User, launch: bool = True) -> int:
+    """Queue a job that computes (and caches) the embedding map of a finished classifier run.
+
+    Any signed-in account may ask for the map (the view permission); the job records who did."""
     from wbc_core import embedding, limits
 
+    who = authorize(user, "view").username
     limits.check("embedding_points", max_points)
     run = runs_db.get_run(run_id)
     if run.kind != "classifier" or run.status != "succeeded":
@@ -22,7 +25,6 @@ def start_embedding(run_id: int, max_points: int = 1500, seed: int = 0, method: 
     methods = getattr(embedding, "EMBEDDING_METHODS", ("tsne",))
     if method not in methods:
         raise ValueError(f"the map method must be one of {', '.join(methods)}, got {method!r}")
-    who = authorize(user, "view").username if user is not None else None
     config = {"classifier_run_id": run_id, "max_points": int(max_points), "seed": int(seed), "method": method}
     return jobs.submit("embedding", run.dataset_id, config, seed=int(seed), started_by=who, launch=launch)
 

@@ -58,6 +58,9 @@ class ExportSummary:
     size_bytes: int = 0  # size of the zip on disk
 
 
+PERMISSION = "export"  # who may take the curated set out of the app (wbc_core.auth.PERMISSIONS)
+
+
 def safe_name(name: str) -> str:
     """A folder name that is safe in any zip reader: no separators, no leading dots, nothing empty."""
     cleaned = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" .") or "_"
@@ -128,10 +131,9 @@ def _plan(dataset_id: int, rule: ConsensusRule | None) -> list[dict[str, Any]]:
     return plan
 
 
-def _checked_plan(dataset_id: int, user: User | None, rule: ConsensusRule | None) -> list[dict[str, Any]]:
+def _checked_plan(dataset_id: int, user: User, rule: ConsensusRule | None) -> list[dict[str, Any]]:
     """The plan after the permission check and the hygiene and file checks both formats share."""
-    if user is not None:
-        authorize(user, "export")
+    authorize(user, PERMISSION)
     plan = _plan(dataset_id, rule)
     bad = [p["path"] for p in plan if p["origin"] == "synthetic" and p["split"] != "train"]
     if bad:  # cannot happen by construction; refuse rather than leak candidates into evaluation
@@ -142,7 +144,7 @@ def _checked_plan(dataset_id: int, user: User | None, rule: ConsensusRule | None
     return plan
 
 
-def export_curated_zip(dataset_id: int, out_path: str | Path, user: User | None = None,
+def export_curated_zip(dataset_id: int, out_path: str | Path, *, user: User,
                        rule: ConsensusRule | None = None) -> ExportSummary:
     """Write the curated ImageFolder zip (rule: the dataset's stored consensus rule by default)."""
     out = Path(out_path)
@@ -185,9 +187,10 @@ def _copy_into(zf: zipfile.ZipFile, source: Path, arcname: str) -> str:
     return digest.hexdigest()
 
 
-def export_curated_hf(dataset_id: int, out_dir: str | Path, user: User | None = None,
+def export_curated_hf(dataset_id: int, out_dir: str | Path, *, user: User,
                       rule: ConsensusRule | None = None) -> ExportSummary:
     """Write the curated set as a Hugging Face `imagefolder` folder (a new or empty out_dir); see the module doc."""
+    authorize(user, PERMISSION)  # before anything about the target folder is told
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{str(out)!r} already exists and is not an empty folder; give a new folder")
@@ -225,7 +228,7 @@ def export_curated_hf(dataset_id: int, out_dir: str | Path, user: User | None = 
                          {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}, size)
 
 
-def export_curated(dataset_id: int, out_path: str | Path, fmt: str = "zip", user: User | None = None,
+def export_curated(dataset_id: int, out_path: str | Path, fmt: str = "zip", *, user: User,
                    rule: ConsensusRule | None = None) -> ExportSummary:
     """The curated set in one of EXPORT_FORMATS: "zip" (ImageFolder zip) or "hf" (Hugging Face folder)."""
     if fmt not in EXPORT_FORMATS:

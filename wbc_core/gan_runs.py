@@ -13,6 +13,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.datasets import ImageRow
 from wbc_core import jobs, limits, options
+from wbc_core.auth import User, authorize
 from wbc_core.context import BoundedCache, current
 from wbc_core.provenance import JudgeKey, candidate_seed, quality_seed, training_set_record
 
@@ -39,11 +40,15 @@ def preset_values(preset: str, dataset_size: int) -> dict[str, Any]:
     return options.preset_values(preset, dataset_size)
 
 
-def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, launch: bool = True) -> int:
-    """Validate a GAN config for a dataset, record the run and its exact training set, and launch its job."""
+def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, launch: bool = True, *,
+                  user: User) -> int:
+    """Validate a GAN config for a dataset, record the run and its exact training set, and launch its job.
+
+    user is the acting account (needs the train permission); the run records it as its starter."""
     from wbc_core.gan.config import GanConfig
     from wbc_core.hardware import cuda_visible
 
+    who = authorize(user, "train").username
     info = ds_db.get_dataset(dataset)
     values = {"image_size": info.image_size, **(overrides or {})}
     config = GanConfig.from_dict(values)  # raises ValueError with a plain message on bad values
@@ -56,7 +61,8 @@ def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, l
         raise GanRunError(f"dataset {info.name!r} has no real train cells to learn from")
     limits.check_gan_job(config, len(rows))  # plain refusal: batch above the train cells, or it cannot fit in memory
     digest, summary = training_set_record(rows)
-    run_id = runs_db.create_run("gan", info.id, config.to_dict(), seed=config.seed, split_hash=info.split_hash)
+    run_id = runs_db.create_run("gan", info.id, config.to_dict(), seed=config.seed, split_hash=info.split_hash,
+                                started_by=who)
     runs_db.set_training_set(run_id, digest, len(rows), summary)
     if launch:
         jobs.launch(run_id)
@@ -110,10 +116,13 @@ def _device_name(device: str) -> str:
     return device
 
 
-def resume_gan_run(run_id: int, launch: bool = True) -> int:
-    """Continue a cancelled or failed GAN run from its last checkpoint, as a new run that records its parent."""
+def resume_gan_run(run_id: int, launch: bool = True, *, user: User) -> int:
+    """Continue a cancelled or failed GAN run from its last checkpoint, as a new run that records its parent.
+
+    user is the acting account (needs the train permission); the new run records it as its starter."""
     from wbc_core.gan import latest_full_checkpoint
 
+    who = authorize(user, "train").username
     old = runs_db.get_run(run_id)
     if old.kind != "gan" or old.active:
         raise GanRunError(f"run {run_id} is not a finished GAN run")
@@ -122,7 +131,8 @@ def resume_gan_run(run_id: int, launch: bool = True) -> int:
         raise GanRunError(f"run {run_id} saved no checkpoint to resume from; start a new run instead")
     config = {**old.config, "resume_from_checkpoint": str(checkpoint.relative_to(current().home)),
               "resumed_from_run": run_id}
-    new_id = runs_db.create_run("gan", old.dataset_id, config, seed=old.seed, split_hash=old.split_hash)
+    new_id = runs_db.create_run("gan", old.dataset_id, config, seed=old.seed, split_hash=old.split_hash,
+                                started_by=who)
     runs_db.set_training_set(new_id, old.train_set_hash or "", old.train_set_size or 0, old.train_set_summary)
     if launch:
         jobs.launch(new_id)

@@ -20,9 +20,9 @@ from wbc_core.types import ProgressEvent
 PERMISSION = "train"
 
 
-def _actor(user: User | None) -> str | None:
-    """The acting user's name after checking their role (None: a trusted caller that already decided who acts)."""
-    return authorize(user, PERMISSION).username if user is not None else None
+def _actor(user: User) -> str:
+    """The acting user's name after checking their role (PermissionDenied otherwise, also for no user)."""
+    return authorize(user, PERMISSION).username
 
 
 def _gan_run(run_id: int) -> runs_db.RunInfo:
@@ -35,14 +35,14 @@ def _gan_run(run_id: int) -> runs_db.RunInfo:
 
 
 def start_generation(gan_run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
-                     classes: list[str] | None = None, user: User | None = None, launch: bool = True) -> int:
+                     classes: list[str] | None = None, *, user: User, launch: bool = True) -> int:
     """Queue a job that samples per_class candidates per class from a checkpoint, then scores them."""
     from wbc_core.gan_runs import checkpoint_path
 
+    who = _actor(user)
     limits.check("candidates_per_class", per_class)
     run = _gan_run(gan_run_id)
     _, step = checkpoint_path(gan_run_id, step)  # a plain error now if that checkpoint does not exist
-    who = _actor(user)
     config = {"gan_run_id": gan_run_id, "per_class": int(per_class), "step": step, "seed": seed,
               "classes": classes}
     return jobs.submit("generate", run.dataset_id, config, seed=int(seed or 0), started_by=who, launch=launch)
@@ -61,13 +61,13 @@ def run_generate_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN0
                                classes=c.get("classes"), progress=progress, should_stop=ctx.should_stop)
 
 
-def start_scoring(dataset: str | int, gan_run_id: int | None = None, user: User | None = None,
-                  launch: bool = True) -> int:
+def start_scoring(dataset: str | int, gan_run_id: int | None = None, *, user: User, launch: bool = True) -> int:
     """Queue a job that (re)scores a dataset's candidates (of one GAN run, or all) for review sorting."""
+    who = _actor(user)
     info = ds_db.get_dataset(dataset)
     if gan_run_id is not None:
         _gan_run(gan_run_id)
-    return jobs.submit("score", info.id, {"gan_run_id": gan_run_id}, started_by=_actor(user), launch=launch)
+    return jobs.submit("score", info.id, {"gan_run_id": gan_run_id}, started_by=who, launch=launch)
 
 
 def run_score_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
@@ -78,16 +78,17 @@ def run_score_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
     return score_candidates(run.dataset_id, run.config.get("gan_run_id"))
 
 
-def start_quality(gan_run_id: int, step: int | None = None, per_class: int = 64, user: User | None = None,
+def start_quality(gan_run_id: int, step: int | None = None, per_class: int = 64, *, user: User,
                   launch: bool = True) -> int:
     """Queue a job that measures a checkpoint's quality (stored as run metrics at its step)."""
     from wbc_core.gan_runs import checkpoint_path
 
+    who = _actor(user)
     limits.check("quality_cells_per_class", per_class)
     run = _gan_run(gan_run_id)
     _, step = checkpoint_path(gan_run_id, step)
     config = {"gan_run_id": gan_run_id, "step": step, "per_class": int(per_class)}
-    return jobs.submit("quality", run.dataset_id, config, started_by=_actor(user), launch=launch)
+    return jobs.submit("quality", run.dataset_id, config, started_by=who, launch=launch)
 
 
 def run_quality_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
@@ -99,11 +100,12 @@ def run_quality_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN00
     return measure_checkpoint(int(c["gan_run_id"]), step=c.get("step"), per_class=int(c["per_class"]))
 
 
-def start_judge(dataset: str | int, size: int | None = None, user: User | None = None, launch: bool = True) -> int:
+def start_judge(dataset: str | int, size: int | None = None, *, user: User, launch: bool = True) -> int:
     """Queue a job that trains (or loads) the dataset's quality judge at size, so later scoring is quick."""
+    who = _actor(user)
     info = ds_db.get_dataset(dataset)
     config = {"image_size": int(size or info.image_size)}
-    return jobs.submit("judge", info.id, config, started_by=_actor(user), launch=launch)
+    return jobs.submit("judge", info.id, config, started_by=who, launch=launch)
 
 
 def run_judge_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001

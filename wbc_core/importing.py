@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from db import datasets as ds_db
+from wbc_core.auth import User, authorize
 from wbc_core.context import Context, current
 from wbc_core.data import (
     IngestConfig,
@@ -28,6 +29,10 @@ from wbc_core.staging import clean_stale_staging as _clean_stale_staging
 
 SIZES = (32, 64, 128)
 _ROW_BYTES = 1024  # database bytes per image row (PBC: 830 with indexes and write-ahead log), for the estimate
+
+
+# Importing creates datasets that everyone then reviews and trains on: admins only (wbc_core.auth.PERMISSIONS).
+PERMISSION = "import"
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,11 @@ def _result(dataset_id: int, report: IngestReport, started: float) -> ImportResu
 
 def import_folder(source: str | Path, name: str, size: int = 64, split: SplitConfig = SplitConfig(),
                   config: IngestConfig = IngestConfig(), kind: str = "real",
-                  progress: Callable[[int, int], None] | None = None) -> ImportResult:
-    """Import a folder or zip of class subfolders; bad files are skipped and listed in the report."""
+                  progress: Callable[[int, int], None] | None = None, *, user: User) -> ImportResult:
+    """Import a folder or zip of class subfolders; bad files are skipped and listed in the report.
+
+    user is the acting account: importing needs the import permission (PermissionDenied otherwise)."""
+    authorize(user, PERMISSION)
     _check_size(size)
     if not name or not name.strip():
         raise ValueError("a dataset name is required")
@@ -134,24 +142,27 @@ def _refuse_existing(name: str) -> None:
     raise ds_db.DatasetExists(f"a dataset named {name!r} already exists; choose another name")
 
 
-def import_demo(name: str = "demo", per_class: int = 60, size: int = 64, seed: int = 0) -> ImportResult:
+def import_demo(name: str = "demo", per_class: int = 60, size: int = 64, seed: int = 0, *,
+                user: User) -> ImportResult:
     """Create the built-in demo dataset: procedurally drawn cell-like images, NOT real cells."""
     from wbc_core.data.demo import write_demo_folder
 
+    authorize(user, PERMISSION)
     _check_size(size)
     _refuse_existing(name)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_demo_folder(Path(tmp) / "demo", per_class=per_class, size=size, seed=seed)
         for note in folder.glob("*.txt"):  # the folder's own README would only show up as a skipped file
             note.unlink()
-        result = import_folder(folder, name, size=size, split=SplitConfig(seed=seed), kind="demo")
+        result = import_folder(folder, name, size=size, split=SplitConfig(seed=seed), kind="demo", user=user)
     return result
 
 
-def import_bloodmnist(npz_path: str | Path, name: str, size: int = 64) -> ImportResult:
+def import_bloodmnist(npz_path: str | Path, name: str, size: int = 64, *, user: User) -> ImportResult:
     """Import a BloodMNIST .npz keeping its official train/val/test split."""
     from wbc_core.data.bloodmnist import read_bloodmnist_npz
 
+    authorize(user, PERMISSION)
     _check_size(size)
     _refuse_existing(name)
     started = time.monotonic()
@@ -180,13 +191,15 @@ def _duplicate_skip(source: str):  # noqa: ANN202
     return SkippedFile(source, "duplicate", "pixel-identical to an earlier image in the same file; kept the first")
 
 
-def download_bloodmnist(name: str, size: int = 64) -> ImportResult:
+def download_bloodmnist(name: str, size: int = 64, *, user: User) -> ImportResult:
     """Download BloodMNIST through the medmnist package (needs internet) and import it with its splits."""
     from wbc_core.data.bloodmnist import download_bloodmnist as fetch
 
+    authorize(user, PERMISSION)  # before the download, not only before the import
     root = current().home / "downloads"
     root.mkdir(exist_ok=True)
-    return import_bloodmnist(fetch(size, root), name, size=min(s for s in SIZES if s >= min(size, 128)))
+    return import_bloodmnist(fetch(size, root), name, size=min(s for s in SIZES if s >= min(size, 128)),
+                            user=user)
 
 
 def class_split_counts(dataset_id: int) -> dict[str, dict[str, int]]:

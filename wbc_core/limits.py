@@ -82,21 +82,22 @@ class Limit:
         if math.isnan(number):
             return None
         number = min(max(number, self.min), self.max)
-        return int(number) if self.integer else number
+        return int(number) if self.integer else float(number)
 
     @property
     def widget_min(self) -> int | float:
-        """The lowest value a widget may offer (the smallest step above an open minimum)."""
+        """The lowest value a widget may offer (the smallest step above an open minimum); an int for whole-number
+        limits and a float otherwise, as Streamlit wants min, max and value of one type."""
         if self.integer:
             return int(self.min) + (1 if self.min_open else 0)
-        return self.min + 1e-6 if self.min_open else self.min
+        return float(self.min) + 1e-6 if self.min_open else float(self.min)
 
     @property
     def widget_max(self) -> int | float:
         """The highest value a widget may offer."""
         if self.integer:
             return int(self.max) - (1 if self.max_open else 0)
-        return self.max if not self.max_open else self.max - 1e-6
+        return float(self.max) - 1e-6 if self.max_open else float(self.max)
 
 
 def _fmt(x: float) -> str:

@@ -31,12 +31,12 @@ FINETUNE_LR_SCALE = 0.1
 # Starting values of the Train page's mixing numbers.
 DEFAULTS = {"share": 1.0, "target": 1000, "synthetic_weight": 0.5, "finetune_epochs": 3}
 
-# field -> (limit in wbc_core.limits, plain words)
+# field -> (limit in wbc_core.limits, plain words, their article)
 _FIELDS = {
-    "share": ("synthetic_cap", "a synthetic share (times the real cells per class)"),
-    "target": ("mix_target", "a fill target (cells per class)"),
-    "synthetic_weight": ("synthetic_weight", "a synthetic weight"),
-    "finetune_epochs": ("classifier_epochs", "fine-tune epochs"),
+    "share": ("synthetic_cap", "synthetic share (times the real cells per class)", "a "),
+    "target": ("mix_target", "fill target (cells per class)", "a "),
+    "synthetic_weight": ("synthetic_weight", "synthetic weight", "a "),
+    "finetune_epochs": ("classifier_epochs", "fine-tune epochs", ""),
 }
 _NEEDS = {"share": "share", "fill": "target", "weight": "synthetic_weight", "two-stage": "finetune_epochs"}
 # share is the strategy of "share" and an optional per-class cap of "weight" and "two-stage".
@@ -57,17 +57,19 @@ class MixConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or self.strategy not in MIX_STRATEGIES:
             raise ValueError(f"the mixing strategy must be one of {', '.join(MIX_STRATEGIES)}, got {self.strategy!r}")
-        for name, (limit, words) in _FIELDS.items():
+        for name, (limit, words, article) in _FIELDS.items():
             value = getattr(self, name)
             if value is None:
                 if _NEEDS[self.strategy] == name:
-                    raise ValueError(f"the {self.strategy} strategy needs {words}")
+                    raise ValueError(f"the {self.strategy} strategy needs {article}{words}")
                 continue
             if name not in _USES[self.strategy]:
                 users = [s for s in MIX_STRATEGIES if name in _USES[s]]
-                raise ValueError(f"{words} applies to the {' and '.join(users)} strategies, "
+                kind = "strategy" if len(users) == 1 else "strategies"
+                verb = "applies" if article else "apply"
+                raise ValueError(f"{article}{words} {verb} to the {', '.join(users)} {kind} only, "
                                  f"not to {self.strategy}")
-            object.__setattr__(self, name, limits.check(limit, value, words.split(" ", 1)[1]))
+            object.__setattr__(self, name, limits.check(limit, value, words))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict of every field (stored under "mix" in a run's config)."""
@@ -118,7 +120,7 @@ def mix_from_options(strategy: str | None, share: float | None = None, target: i
     For weight and two-stage a share of 0 then means "no cap".
     """
     if strategy is None or strategy == NO_MIX:
-        given = [words for name, (_, words) in _FIELDS.items()
+        given = [article + words for name, (_, words, article) in _FIELDS.items()
                  if {"share": share, "target": target, "synthetic_weight": synthetic_weight,
                      "finetune_epochs": finetune_epochs}[name] is not None]
         if given and not drop_unused:

@@ -18,6 +18,7 @@ from db import runs as runs_db
 from db.datasets import ImageRow
 from db.vocabulary import LAUNCH_CHOICES, RECIPES  # noqa: F401 - LAUNCH_CHOICES: the Train form's choices
 from wbc_core import jobs, limits
+from wbc_core.auth import User, authorize
 from wbc_core.mixing import MixConfig, Mixed, mix_cells
 from wbc_core.provenance import decisions_snapshot_hash, read_train_set, training_set_record, write_train_set
 from wbc_core.review_model import ConsensusRule, accepted_candidates, get_review_settings
@@ -84,13 +85,16 @@ def assert_evaluable(rows: list[ImageRow], split: str) -> None:
 
 def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: dict[str, Any] | None = None,
                          rule: ConsensusRule | None = None, synthetic_cap: float | None = None,
-                         group_name: str | None = None, launch: bool = True, mix: MixConfig | None = None) -> int:
+                         group_name: str | None = None, launch: bool = True, mix: MixConfig | None = None, *,
+                         user: User) -> int:
     """Freeze the recipe's training set, record the run, and launch the training job.
 
     mix: the mixing strategy (wbc_core.mixing); synthetic_cap is the older spelling of MixConfig("share", cap).
+    user is the acting account (needs the train permission); the run records it as its starter.
     """
     from wbc_core.classifier import ClassifierConfig
 
+    who = authorize(user, "train").username
     info = ds_db.get_dataset(dataset)
     config = ClassifierConfig.from_dict({"image_size": info.image_size, **(overrides or {})})
     if config.pretrained_path and not Path(config.pretrained_path).is_file():
@@ -112,7 +116,7 @@ def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: di
     run_config = {**config.to_dict(), "recipe": recipe, "consensus_rule": asdict(rule),
                   "synthetic_cap": mix.share if mix else None, "mix": mix.to_dict() if mix else None}
     run_id = runs_db.create_run("classifier", info.id, run_config, seed=config.seed, recipe=recipe,
-                                group_name=group_name, split_hash=info.split_hash)
+                                group_name=group_name, split_hash=info.split_hash, started_by=who)
     runs_db.set_training_set(run_id, digest, len(rows), summary)
     # The exact list is frozen now: reviewers may keep deciding while the job waits or trains.
     write_train_set(jobs.run_dir(run_id), rows, labels, weights)

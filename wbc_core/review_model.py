@@ -1,9 +1,9 @@
 """Expert review of candidates: decisions, undo, consensus, adjudication, quotas, the blinded realism
 test and the curated set.
 
-Acting user: functions that change state take `user` (a wbc_core.auth.User). Given, it is re-read and
-checked against the needed permission and must be the named reviewer; None means a trusted headless
-caller (CLI, scripts, tests) that has already decided who acts.
+Acting user: functions that change state take `user` (a wbc_core.auth.User), always: it is re-read and
+checked against the needed permission and must be the named reviewer (PermissionDenied otherwise). There
+is no trusted caller without a user: the CLI acts as a named local account too.
 """
 
 from __future__ import annotations
@@ -97,10 +97,8 @@ def reject_reason(key: int | str) -> str:
     return REJECT_REASONS[n - 1]
 
 
-def _acting(user: User | None, permission: str, reviewer: str | None = None) -> User | None:
-    if user is None:
-        return None
-    current = authorize(user, permission)
+def _acting(user: User, permission: str, reviewer: str | None = None) -> User:
+    current = authorize(user, permission)  # no user at all: PermissionDenied("sign in first")
     if reviewer is not None and reviewer.strip() != current.username:
         # Otherwise one signed-in person could record verdicts under a colleague's name.
         raise PermissionDenied(f"signed in as '{current.username}': decisions are recorded under your own name")
@@ -108,7 +106,7 @@ def _acting(user: User | None, permission: str, reviewer: str | None = None) -> 
 
 
 def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | None = None,
-           reason: str | None = None, *, user: User | None = None) -> list[int]:
+           reason: str | None = None, *, user: User) -> list[int]:
     """Record one reviewer's verdict on candidates (appended, never overwriting); return decision ids."""
     _acting(user, "review", reviewer)
     if reason is not None and verdict != "reject":
@@ -116,7 +114,7 @@ def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | N
     return decisions_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
 
 
-def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User | None = None) -> list[int]:
+def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User) -> list[int]:
     """Withdraw the reviewer's n most recent standing decisions (by appending 'undo'); return the image ids."""
     _acting(user, "review", reviewer)
     last = decisions_db.last_effective_decisions(dataset_id, reviewer, n)
@@ -232,7 +230,7 @@ def get_review_settings(dataset_id: int) -> ReviewSettings:
     return ReviewSettings.from_dict(decisions_db.get_review_settings(dataset_id))
 
 
-def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User | None) -> ReviewSettings:
+def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User) -> ReviewSettings:
     """Store the dataset's consensus rule and quotas (admin only); quota 0 removes a class's quota."""
     _acting(user, "configure_review")
     classes = ds_db.get_dataset(dataset_id).class_names
@@ -318,7 +316,7 @@ def _position(reviewer: str, image_id: int) -> float:
 
 
 def enable_blind_test(dataset_id: int, reviewer: str, fraction: float = 0.1, seed: int = 0,
-                      *, user: User | None = None) -> dict[str, int]:
+                      *, user: User) -> dict[str, int]:
     """Mix real val cells unannounced into a reviewer's queue; return how many were added per class.
 
     Per class, real cells make up `fraction` of that reviewer's resulting queue (n = f*N/(1-f) for N

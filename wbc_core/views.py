@@ -293,6 +293,8 @@ def job_summary(run_id: int) -> dict[str, Any]:
         summary = f"scored {result.get('scored', 0)} candidates"
     elif r.kind == "embedding":
         summary = f"mapped {result.get('points', 0)} cells"
+    elif r.kind == "import" and "name" in result:
+        summary = f"imported {sum(sum(v.values()) for v in result['classes'].values()):,} cells as {result['name']!r}"
     elif r.kind == "judge":
         summary = f"judge ready at {result.get('image_size')} px"
     return {"id": r.id, "kind": r.kind, "status": r.status, "active": r.active, "progress": r.progress_fraction,

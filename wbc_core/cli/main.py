@@ -28,6 +28,8 @@ EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quali
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"
+AS_HELP = ("act as this existing account (default: WBC_USER or 'local', created as admin when the database has no "
+           "account at all); accepted before or after the command")
 
 
 class CliError(Exception):
@@ -54,12 +56,16 @@ def _accept_json_everywhere(parser: argparse.ArgumentParser) -> None:
             for sub in action.choices.values():
                 if not any("--json" in a.option_strings for a in sub._actions):
                     sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+                if not any("--as" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--as", dest="acting_as", metavar="NAME", default=argparse.SUPPRESS,
+                                     help=AS_HELP)
                 _accept_json_everywhere(sub)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wbc", description="wbc-curate: synthetic white-blood-cell data (also `python -m wbc_core`)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--as", dest="acting_as", metavar="NAME", default=None, help=AS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("import", help="import a folder or zip with one subfolder per class")
@@ -114,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("review", help="record decisions on candidates")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--reviewer", required=True)
+    s.add_argument("--reviewer", default=None, help="the same as --as: the reviewer or admin account that decides")
     verdict = s.add_mutually_exclusive_group(required=True)
     verdict.add_argument("--accept", action="store_true")
     verdict.add_argument("--reject", action="store_true")
@@ -181,6 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     wants_json = bool(getattr(args, "json", False))
     _emit(wants_json, out, text, sys.stdout)
     return 1 if out.get("status") in ("failed",) else 0
+
+
+def acting_user(args: argparse.Namespace) -> Any:  # noqa: ANN401 - a wbc_core.auth.User (imported lazily)
+    """The account this command acts as: --as NAME (it must exist; never created), else the context's local user,
+    created as admin when the database has no account at all. Resolved once per command, on first need."""
+    from wbc_core import auth
+    from wbc_core.context import current
+
+    if getattr(args, "_acting_user", None) is not None:
+        return args._acting_user
+    named = getattr(args, "acting_as", None)
+    if named is not None:
+        user = auth.get_user(named.strip())
+        if user is None:
+            raise CliError(f"no account {named!r}: --as names an existing account (see `wbc user list`)")
+    else:
+        try:
+            user = auth.claim_local_account(current().settings.local_user)
+        except auth.AlreadySetUp as exc:
+            raise CliError(f"{exc} with --as NAME (or WBC_USER)") from None
+    if user.disabled:
+        raise CliError(f"the account {user.username!r} is disabled; ask an admin to enable it")
+    args._acting_user = user
+    return user
 
 
 def _one_line(exc: BaseException) -> str:
@@ -265,7 +295,7 @@ def _import(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = import_folder(args.source, args.name, size=args.size,
                                split=SplitConfig(val_fraction=args.val, test_fraction=args.test, seed=args.seed),
-                               progress=progress)
+                               progress=progress, user=acting_user(args))
     finally:
         bar.close()
     return {**_import_payload(result), "_text": result.summary}
@@ -281,21 +311,21 @@ def _import_payload(result) -> dict[str, Any]:  # noqa: ANN001
 def _import_npz(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.importing import import_bloodmnist
 
-    result = import_bloodmnist(args.file, args.name, size=args.size)
+    result = import_bloodmnist(args.file, args.name, size=args.size, user=acting_user(args))
     return {**_import_payload(result), "_text": result.summary}
 
 
 def _download(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.importing import download_bloodmnist
 
-    result = download_bloodmnist(args.name or f"bloodmnist-{args.size}", size=args.size)
+    result = download_bloodmnist(args.name or f"bloodmnist-{args.size}", size=args.size, user=acting_user(args))
     return {**_import_payload(result), "_text": result.summary}
 
 
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.importing import import_demo
 
-    result = import_demo(args.name, per_class=args.per_class, size=args.size)
+    result = import_demo(args.name, per_class=args.per_class, size=args.size, user=acting_user(args))
     text = f"Created demo dataset {result.name!r} (procedurally drawn cell-like images, NOT real cells).\n"
     return {**_import_payload(result), "demo": True, "_text": text + result.summary}
 
@@ -310,7 +340,8 @@ def _datasets(_args: argparse.Namespace) -> dict[str, Any]:
     return {"datasets": items, "_text": text or "no datasets yet: try `python -m wbc_core demo`"}
 
 
-def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
+def _follow(run_id: int, detach: bool, label: str, user: Any = None) -> dict[str, Any]:  # noqa: ANN401
+    """Follow a run with a progress bar; Ctrl-C asks it to stop, as user (the acting account) when given."""
     from db import runs
     from wbc_core import jobs
 
@@ -325,7 +356,10 @@ def _follow(run_id: int, detach: bool, label: str) -> dict[str, Any]:
     try:
         info = jobs.wait(run_id, on_poll=on_poll)
     except KeyboardInterrupt:
-        jobs.cancel(run_id)
+        if user is not None:
+            jobs.cancel(run_id, user)
+        else:
+            jobs.request_stop(run_id, by="system:cli-interrupt")
         print(f"\ncancelling run {run_id}; it saves a checkpoint and stops", file=sys.stderr)
         info = jobs.wait(run_id, timeout=120)
     finally:
@@ -346,20 +380,23 @@ def _train_gan(args: argparse.Namespace) -> dict[str, Any]:
     given = {"steps": args.steps, "image_size": args.size, "batch_size": args.batch, "width": args.width,
              "seed": args.seed, "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight}
     config = options.gan_config(ds_db.get_dataset(args.dataset).image_size, args.preset, given)
-    return _follow(start_gan_run(args.dataset, config.to_dict()), args.detach, "GAN")
+    user = acting_user(args)
+    return _follow(start_gan_run(args.dataset, config.to_dict(), user=user), args.detach, "GAN", user)
 
 
 def _resume_gan(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.gan_runs import resume_gan_run
 
-    return _follow(resume_gan_run(args.run), args.detach, "GAN")
+    user = acting_user(args)
+    return _follow(resume_gan_run(args.run, user=user), args.detach, "GAN", user)
 
 
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.generation import start_generation
 
-    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed)
-    out = _follow(job, args.detach, "generating")
+    user = acting_user(args)
+    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed, user=user)
+    out = _follow(job, args.detach, "generating", user)
     if out.get("status") == "succeeded":
         out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "
                         f"(seed {out['seed']}) to the review queue")
@@ -370,6 +407,8 @@ def _review(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
     from wbc_core.review_model import decide, queue_page
 
+    user = _reviewer(args)
+    reviewer = user.username
     info = get_dataset(args.dataset)
     if args.ids:
         ids = args.ids
@@ -378,13 +417,35 @@ def _review(args: argparse.Namespace) -> dict[str, Any]:
         if args.class_name and args.class_name not in info.class_names:
             raise CliError(f"unknown class {args.class_name!r}; classes: {', '.join(info.class_names)}")
         ids = [row["id"] for c in classes
-               for row in queue_page(info.id, c, args.reviewer, page_size=10**9)[0]]
+               for row in queue_page(info.id, c, reviewer, page_size=10**9)[0]]
     verdict = "accept" if args.accept else "reject" if args.reject else "relabel"
     if verdict == "relabel" and args.relabel not in info.class_names:
         raise CliError(f"unknown class {args.relabel!r}; classes: {', '.join(info.class_names)}")
-    decision_ids = decide(ids, args.reviewer, verdict, new_class=args.relabel, reason=args.reason)
-    return {"dataset": info.name, "reviewer": args.reviewer, "verdict": verdict, "decided": len(decision_ids),
-            "image_ids": ids, "_text": f"{args.reviewer}: {verdict} x {len(decision_ids)}"}
+    decision_ids = decide(ids, reviewer, verdict, new_class=args.relabel, reason=args.reason, user=user)
+    return {"dataset": info.name, "reviewer": reviewer, "verdict": verdict, "decided": len(decision_ids),
+            "image_ids": ids, "_text": f"{reviewer}: {verdict} x {len(decision_ids)}"}
+
+
+def _reviewer(args: argparse.Namespace) -> Any:  # noqa: ANN401 - a wbc_core.auth.User
+    """The account that reviews: --reviewer NAME (an alias of --as), else the acting account; it must exist and
+    hold the reviewer or admin role, so no vote is ever recorded for an unknown name or a viewer."""
+    from wbc_core import auth
+
+    named = (args.reviewer or "").strip() or None
+    given = getattr(args, "acting_as", None)
+    if named is not None and given is not None and given.strip() != named:
+        raise CliError(f"--reviewer {named!r} and --as {given.strip()!r} name different accounts; give one")
+    if named is not None:
+        found = auth.get_user(named)
+        if found is None:
+            raise CliError(f"no reviewer account {named!r}: decisions are recorded only for existing reviewer "
+                           "or admin accounts (see `wbc user list`; an admin adds one with `wbc user add`)")
+        args.acting_as = named
+    user = acting_user(args)
+    if not auth.can(user, "review"):
+        raise CliError(f"{user.role} {user.username!r} may not review: only reviewer and admin accounts record "
+                       "decisions; ask an admin for the reviewer role")
+    return user
 
 
 def add_mix_arguments(s: argparse.ArgumentParser) -> None:
@@ -422,9 +483,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed}
     config = options.classifier_config(get_dataset(args.dataset).image_size, given)
     mix = mix_from_args(args)
+    user = acting_user(args)
     run_id = start_classifier_run(args.dataset, args.recipe, config.to_dict(), synthetic_cap=args.synthetic_cap,
-                                  mix=mix)
-    out = _follow(run_id, args.detach, f"classifier ({args.recipe}{', ' + mix.describe() if mix else ''})")
+                                  mix=mix, user=user)
+    out = _follow(run_id, args.detach, f"classifier ({args.recipe}{', ' + mix.describe() if mix else ''})", user)
     test = out.get("test")
     if isinstance(test, dict):
         out["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "per_class_f1", "confusion") if k in test}
@@ -459,7 +521,7 @@ def _runs(args: argparse.Namespace) -> dict[str, Any]:
 def _cancel(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core import jobs
 
-    ok = jobs.cancel(args.run)
+    ok = jobs.cancel(args.run, acting_user(args))
     return {"run_id": args.run, "cancel_requested": ok,
             "_text": f"asked run {args.run} to stop" if ok else f"run {args.run} had already ended"}
 

@@ -46,10 +46,12 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.run is not None:
         from db import runs
-        from wbc_core.cli.main import _follow
+        from wbc_core.cli.main import _follow, acting_user
         from wbc_core.generation import start_quality
 
-        out = _follow(start_quality(args.run, step=args.step, per_class=args.per_class), args.detach, "quality")
+        user = acting_user(args)
+        out = _follow(start_quality(args.run, step=args.step, per_class=args.per_class, user=user), args.detach,
+                      "quality", user)
         if out.get("status") != "succeeded":
             return out
         info = get_dataset(runs.get_run(args.run).dataset_id)
@@ -71,10 +73,11 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _score_candidates(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.cli.main import _follow
+    from wbc_core.cli.main import _follow, acting_user
     from wbc_core.generation import start_scoring
 
-    out = _follow(start_scoring(args.dataset, args.run), args.detach, "scoring")
+    user = acting_user(args)
+    out = _follow(start_scoring(args.dataset, args.run, user=user), args.detach, "scoring", user)
     if out.get("status") == "succeeded":
         out["_text"] = f"scored {out.get('scored', 0)} candidates"
     return out

@@ -74,21 +74,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ablation(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.cli.main import acting_user
     from wbc_core.jobs.groups import start_ablation
 
+    user = acting_user(args)
     seeds = args.seeds if args.seeds else [args.seed if args.seed is not None else 0]
-    launched = start_ablation(args.dataset, _overrides(args), seeds, synthetic_cap=args.synthetic_cap)
-    return _follow_group(launched.group_name, launched.run_ids, args.detach)
+    launched = start_ablation(args.dataset, _overrides(args), seeds, synthetic_cap=args.synthetic_cap, user=user)
+    return _follow_group(launched.group_name, launched.run_ids, args.detach, user)
 
 
 def _train_seeds(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.cli.main import acting_user
     from wbc_core.jobs.groups import start_seeds
 
-    launched = start_seeds(args.dataset, args.recipe, args.seeds, _overrides(args), synthetic_cap=args.synthetic_cap)
-    return _follow_group(launched.group_name, launched.run_ids, args.detach)
+    user = acting_user(args)
+    launched = start_seeds(args.dataset, args.recipe, args.seeds, _overrides(args), synthetic_cap=args.synthetic_cap,
+                           user=user)
+    return _follow_group(launched.group_name, launched.run_ids, args.detach, user)
 
 
-def _follow_group(group: str, run_ids: list[int], detach: bool) -> dict[str, Any]:
+def _follow_group(group: str, run_ids: list[int], detach: bool, user: Any) -> dict[str, Any]:  # noqa: ANN401
     """Follow a group's runs one after another with one progress bar, then summarise them."""
     from db import runs
     from wbc_core import jobs
@@ -106,7 +111,7 @@ def _follow_group(group: str, run_ids: list[int], detach: bool) -> dict[str, Any
 
                 jobs.wait(run_id, on_poll=on_poll)
         except KeyboardInterrupt:
-            cancel_group(group)
+            cancel_group(group, user)
             print(f"\ncancelling group {group}", file=sys.stderr)
             for run_id in run_ids:
                 jobs.wait(run_id, timeout=120)
@@ -143,9 +148,10 @@ def _group_payload(group: str, run_ids: list[int], detach: bool) -> dict[str, An
 
 
 def _cancel_group(args: argparse.Namespace) -> dict[str, Any]:
+    from wbc_core.cli.main import acting_user
     from wbc_core.jobs.groups import cancel_group
 
-    ids = cancel_group(args.group)
+    ids = cancel_group(args.group, acting_user(args))
     return {"group": args.group, "cancel_requested": ids,
             "_text": f"asked runs {', '.join(map(str, ids))} to stop" if ids else f"no active run in {args.group}"}
 

@@ -93,6 +93,7 @@ def _user_payload(user) -> dict[str, Any]:  # noqa: ANN001
 
 def _user(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core import auth
+    from wbc_core.cli.main import acting_user
 
     cmd = args.user_command
     if cmd == "list":
@@ -102,29 +103,31 @@ def _user(args: argparse.Namespace) -> dict[str, Any]:
         empty = "no users yet: `python -m wbc_core user add NAME --role admin`"
         return {"users": items, "_text": "\n".join(lines) or empty}
     if cmd == "add":
-        user = auth.create_user(args.name, _read_password(args.password_stdin), args.role, args.display_name)
+        user = auth.create_user(args.name, _read_password(args.password_stdin), args.role, args.display_name,
+                                user=acting_user(args))
         text = f"created {user.role} {user.username!r}"
     elif cmd == "role":
-        user = auth.set_role(args.name, args.role)
+        user = auth.set_role(args.name, args.role, user=acting_user(args))
         text = f"{user.username!r} is now {user.role}"
     elif cmd == "disable":
-        user = auth.disable_user(args.name, disabled=not args.enable)
+        user = auth.disable_user(args.name, disabled=not args.enable, user=acting_user(args))
         text = f"{user.username!r} " + ("disabled" if user.disabled else "enabled")
     elif cmd == "unlock":
-        user = auth.unlock_user(args.name)
+        user = auth.unlock_user(args.name, user=acting_user(args))
         text = f"{user.username!r} may sign in again at once (failed sign-ins cleared)"
     else:
-        user = auth.set_password(args.name, _read_password(args.password_stdin))
+        user = auth.set_password(args.name, _read_password(args.password_stdin), user=acting_user(args))
         text = f"changed the password of {user.username!r}"
     return {**_user_payload(user), "_text": text}
 
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
+    from wbc_core.cli.main import acting_user
     from wbc_core.export import export_curated
 
     info = get_dataset(args.dataset)
-    summary = export_curated(info.id, args.out, args.format)
+    summary = export_curated(info.id, args.out, args.format, user=acting_user(args))
     per_split = {split: sum(c.values()) for split, c in summary.counts.items()}
     return {"dataset": info.name, "format": args.format, "path": str(summary.path), "files": summary.files,
             "candidates": summary.candidates, "counts": summary.counts, "bytes": summary.size_bytes,
@@ -172,6 +175,7 @@ def _agreement(args: argparse.Namespace) -> dict[str, Any]:
 def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
     from wbc_core import review_model
+    from wbc_core.cli.main import acting_user
 
     info = get_dataset(args.dataset)
     current = review_model.get_review_settings(info.id)
@@ -186,7 +190,8 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
         rule = review_model.ConsensusRule(
             args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
             args.min_votes if args.min_votes is not None else current.rule.min_votes)
-        current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas), None)
+        current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas),
+                                                    acting_user(args))
     out = current.to_dict()
     quota_text = ", ".join(f"{c}={n}" for c, n in out["quotas"].items()) or "none"
     return {"dataset": info.name, **out, "changed": bool(changed),
@@ -197,9 +202,10 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _blind_test(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
     from wbc_core import review_model
+    from wbc_core.cli.main import acting_user
 
     info = get_dataset(args.dataset)
-    added = review_model.enable_blind_test(info.id, args.reviewer, args.fraction, args.seed)
+    added = review_model.enable_blind_test(info.id, args.reviewer, args.fraction, args.seed, user=acting_user(args))
     return {"dataset": info.name, "reviewer": args.reviewer, "added": added,
             "_text": f"mixed {sum(added.values())} real val cells into {args.reviewer}'s queue (not announced)"}
 

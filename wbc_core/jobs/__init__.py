@@ -12,14 +12,16 @@ from wbc_core.jobs.state import (
     HEARTBEAT_SECONDS,
     STALE_SECONDS,
     cancel,
+    check_cancel,
     kill,
     pid_alive,
     reconcile,
     reconcile_if_due,
+    request_stop,
     run_dir,
     submit,
     wait,
 )
 
-__all__ = ["HEARTBEAT_SECONDS", "STALE_SECONDS", "cancel", "kill", "launch", "launch_chain", "pid_alive",
-           "reconcile", "reconcile_if_due", "run_dir", "submit", "wait"]
+__all__ = ["HEARTBEAT_SECONDS", "STALE_SECONDS", "cancel", "check_cancel", "kill", "launch", "launch_chain",
+           "pid_alive", "reconcile", "reconcile_if_due", "request_stop", "run_dir", "submit", "wait"]

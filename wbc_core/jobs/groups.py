@@ -21,6 +21,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from db.vocabulary import ABLATION, RECIPES
 from wbc_core import retrain
+from wbc_core.auth import User, authorize
 from wbc_core.jobs import launcher, state
 from wbc_core.mixing import MixConfig
 from wbc_core.retrain import RetrainError
@@ -71,10 +72,13 @@ def _group_name(dataset_id: int, prefix: str) -> str:
 
 def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int], prefix: str,
                 overrides: dict[str, Any] | None = None, rule: ConsensusRule | None = None,
-                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
+                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None, *,
+                user: User) -> Launched:
     """One queued run per (seed, recipe), all with the same settings and group name, trained in sequence.
 
-    mix applies to the recipes with synthetic cells; the real arm stays the plain baseline."""
+    mix applies to the recipes with synthetic cells; the real arm stays the plain baseline. user is the acting
+    account (the train permission); every run records it as its starter."""
+    authorize(user, "train")
     info = ds_db.get_dataset(dataset)
     seeds = parse_seeds(list(seeds))
     rule = rule or get_review_settings(info.id).rule  # one rule for every arm, even if settings change meanwhile
@@ -85,10 +89,10 @@ def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int]
             for recipe in recipes:
                 created.append(retrain.start_classifier_run(info.id, recipe, {**(overrides or {}), "seed": seed}, rule,
                                                     synthetic_cap, group_name=group, launch=False,
-                                                    mix=None if recipe == "real" else mix))
+                                                    mix=None if recipe == "real" else mix, user=user))
     except Exception:
         for run_id in created:  # never leave half a group queued
-            state.cancel(run_id)
+            state.request_stop(run_id, by="system:group-rollback")
         raise
     if launch:
         launcher.launch_chain(created)
@@ -97,37 +101,44 @@ def start_group(dataset: str | int, recipes: Sequence[str], seeds: Sequence[int]
 
 def start_ablation(dataset: str | int, overrides: dict[str, Any] | None = None,
                    seeds: Sequence[int] | str | None = None, rule: ConsensusRule | None = None,
-                   synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
+                   synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None, *,
+                   user: User) -> Launched:
     """real vs curated vs all-synthetic with the same seed(s) and settings, grouped as "ablation-<time>"."""
+    authorize(user, "train")
     seed_list = parse_seeds(seeds, default=int((overrides or {}).get("seed", 0)))
-    return start_group(dataset, RECIPES, seed_list, ABLATION, overrides, rule, synthetic_cap, launch, mix)
+    return start_group(dataset, RECIPES, seed_list, ABLATION, overrides, rule, synthetic_cap, launch, mix,
+                       user=user)
 
 
 def start_seeds(dataset: str | int, recipe: str, seeds: Sequence[int] | str,
                 overrides: dict[str, Any] | None = None, rule: ConsensusRule | None = None,
-                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None) -> Launched:
+                synthetic_cap: float | None = None, launch: bool = True, mix: MixConfig | None = None, *,
+                user: User) -> Launched:
     """One run of a recipe per seed, grouped as "seeds-<recipe>-<time>" (mean ± std in the comparison)."""
+    authorize(user, "train")
     if recipe not in RECIPES:
         raise RetrainError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     if mix is not None and recipe == "real":  # refused here, not dropped as for the real arm of an ablation
         raise RetrainError("the real recipe has no synthetic cells to mix; choose the curated or all-synthetic "
                            "recipe, or no mixing strategy")
     return start_group(dataset, [recipe], parse_seeds(seeds), f"seeds-{recipe}", overrides, rule, synthetic_cap,
-                       launch, mix)
+                       launch, mix, user=user)
 
 
 def start_training(dataset: str | int, recipe: str, overrides: dict[str, Any] | None = None,
                    seeds: Sequence[int] | str | None = None, synthetic_cap: float | None = None,
-                   launch: bool = True, mix: MixConfig | None = None) -> Launched:
-    """The Train page's one call: a single run, a multi-seed group, or an ablation."""
+                   launch: bool = True, mix: MixConfig | None = None, *, user: User) -> Launched:
+    """The Train page's one call: a single run, a multi-seed group, or an ablation (user: the acting account)."""
+    authorize(user, "train")
     seed_list = parse_seeds(seeds, default=int((overrides or {}).get("seed", 0)))
     if recipe == ABLATION:
-        return start_ablation(dataset, overrides, seed_list, synthetic_cap=synthetic_cap, launch=launch, mix=mix)
+        return start_ablation(dataset, overrides, seed_list, synthetic_cap=synthetic_cap, launch=launch, mix=mix,
+                              user=user)
     if len(seed_list) > 1:
         return start_seeds(dataset, recipe, seed_list, overrides, synthetic_cap=synthetic_cap, launch=launch,
-                           mix=mix)
+                           mix=mix, user=user)
     run_id = retrain.start_classifier_run(dataset, recipe, {**(overrides or {}), "seed": seed_list[0]},
-                                  synthetic_cap=synthetic_cap, launch=launch, mix=mix)
+                                          synthetic_cap=synthetic_cap, launch=launch, mix=mix, user=user)
     return Launched([run_id], None)
 
 
@@ -137,12 +148,16 @@ def group_runs(group_name: str) -> list[runs_db.RunInfo]:
                   key=lambda r: r.id)
 
 
-def cancel_group(group_name: str) -> list[int]:
-    """Ask every active run of a group to stop (queued ones end at once); returns their ids."""
+def cancel_group(group_name: str, user: User) -> list[int]:
+    """Ask every active run of a group to stop (queued ones end at once) on behalf of user; returns their ids.
+
+    Each run must be one user may cancel (jobs.state.check_cancel), checked for all before any is stopped."""
     active = [r for r in group_runs(group_name) if r.active]
+    for run in active:
+        state.check_cancel(run, user)
     # Queued runs first, so the chain cannot start the next arm between two of our cancels.
     for run in sorted(active, key=lambda r: r.status != "queued"):
-        state.cancel(run.id)
+        state.cancel(run.id, user)
     return [r.id for r in active]
 
 

@@ -39,6 +39,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("quality", "wbc_core.generation:run_quality_job", "checkpoint quality"),
     JobKind("judge", "wbc_core.generation:run_judge_job", "judge training"),
     JobKind("embedding", "wbc_core.embedding_jobs:run_embedding_job", "embedding map"),
+    JobKind("import", "wbc_core.import_jobs:run_import_job", "import"),
     JobKind("selftest", "wbc_core.jobs.selftest:run_selftest", "self-test"),
 )}
 assert tuple(KINDS) == JOB_KINDS, "every job kind of the vocabulary has exactly one registry entry"

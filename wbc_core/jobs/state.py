@@ -12,13 +12,16 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db import runs as runs_db
 from db.models import utcnow
 from wbc_core.context import current
 from wbc_core.jobs import launcher
 from wbc_core.jobs.kinds import kind as job_kind
+
+if TYPE_CHECKING:
+    from wbc_core.auth import User
 
 HEARTBEAT_SECONDS = 2.0  # worker heartbeat cadence; also how often it re-reads the cancel flag
 STALE_SECONDS = 60.0  # a running job silent this long is dead, whatever its pid says
@@ -43,8 +46,31 @@ def submit(kind: str, dataset_id: int | None, config: dict[str, Any], *, seed: i
     return run_id
 
 
-def cancel(run_id: int, by: str | None = None) -> bool:
-    """Ask a run to stop at its next step (the worker saves a checkpoint and exits); records who asked."""
+def check_cancel(run: runs_db.RunInfo, user: User) -> User:
+    """The acting user if they may stop this run: the train permission, or the run is their own."""
+    from wbc_core.auth import PermissionDenied, authorize, can
+
+    acting = authorize(user, "view")
+    if not can(acting, "train") and run.started_by != acting.username:
+        raise PermissionDenied(f"{acting.role} '{acting.username}' may not cancel run {run.id}, which "
+                               f"{run.started_by or 'someone else'} started; ask an admin")
+    return acting
+
+
+def cancel(run_id: int, user: User) -> bool:
+    """Ask a run to stop at its next step (the worker saves a checkpoint and exits), on behalf of user.
+
+    Allowed with the train permission or for one's own run (PermissionDenied otherwise); records who asked.
+    False if the run had already ended."""
+    acting = check_cancel(runs_db.get_run(run_id), user)
+    return runs_db.request_cancel(run_id, acting.username)
+
+
+def request_stop(run_id: int, by: str) -> bool:
+    """The system's own stop, without a role check (e.g. a group rolling back its queued runs, a Ctrl-C of the
+    process that follows the run). by names the part that asked, as "system:<what>"; never call it for a user."""
+    if not by.startswith("system:"):
+        raise ValueError(f"request_stop is for the system itself (by='system:...'), got {by!r}; use cancel()")
     return runs_db.request_cancel(run_id, by)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -27,11 +28,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False))
     cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # A product too close to singular (fewer cells than dimensions): pytorch-fid's remedy, a tiny ridge.
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    with warnings.catch_warnings():
+        # Fewer cells than dimensions make the product singular and scipy warns; its root is still accurate
+        # (tests/test_libraries.py checks it against the eigenvalue formula), unless it is not finite at all.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():  # pytorch-fid's remedy: a tiny ridge on both covariances
+            offset = np.eye(cov_a.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     # The square root of a product of two covariances has real eigenvalues >= 0 in theory; imaginary
     # parts are round-off, and dropping them is what scipy.linalg.sqrtm users (pytorch-fid) do too.
     value = np.square(mu_a - mu_b).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean.real)

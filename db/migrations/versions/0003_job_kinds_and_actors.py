@@ -8,7 +8,7 @@ Create Date: 2026-12-01 00:00:00
 from alembic import op
 import sqlalchemy as sa
 
-from db.vocabulary import JOB_KINDS, RUN_STATUSES, sql_in
+from db.vocabulary import RUN_STATUSES, sql_in
 
 revision = '0003'
 down_revision = '0002'
@@ -16,12 +16,14 @@ branch_labels = None
 depends_on = None
 
 _OLD_KINDS = ('gan', 'classifier', 'selftest')
+# The kinds as they were at this revision (later kinds come with their own migration, e.g. 0005).
+_KINDS = ('gan', 'classifier', 'generate', 'score', 'quality', 'judge', 'embedding', 'selftest')
 
 
 def upgrade() -> None:
     with op.batch_alter_table('runs') as batch:
         batch.drop_constraint('ck_runs_kind', type_='check')
-        batch.create_check_constraint('ck_runs_kind', sql_in('kind', JOB_KINDS))
+        batch.create_check_constraint('ck_runs_kind', sql_in('kind', _KINDS))
         batch.add_column(sa.Column('started_by', sa.String(length=64), nullable=True))
         batch.add_column(sa.Column('cancelled_by', sa.String(length=64), nullable=True))
     with op.batch_alter_table('jobs') as batch:
