@@ -103,7 +103,7 @@ if info is None:
 with settings_tab:
     current = review_model.get_review_settings(info.id)
     with st.form("review_settings"):
-        st.markdown(f"**{info.name}**: when is a candidate accepted?")
+        st.markdown(f"**{widgets.plain(info.name)}**: when is a candidate accepted?")
         cols = st.columns(2)
         votes_limit, quota_limit = limits.bound("consensus_votes"), limits.bound("quota")
         agreeing = cols[0].number_input("Reviewers who must agree", votes_limit.widget_min, votes_limit.widget_max,
@@ -144,7 +144,7 @@ with blind_tab:
             except (PermissionError, ValueError) as exc:
                 widgets.show_error(exc)
             else:
-                st.success(f"Mixed {sum(added.values())} real val cells into {blind_reviewer}'s queue: "
+                st.success(f"Mixed {sum(added.values())} real val cells into {widgets.plain(blind_reviewer)}'s queue: "
                            + ", ".join(f"{c} {n}" for c, n in added.items()))
 
 with adjudication_tab:

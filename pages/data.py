@@ -97,7 +97,7 @@ if frame.current_dataset() is None:
     st.info("No dataset yet: import a folder above, or create the demo dataset in the **Demo** tab.")
     st.stop()
 info = frame.require_dataset()
-st.subheader(f"{info.name} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
+st.subheader(f"{widgets.plain(info.name)} · {info.kind} · {len(info.class_names)} classes · {info.image_size} px")
 counts = class_counts_frame(importing.class_split_counts(info.id))
 left, right = st.columns([2, 3])
 left.dataframe(counts, width="stretch")
@@ -110,7 +110,7 @@ if report.get("skipped") or report.get("converted") or report.get("empty_classes
     with st.expander(f"Import report: {len(report.get('skipped', []))} skipped, "
                      f"{len(report.get('converted', []))} converted"):
         if report.get("empty_classes"):
-            st.warning(f"Empty classes (no usable image): {', '.join(report['empty_classes'])}")
+            st.warning(f"Empty classes (no usable image): {widgets.plain(', '.join(report['empty_classes']))}")
         if report.get("skipped"):
             st.dataframe(report["skipped"], width="stretch")
         if report.get("converted"):

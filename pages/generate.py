@@ -2,12 +2,30 @@
 
 import streamlit as st
 
-from pages.ui import frame, widgets
+from pages.ui import frame, signin, widgets
 from wbc_core import gan_runs, generation, jobs, quality_views, views
 
 user = frame.ensure_frame()
 st.title("Generate")
 info = frame.require_dataset()
+# Training GANs, generating and scoring candidates decide what reviewers see: the train permission. The domain
+# checks again on every call; here the buttons are disabled and the page says which role is needed.
+can_train = signin.require_permission("train", "train GANs, generate candidates or score quality")
+
+
+def may_cancel(started_by: str | None) -> bool:
+    """Whether the signed-in user may stop a run: the train permission, or it is their own run."""
+    return can_train or (started_by is not None and started_by == user.username)
+
+
+def cancel(run_id: int) -> None:
+    try:
+        jobs.cancel(run_id, user)
+    except (PermissionError, LookupError) as exc:
+        widgets.show_error(exc)
+    else:
+        st.toast("Cancel requested; the run saves a checkpoint and stops.")
+
 
 with st.expander("Train a new GAN", expanded=True):
     # Outside the form, so picking a preset refills the fields below at once.
@@ -25,12 +43,12 @@ with st.expander("Train a new GAN", expanded=True):
         aux = cols[4].number_input("Class head (AC-GAN)", 0.0, 10.0, float(defaults["aux_weight"]), 0.1,
                                    help="weight of the discriminator's class loss; 0 = projection only")
         seed = cols[5].number_input("Seed", 0, 10**6, 0)
-        if st.form_submit_button("Start GAN training", type="primary"):
+        if st.form_submit_button("Start GAN training", type="primary", disabled=not can_train):
             chosen = {"steps": int(steps), "batch_size": int(batch), "g_width": int(width), "d_width": int(width),
                       "image_size": int(size), "aux_weight": float(aux), "seed": int(seed)}
             try:
-                run_id = gan_runs.start_gan_run(info.id, {**defaults, **chosen})
-            except (ValueError, LookupError) as exc:
+                run_id = gan_runs.start_gan_run(info.id, {**defaults, **chosen}, user=user)
+            except (ValueError, LookupError, PermissionError) as exc:
                 widgets.show_error(exc)
             else:
                 st.session_state["gan_run"] = run_id
@@ -40,6 +58,9 @@ table = views.runs_frame(info.id, kind="gan")
 if table.empty:
     st.info("No GAN run yet for this dataset. Start one above; it trains in the background.")
     st.stop()
+with st.expander("All GAN runs of this dataset"):
+    st.dataframe(table[["run", "status", "progress", "device", "seed", "created", "started by", "cancelled by"]],
+                 width="stretch", hide_index=True)
 run_ids = table["run"].tolist()
 if st.session_state.get("gan_run") not in run_ids:  # first visit, or another dataset was chosen
     st.session_state["gan_run"] = run_ids[0]
@@ -60,9 +81,11 @@ def live_panel(run_id: int, was_active: bool) -> None:
     # The worker's last progress line is stale once the run has ended, so it is shown only while it runs.
     message = f" · {state['message']}" if state["active"] and state["message"] else ""
     head[0].progress(state["progress"], text=f"**{state['status']}**{message}")
-    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}"):
-        jobs.cancel(run_id, by=user.username)
-        st.toast("Cancel requested; the run saves a checkpoint and stops.")
+    who = f"started by {state['started_by'] or 'unknown'}"
+    st.caption(who + (f" · cancelled by {state['cancelled_by']}" if state["cancelled_by"] else ""))
+    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}",
+                                          disabled=not may_cancel(state["started_by"])):
+        cancel(run_id)
     if state["error"]:
         st.error(state["error"].split("\n\n")[0])
     left, right = st.columns(2)
@@ -87,7 +110,7 @@ grid = next((c["grid"] for c in state["checkpoints"] if c["step"] == step and c[
 if grid:
     st.image(grid, caption=f"samples at step {step}", width=480)
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
-if cols[2].button("Generate candidates", type="primary", key="generate"):
+if cols[2].button("Generate candidates", type="primary", key="generate", disabled=not can_train):
     try:  # only queues the job: sampling and scoring run in their own process
         generation.start_generation(run_id, int(per_class), step=int(step), user=user)
     except (ValueError, LookupError, PermissionError) as exc:
@@ -105,8 +128,8 @@ def job_panel(kind: str, gan_run_id: int, what: str) -> None:
     state = views.job_summary(job.id)
     if state["active"]:
         st.progress(state["progress"], text=f"{what} (job {job.id}): {state['message'] or state['status']}")
-        if st.button("Cancel", key=f"cancel_job_{job.id}"):
-            jobs.cancel(job.id, by=user.username)
+        if st.button("Cancel", key=f"cancel_job_{job.id}", disabled=not may_cancel(job.started_by)):
+            cancel(job.id)
     elif state["status"] == "failed":
         st.error(f"{what} (job {job.id}) failed: {state['error_line']}", icon="🚫")
     elif state["status"] == "succeeded":
@@ -125,7 +148,7 @@ st.caption("Measured offline against the dataset's real cells with a real-only j
            "train-on-synthetic accuracy on real val cells.")
 qcols = st.columns([1, 3])
 quality_n = qcols[0].number_input("Cells per class to score", 8, 1000, 64, key="quality_per_class")
-if qcols[1].button(f"Score quality for step {step}", key="score_quality"):
+if qcols[1].button(f"Score quality for step {step}", key="score_quality", disabled=not can_train):
     try:
         generation.start_quality(run_id, step=int(step), per_class=int(quality_n), user=user)
     except (ValueError, LookupError, PermissionError) as exc:

@@ -17,7 +17,7 @@ import time
 
 import streamlit as st
 
-from pages.ui import frame, refresh, signin
+from pages.ui import frame, refresh, signin, widgets
 from wbc_core import auth, catalog, cell_detail, context, importing, review_model
 from wbc_core.thumbnails import thumbnail_path
 
@@ -177,7 +177,7 @@ def _thumb(item, size: int, home: str | None = None) -> str | None:  # noqa: ANN
 
 atlas = [t for t in (_thumb(p, 96) for p in importing.sample_paths(info.id, class_name, n=ATLAS_SIZE)) if t]
 if atlas:
-    st.caption(f"Real **{class_name}** cells (train split), for comparison")
+    st.caption(f"Real **{widgets.plain(class_name)}** cells (train split), for comparison")
     st.image(atlas, width=56, output_format="PNG")
 if not may_review:
     signin.require_permission("review", "record decisions (read-only view)")
@@ -204,7 +204,7 @@ def _quota(summary: list[dict]) -> None:
                 "(consensus of all reviewers; refreshed every few seconds)")
     if row["quota_met"]:
         open_classes = [r["class_name"] for r in summary if r["quota"] and not r["quota_met"]]
-        st.success(f"Quota met for **{class_name}**: {done} of {quota} accepted. "
+        st.success(f"Quota met for **{widgets.plain(class_name)}**: {done} of {quota} accepted. "
                    + (f"Classes still short: {', '.join(open_classes)}." if open_classes else "All quotas are met."),
                    icon="🎯")
 
@@ -316,7 +316,7 @@ def work_area() -> None:
     advance = 0 if state == "pending" else 1
 
     _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds), SUMMARY_MAX_AGE_S))
-    st.markdown(f"**{total}** {state} candidates of **{class_name}** for **{user.label}** · page {page + 1} of "
+    st.markdown(f"**{total}** {state} candidates of **{widgets.plain(class_name)}** for **{widgets.plain(user.label)}** · page {page + 1} of "
                 f"{pages} · {review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
 
     _highlight(cursor, [i for i, item in enumerate(items) if item["id"] in chosen])

@@ -6,7 +6,7 @@ from pages.ui import frame, signin, widgets
 from wbc_core import jobs, limits, mixing, retrain, views
 from wbc_core.jobs import groups
 
-frame.ensure_frame()
+user = frame.ensure_frame()
 st.title("Train")
 info = frame.require_dataset()
 can_train = signin.require_permission("train", "retrain classifiers")
@@ -78,8 +78,8 @@ with st.form("train_classifier"):
         try:
             mix = mixing.mix_from_options(strategy, float(share), int(target), float(weight), int(finetune),
                                           drop_unused=True)
-            launched = groups.start_training(info.id, recipe, overrides, seeds, mix=mix)
-        except (ValueError, LookupError) as exc:
+            launched = groups.start_training(info.id, recipe, overrides, seeds, mix=mix, user=user)
+        except (ValueError, LookupError, PermissionError) as exc:
             widgets.show_error(exc)
         else:
             st.session_state["classifier_run"] = launched.run_ids[0]
@@ -90,6 +90,9 @@ table = views.runs_frame(info.id, kind="classifier")
 if table.empty:
     st.info("No classifier run yet. Start one above; the real-only recipe is the baseline to compare against.")
     st.stop()
+with st.expander("All classifier runs of this dataset"):
+    st.dataframe(table[["run", "status", "recipe", "group", "seed", "created", "test macro-F1", "started by",
+                        "cancelled by"]], width="stretch", hide_index=True)
 run_ids = table["run"].tolist()
 if st.session_state.get("classifier_run") not in run_ids:  # first visit, or another dataset was chosen
     st.session_state["classifier_run"] = run_ids[0]
@@ -116,13 +119,19 @@ def live_panel(run_id: int, was_active: bool) -> None:
         detail += f" · {state['message']}" if state["message"] else ""
     bar = live["fraction"] if state["active"] else state["progress"]
     head[0].progress(min(1.0, bar), text=f"**{state['status']}** on {state['device'] or '…'}{detail}")
-    if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}", disabled=not can_train):
-        jobs.cancel(run_id)
-        st.toast("Cancel requested.")
-    if state["group_active"] and head[2].button("Cancel group", key=f"cancel_group_{run_id}",
-                                         help=f"stop every queued or running run of {state['group']}",
-                                         disabled=not can_train):
-        st.toast(f"Cancel requested for runs {groups.cancel_group(state['group'])}.")
+    who = f"started by {state['started_by'] or 'unknown'}"
+    st.caption(who + (f" · cancelled by {state['cancelled_by']}" if state["cancelled_by"] else ""))
+    own = state["started_by"] is not None and state["started_by"] == user.username
+    try:
+        if state["active"] and head[1].button("Cancel run", key=f"cancel_{run_id}", disabled=not (can_train or own)):
+            jobs.cancel(run_id, user)
+            st.toast("Cancel requested.")
+        if state["group_active"] and head[2].button("Cancel group", key=f"cancel_group_{run_id}",
+                                                    help=f"stop every queued or running run of {state['group']}",
+                                                    disabled=not can_train):
+            st.toast(f"Cancel requested for runs {groups.cancel_group(state['group'], user)}.")
+    except (PermissionError, LookupError) as exc:
+        widgets.show_error(exc)
     if state["active"]:
         m = st.columns(5)
         m[0].metric("Train loss", "–" if live["train_loss"] is None else f"{live['train_loss']:.4f}")

@@ -126,3 +126,13 @@ def context_on(home: Path, db_url: str | None = None) -> Iterator[Path]:
             yield home
     finally:
         ctx.close()
+
+
+def account(role: str = "admin", name: str | None = None):  # noqa: ANN201 - a wbc_core.auth.User
+    """The account `name` (default: the role's own name) in the current home's database, created with that role
+    and no password if it does not exist yet: the acting user that domain calls take."""
+    from db import users as users_db
+
+    name = name or role
+    found = users_db.get_user(name)
+    return found if found is not None else users_db.insert_user(name, "", role, None, "local")

@@ -272,3 +272,18 @@ def test_python_dash_m_and_the_entry_point_agree(tmp_path):
         out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.strip()) == {"datasets": []}
+
+
+def test_domain_errors_name_no_flags_and_the_cli_adds_its_own(wbc_home, capsys):
+    from wbc_core.cli.main import main as cli_main
+
+    assert cli_main(["demo", "--name", "d", "--per-class", "4", "--size", "32"]) == 0
+    capsys.readouterr()
+    assert cli_main(["demo", "--name", "d", "--per-class", "4", "--size", "32", "--json"]) == 2
+    error = capsys.readouterr().err
+    assert "a dataset named 'd' already exists; choose another name (pass another --name)" in error
+    from db import datasets as ds_db
+
+    with pytest.raises(ds_db.DatasetExists) as caught:
+        ds_db.create_dataset("d", "real", "", ["a"], {}, "", {}, [], image_size=32)
+    assert "--" not in str(caught.value)  # the domain's own words name no flag

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import TINY_CLASSES, draw_cell
+from support import TINY_CLASSES, account, draw_cell
 from test_results import FAST, add_candidates, run_in_process
 
 import wbc_core.classifier as classifier_pkg
@@ -72,7 +72,7 @@ def test_share_keeps_share_times_the_real_count_of_each_class_deterministically(
 
 
 def test_the_older_synthetic_cap_is_the_share_strategy(wbc_home, tiny_folder):
-    dataset_id = import_folder(tiny_folder, "tiny", size=32).dataset_id
+    dataset_id = import_folder(tiny_folder, "tiny", size=32, user=account()).dataset_id
     add_candidates(dataset_id, per_class=4)
     rows, labels = retrain.build_training_set(dataset_id, "all-synthetic", synthetic_cap=0.25, seed=1)
     mixed = retrain.mixed_training_set(dataset_id, "all-synthetic", mix=MixConfig("share", share=0.25), seed=1)
@@ -181,8 +181,9 @@ def skewed(wbc_home: Path, tmp_path: Path) -> int:
         (root / name).mkdir(parents=True)
         for i in range(n):
             draw_cell(rng, 32, TINY_CLASSES[name]).save(root / name / f"{name}_{i:02d}.jpg", quality=95)
-    dataset_id = import_folder(root, "skewed", size=32).dataset_id
-    review_model.decide(add_candidates(dataset_id, per_class=CANDIDATES), "ann", "accept")
+    dataset_id = import_folder(root, "skewed", size=32, user=account()).dataset_id
+    review_model.decide(add_candidates(dataset_id, per_class=CANDIDATES), "ann", "accept",
+                        user=account("reviewer", "ann"))
     return dataset_id
 
 
@@ -206,7 +207,8 @@ def run_recorded(monkeypatch: pytest.MonkeyPatch, dataset_id: int, mix: MixConfi
     recorder = Recorder()
     monkeypatch.setattr(classifier_pkg, "train_classifier", recorder)
     monkeypatch.setattr(retrain, "_write_exports", lambda run_id: "skipped in tests")
-    run_id = retrain.start_classifier_run(dataset_id, "curated", {**FAST, "epochs": epochs}, launch=False, mix=mix)
+    run_id = retrain.start_classifier_run(dataset_id, "curated", {**FAST, "epochs": epochs}, launch=False, mix=mix,
+                                          user=account())
     manifest = read_train_set(jobs.run_dir(run_id))
     return run_in_process(run_id), recorder.calls, manifest
 
@@ -256,8 +258,8 @@ def test_weight_job_hands_the_trainer_the_synthetic_weight(skewed, monkeypatch):
     expected = [0.4 if m["origin"] == "synthetic" else 1.0 for m in manifest]
     assert call["weights"].tolist() == expected and [m["weight"] for m in manifest] == expected
     assert run.train_set_summary["weights_digest"]
-    plain = retrain.start_classifier_run(skewed, "curated", FAST, launch=False)
-    lighter = retrain.start_classifier_run(skewed, "curated", FAST, launch=False,
+    plain = retrain.start_classifier_run(skewed, "curated", FAST, launch=False, user=account())
+    lighter = retrain.start_classifier_run(skewed, "curated", FAST, launch=False, user=account(),
                                            mix=MixConfig("weight", synthetic_weight=0.3))
     hashes = {run.train_set_hash, runs_db.get_run(plain).train_set_hash, runs_db.get_run(lighter).train_set_hash}
     assert len(hashes) == 3  # same cells, other weights: another training set
@@ -287,28 +289,41 @@ def test_two_stage_job_fine_tunes_on_real_train_cells_from_the_first_stage(skewe
     assert steps == {1, 2, 3}
 
 
+def test_every_strategy_is_recorded_in_the_run_config_and_gives_its_own_training_set_hash(skewed):
+    mixes = [None, MixConfig("share", share=0.5), MixConfig("fill", target=10),
+             MixConfig("weight", synthetic_weight=0.5), MixConfig("two-stage", finetune_epochs=1)]
+    runs = [runs_db.get_run(retrain.start_classifier_run(skewed, "curated", {**FAST, "epochs": 2}, launch=False,
+                                                         mix=mix, user=account())) for mix in mixes]
+    assert [r.config["mix"] for r in runs] == [None if m is None else m.to_dict() for m in mixes]
+    assert len({r.train_set_hash for r in runs}) == len(mixes)
+    again = retrain.start_classifier_run(skewed, "curated", {**FAST, "epochs": 2}, launch=False, mix=mixes[2],
+                                         user=account())
+    assert runs_db.get_run(again).train_set_hash == runs[2].train_set_hash  # same mix, same set
+
+
 def test_a_run_refuses_mixes_that_cannot_apply(skewed):
     with pytest.raises(retrain.RetrainError, match="the real recipe has no synthetic cells to mix"):
-        retrain.start_classifier_run(skewed, "real", FAST, launch=False, mix=MixConfig("share", share=1.0))
+        retrain.start_classifier_run(skewed, "real", FAST, launch=False, mix=MixConfig("share", share=1.0),
+                                     user=account())
     with pytest.raises(retrain.RetrainError, match="not both"):
-        retrain.start_classifier_run(skewed, "curated", FAST, launch=False, synthetic_cap=1.0,
+        retrain.start_classifier_run(skewed, "curated", FAST, launch=False, user=account(), synthetic_cap=1.0,
                                      mix=MixConfig("share", share=1.0))
     with pytest.raises(retrain.RetrainError, match="fewer than the run's epochs"):
-        retrain.start_classifier_run(skewed, "curated", {**FAST, "epochs": 2}, launch=False,
+        retrain.start_classifier_run(skewed, "curated", {**FAST, "epochs": 2}, launch=False, user=account(),
                                      mix=MixConfig("two-stage", finetune_epochs=2))
     assert runs_db.list_runs(kind="classifier") == []
 
 
 def test_an_ablation_mixes_its_synthetic_arms_and_keeps_the_real_baseline_plain(skewed):
     mix = MixConfig("fill", target=12)
-    launched = groups.start_ablation(skewed, FAST, seeds="0 1", mix=mix, launch=False)
+    launched = groups.start_ablation(skewed, FAST, seeds="0 1", mix=mix, launch=False, user=account())
     runs = [runs_db.get_run(r) for r in launched.run_ids]
     assert [(r.recipe, r.config["mix"]) for r in runs] == [
         (recipe, None if recipe == "real" else mix.to_dict()) for _ in (0, 1) for recipe in retrain.RECIPES]
-    seeds = groups.start_seeds(skewed, "curated", "0 1", FAST, mix=mix, launch=False)
+    seeds = groups.start_seeds(skewed, "curated", "0 1", FAST, mix=mix, launch=False, user=account())
     assert all(runs_db.get_run(r).config["mix"] == mix.to_dict() for r in seeds.run_ids)
     with pytest.raises(retrain.RetrainError, match="real recipe"):
-        groups.start_seeds(skewed, "real", "0 1", FAST, mix=mix, launch=False)
+        groups.start_seeds(skewed, "real", "0 1", FAST, mix=mix, launch=False, user=account())
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------

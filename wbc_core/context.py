@@ -38,6 +38,8 @@ class Settings:
     cpu_bf16: bool = True  # WBC_CPU_BF16=0: fp32 on CPUs even where bf16 is native
     cuda_amp_dtype: str = ""  # WBC_CUDA_AMP_DTYPE: "fp16" or "bf16" forces the GPU's mixed precision
     mlflow_tracking_uri: str | None = None  # MLFLOW_TRACKING_URI: finished runs are also logged there (optional)
+    ray_address: str | None = None  # WBC_RAY_ADDRESS: jobs become Ray jobs on this cluster's dashboard (optional)
+    sentinel_token: str | None = None  # WBC_SENTINEL: a Ray worker's proof that it sees the app's WBC_HOME
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
@@ -56,7 +58,9 @@ class Settings:
                    quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots,
                    cpu_bf16=(env.get("WBC_CPU_BF16") or "1").strip() != "0",
                    cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower(),
-                   mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None)
+                   mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None,
+                   ray_address=(env.get("WBC_RAY_ADDRESS") or "").strip() or None,
+                   sentinel_token=(env.get("WBC_SENTINEL") or "").strip() or None)
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""
@@ -68,6 +72,8 @@ class Settings:
             env["WBC_DB_URL"] = self.db_url
         if self.mlflow_tracking_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        if self.ray_address:  # a chain process launches its runs on the same cluster
+            env["WBC_RAY_ADDRESS"] = self.ray_address
         return env
 
 

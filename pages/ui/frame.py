@@ -15,6 +15,7 @@ from pages.ui.signin import (
     sign_out,
     signed_in_user,
 )
+from pages.ui.widgets import plain
 from wbc_core import auth, catalog, jobs
 from wbc_core.auth import User
 from wbc_core.catalog import DatasetInfo
@@ -93,9 +94,9 @@ def sidebar(user: User | None = None) -> None:
         user = user or st.session_state.get(USER_KEY)
         if user is not None:
             if auth_off():
-                st.caption(f"Sign-in is off ({AUTH_ENV}=off): acting as **{user.label}** ({user.role}).")
+                st.caption(f"Sign-in is off ({AUTH_ENV}=off): acting as **{plain(user.label)}** ({user.role}).")
             else:
-                st.caption(f"Signed in as **{user.label}** · {user.role}")
+                st.caption(f"Signed in as **{plain(user.label)}** · {user.role}")
                 if st.button("Sign out", key="logout", icon=":material/logout:"):
                     sign_out()
                     if oidc_configured():

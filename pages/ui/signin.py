@@ -12,9 +12,12 @@ change or a disabled account applies at once. Tests may set that key directly.
 
 from __future__ import annotations
 
+import secrets
+
 import streamlit as st
 
 from pages.ui.app_context import ensure_ready
+from pages.ui.widgets import plain
 from wbc_core import auth
 from wbc_core.auth import User
 from wbc_core.vocabulary import ROLE_ORDER
@@ -120,16 +123,25 @@ def needed_role(permission: str) -> str:
 def require_permission(permission: str, what: str | None = None) -> bool:
     """True if the signed-in user may do this; otherwise show a plain message (what they cannot do) and say False.
 
-    Use it around action widgets: `if common.require_permission("train"): <the form>`. The domain call still
+    Use it around action widgets: `if signin.require_permission("train"): <the form>`. The domain call still
     gets `user=` where it takes one, so a stale page cannot act either.
     """
     if can(permission):
         return True
     user = st.session_state.get(USER_KEY)
-    who = f"{user.role} '{user.username}'" if user is not None else "Nobody signed in"
+    who = f"{user.role} '{plain(user.username)}'" if user is not None else "Nobody signed in"
     st.info(f"{who} cannot {what or permission.replace('_', ' ')}: that needs the "
             f"**{needed_role(permission)}** role. Ask an admin.", icon="🔒")
     return False
+
+
+def _client_key() -> str:
+    """Who is trying, for the per-client back-off: the browser's address where Streamlit knows it, else the
+    browser session (a new tab starts a new count, but the per-account lock still holds)."""
+    address = getattr(st.context, "ip_address", None)
+    if address:
+        return f"ip:{address}"
+    return "session:" + st.session_state.setdefault("_client_id", secrets.token_hex(8))
 
 
 def login_page() -> None:
@@ -162,7 +174,7 @@ def login_page() -> None:
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         try:
-            user = auth.authenticate(username, password)
+            user = auth.authenticate(username, password, client=_client_key())
         except auth.SignInLocked as exc:
             st.error(f"{str(exc).capitalize()}.", icon="🚫")
             return

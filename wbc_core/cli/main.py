@@ -222,7 +222,7 @@ def _report(exc: Exception, argv: list[str], wants_json: bool) -> int:
     """Print exc as one plain line (and one JSON object with --json); log its traceback unless it is a usage
     error. Unexpected kinds of error name the log on that line; plain ones (a missing dataset, a bad value) do
     not clutter it, but their traceback is kept all the same."""
-    message = _one_line(exc)
+    message = _one_line(exc) + _flag_hint(exc, argv)
     log = None if isinstance(exc, CliError) else _write_log(exc, argv)
     if not isinstance(exc, (CliError, *PLAIN_ERRORS)):
         message = f"unexpected {type(exc).__name__}: {message}" + (f" (traceback in {log})" if log else "")
@@ -233,6 +233,21 @@ def _report(exc: Exception, argv: list[str], wants_json: bool) -> int:
         print(json.dumps(payload, default=str))
     print(f"error: {message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _flag_hint(exc: Exception, argv: list[str]) -> str:
+    """The CLI's own words for a domain error that speaks of what the user gave (the domain names no flags)."""
+    from db.datasets import DatasetExists, DatasetNotFound
+
+    if isinstance(exc, DatasetExists) and "--name" in argv:
+        return " (pass another --name)"
+    if isinstance(exc, DatasetNotFound):
+        return " (see `python -m wbc_core datasets`)"
+    if isinstance(exc, LookupError) and "there is no run" in str(exc):
+        return " (see `python -m wbc_core runs`)"
+    if "working size" in str(exc) and "--size" in argv:
+        return " (--size)"
+    return ""
 
 
 def _log_dirs() -> list[Path]:

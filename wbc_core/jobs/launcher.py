@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from db import runs as runs_db
-from wbc_core.context import current
+from wbc_core.context import Settings, current
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,13 +21,7 @@ _children_lock = threading.Lock()
 
 def spawn(module: str, args: Sequence[str], log_path: Path) -> int:
     """Start `python -m module args...` detached, logging to log_path, with this context's home; return its pid."""
-    ctx = current()
-    env = dict(os.environ)
-    env.update(ctx.settings.child_environ())  # the child builds the same context, whatever its cwd
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    # Idle OpenMP threads otherwise spin-wait; with a GAN and a classifier job (or the UI) sharing two
-    # cores that made training 10-20x slower in our measurements. Passive waiting costs nothing when alone.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env = {**os.environ, **worker_environ(current().settings, os.environ)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         # A new session detaches the process from the terminal and from Streamlit's process group,
@@ -42,6 +35,17 @@ def spawn(module: str, args: Sequence[str], log_path: Path) -> int:
     return proc.pid
 
 
+def worker_environ(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a worker process needs on top of its machine's environment (also a Ray job's env_vars)."""
+    base = base or {}
+    env = settings.child_environ()  # the child builds the same context, whatever its cwd
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), base.get("PYTHONPATH")]))
+    # Idle OpenMP threads otherwise spin-wait; with a GAN and a classifier job (or the UI) sharing two
+    # cores that made training 10-20x slower in our measurements. Passive waiting costs nothing when alone.
+    env["OMP_WAIT_POLICY"] = base.get("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def reap() -> None:
     """Collect the exit status of children that ended (so their pids stop answering kill -0)."""
     for pid, proc in list(_children.items()):
@@ -50,14 +54,23 @@ def reap() -> None:
 
 
 def launch(run_id: int) -> int:
-    """Start the worker process for a queued run and return its pid."""
+    """Start the worker of a queued run through the configured executor; its pid (0 for a Ray job).
+
+    When the executor cannot take it (a Ray address that does not answer), the run is closed as failed with that
+    reason, so nothing stays queued, and the ExecutorError is raised."""
+    from wbc_core.jobs.executors import ExecutorError, executor_for
+
     ctx = current()
     folder = ctx.paths.run_dir(run_id)
     log_path = folder / "worker.log"
-    runs_db.set_artifact_dir(run_id, ctx.relative(folder), ctx.relative(log_path))
-    pid = spawn("wbc_core.worker", [str(run_id)], log_path)
-    runs_db.set_pid(run_id, pid, socket.gethostname())
-    return pid
+    try:
+        executor = executor_for(ctx.settings)
+        local = executor.name == "local"
+        runs_db.set_artifact_dir(run_id, ctx.relative(folder), ctx.relative(log_path) if local else None)
+        return executor.launch(run_id, log_path)
+    except ExecutorError as exc:
+        runs_db.finish_run(run_id, "failed", error=str(exc))
+        raise
 
 
 def launch_chain(run_ids: Sequence[int]) -> int:

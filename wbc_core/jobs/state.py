@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from db import runs as runs_db
 from db.models import utcnow
 from wbc_core.context import current
-from wbc_core.jobs import launcher
+from wbc_core.jobs import executors, launcher
 from wbc_core.jobs.kinds import kind as job_kind
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ HEARTBEAT_SECONDS = 2.0  # worker heartbeat cadence; also how often it re-reads 
 STALE_SECONDS = 60.0  # a running job silent this long is dead, whatever its pid says
 START_GRACE_SECONDS = 120.0  # a queued job may take this long to import torch and report in
 RECONCILE_EVERY_SECONDS = 5.0  # reconcile_if_due() runs a reconcile at most this often per process
+CANCEL_GRACE_SECONDS = 60.0  # a cancelled Ray job still running this long after is stopped through Ray
 
 _last_reconcile = 0.0
 
@@ -40,6 +41,8 @@ def submit(kind: str, dataset_id: int | None, config: dict[str, Any], *, seed: i
            launch: bool = True, **run_fields: Any) -> int:
     """Create a queued run of a job kind and (by default) launch its worker; return the run id."""
     job_kind(kind)  # refuses unknown kinds before anything is written
+    if launch:
+        executors.check_ready(current().settings)  # a Ray address that does not answer: refused, nothing queued
     run_id = runs_db.create_run(kind, dataset_id, config, seed=seed, started_by=started_by, **run_fields)
     if launch:
         launcher.launch(run_id)
@@ -63,7 +66,7 @@ def cancel(run_id: int, user: User) -> bool:
     Allowed with the train permission or for one's own run (PermissionDenied otherwise); records who asked.
     False if the run had already ended."""
     acting = check_cancel(runs_db.get_run(run_id), user)
-    return runs_db.request_cancel(run_id, acting.username)
+    return _stop_ray_job_if_ended(run_id, runs_db.request_cancel(run_id, acting.username))
 
 
 def request_stop(run_id: int, by: str) -> bool:
@@ -71,7 +74,23 @@ def request_stop(run_id: int, by: str) -> bool:
     process that follows the run). by names the part that asked, as "system:<what>"; never call it for a user."""
     if not by.startswith("system:"):
         raise ValueError(f"request_stop is for the system itself (by='system:...'), got {by!r}; use cancel()")
-    return runs_db.request_cancel(run_id, by)
+    return _stop_ray_job_if_ended(run_id, runs_db.request_cancel(run_id, by))
+
+
+def _stop_ray_job_if_ended(run_id: int, asked: bool) -> bool:
+    """After a cancel: a Ray run cancelled while queued is stopped in Ray too (Ray would still start it)."""
+    if asked:
+        info = runs_db.get_run(run_id)
+        ray = _ray_executor() if info.executor == "ray" and not info.active else None
+        if ray is not None:
+            ray.stop(info.external_id)
+    return asked
+
+
+def _ray_executor() -> executors.RayExecutor | None:
+    """The Ray executor of this context, None when WBC_RAY_ADDRESS is not set here (the heartbeat decides then)."""
+    settings = current().settings
+    return executors.RayExecutor(settings.ray_address) if settings.ray_address else None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -101,6 +120,11 @@ def reconcile() -> list[int]:
     host = socket.gethostname()
     for run in runs_db.active_runs():
         age = (now - (run.heartbeat_at or run.created_at)).total_seconds()
+        if run.executor == "ray":  # the pid means nothing here: Ray's job status and the heartbeat decide
+            ended = _reconcile_ray(run, age)
+            if ended is not None and runs_db.finish_run(run.id, ended[0], error=ended[1]) and ended[0] == "failed":
+                failed.append(run.id)
+            continue
         # The pid only means something on the machine that launched the worker; elsewhere
         # (a shared PostgreSQL) the heartbeat alone decides.
         gone = run.pid is not None and run.hostname == host and not pid_alive(run.pid)
@@ -111,6 +135,43 @@ def reconcile() -> list[int]:
         if dead and runs_db.finish_run(run.id, "failed", error=_death_reason(run.id, age)):
             failed.append(run.id)
     return failed
+
+
+def _reconcile_ray(run: runs_db.RunInfo, age: float) -> tuple[str, str] | None:
+    """(final status, reason) for an active run of a Ray job that is gone or hung; None while it is fine."""
+    ray = _ray_executor()
+    status = ray.status(run.external_id) if ray is not None else None
+    waiting_since = current().caches.get("ray_cancel_seen", dict)  # run id -> when this process saw the cancel
+    if status in executors.RAY_ENDED:
+        waiting_since.pop(run.id, None)
+        if run.cancel_requested and status == "STOPPED":
+            return "cancelled", "the Ray job was stopped after cancel"
+        return "failed", _ray_death_reason(run, age, f"ended ({status})", ray.log_tail(run.external_id))
+    if run.cancel_requested and status == "RUNNING":
+        first = waiting_since.setdefault(run.id, time.monotonic())
+        if time.monotonic() - first > CANCEL_GRACE_SECONDS:
+            ray.stop(run.external_id)
+            waiting_since.pop(run.id, None)
+            return "cancelled", (f"the run did not stop within {CANCEL_GRACE_SECONDS:.0f} s of cancel; its Ray job "
+                                 f"{run.external_id} was stopped")
+    hung = (run.status == "running" and age > STALE_SECONDS) or (
+        run.status == "queued" and status != "PENDING" and age > START_GRACE_SECONDS)  # PENDING: waits for a GPU
+    if not hung:
+        return None
+    tail = ""
+    if ray is not None:
+        tail = ray.log_tail(run.external_id)
+        ray.stop(run.external_id)
+    return "failed", _ray_death_reason(run, age, f"went silent (Ray says {status or 'nothing'})", tail)
+
+
+def _ray_death_reason(run: runs_db.RunInfo, age: float, what: str, tail: str) -> str:
+    for line in tail.splitlines():  # the worker's own plain refusal (a worker that cannot see the shared home)
+        if "cannot see WBC_HOME" in line:
+            return line.strip() + f"\nLast lines of the Ray job's log:\n{tail}"
+    message = (f"the Ray job {run.external_id} {what} without the run reporting back (last heartbeat {age:.0f} s "
+               "ago): its worker was killed or crashed. Resume the run or start it again.")
+    return message + (f"\nLast lines of the Ray job's log:\n{tail}" if tail.strip() else "")
 
 
 def reconcile_if_due() -> list[int]:
@@ -165,5 +226,10 @@ def wait(run_id: int, timeout: float | None = None, poll: float = 0.5, on_poll=N
 def kill(run_id: int) -> None:
     """Hard-kill a run's worker (tests and emergencies only; normal stops go through cancel())."""
     info = runs_db.get_run(run_id)
+    if info.executor == "ray":
+        ray = _ray_executor()
+        if ray is not None:
+            ray.stop(info.external_id)
+        return
     if info.pid and pid_alive(info.pid):
         os.killpg(info.pid, signal.SIGKILL)

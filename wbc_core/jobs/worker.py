@@ -16,6 +16,7 @@ import traceback
 
 from db import runs
 from wbc_core import context
+from wbc_core.jobs.executors import check_shared_home
 from wbc_core.jobs.kinds import kind as job_kind
 from wbc_core.jobs.state import HEARTBEAT_SECONDS
 from wbc_core.tracking import log_finished_run
@@ -75,8 +76,29 @@ def _heartbeat_loop(ctx: JobContext, done: threading.Event) -> None:
             traceback.print_exc()
 
 
+def _report_unseen_home(settings: context.Settings, run_id: int, message: str) -> None:
+    """Close the run as failed when its database lies outside the unseen home (else the app reads the log)."""
+    if settings.db_url.startswith("sqlite") and not os.path.exists(settings.db_url.partition(":///")[2]):
+        return  # a SQLite file in a home this machine cannot see: the app's reconcile reports the Ray log instead
+    from db.engine import Database, bind
+
+    database = Database(settings.db_url)
+    bind(database)
+    try:
+        runs.finish_run(run_id, "failed", error=message)
+    finally:
+        bind(None)
+        database.dispose()
+
+
 def main(run_id: int) -> int:
     """Execute one run to its end; the exit code is 0 unless the run failed."""
+    settings = context.Settings.from_environ()
+    unseen = check_shared_home(settings, run_id)  # before the context: building it would create an empty home
+    if unseen:
+        print(unseen, flush=True)
+        _report_unseen_home(settings, run_id, unseen)
+        return 3
     context.current("worker")  # builds the context from the environment the launcher set, schema applied
     if not runs.mark_started(run_id, os.getpid(), socket.gethostname()):
         print(f"run {run_id} is no longer queued (cancelled before it started?); nothing to do", flush=True)
