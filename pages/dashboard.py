@@ -112,8 +112,8 @@ if finished:
 
     st.subheader("Download a model")
     dl_run = st.selectbox("Run to download", finished, format_func=labels.get)
-    d = st.columns(3)
-    # Callables: the bytes are produced only when clicked (the TorchScript export takes a few seconds).
+    d = st.columns(4)
+    # Callables: the bytes are read only when clicked; the classifier job wrote the files, nothing is exported here.
     d[0].download_button("Download checkpoint (model.pt)", partial(results.model_bytes, dl_run, "checkpoint"),
                          file_name=f"run_{dl_run}_model.pt", mime="application/octet-stream", key="dl_checkpoint",
                          help="state dict + class names + normalisation + config; load with "
@@ -123,4 +123,12 @@ if finished:
                          key="dl_torchscript", help="torch.jit.load; uint8 [N,3,S,S] in, probabilities out")
     d[2].download_button("Download class map (JSON)", partial(results.model_bytes, dl_run, "card"),
                          file_name=f"run_{dl_run}_classes.json", mime="application/json", key="dl_card")
-    st.caption(f"`python -m wbc_core predict --model run_{dl_run}_model.pt IMAGE...` works with either file.")
+    if results.onnx_ready(dl_run):
+        d[3].download_button("Download ONNX", partial(results.model_bytes, dl_run, "onnx"),
+                             file_name=f"run_{dl_run}_model.onnx", mime="application/octet-stream", key="dl_onnx",
+                             help="onnxruntime; uint8 [N,3,S,S] in, probabilities out")
+    else:
+        d[3].caption(f"ONNX: `python -m wbc_core export-model --run {dl_run} --out DIR` writes it (about 10 s), "
+                     "then it can be downloaded here too.")
+    st.caption(f"`python -m wbc_core predict --model run_{dl_run}_model.pt IMAGE...` works with any of the three "
+               "model files (checkpoint, TorchScript, ONNX).")

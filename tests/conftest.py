@@ -16,6 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 from pg_support import BACKENDS, PgCluster, start_cluster
+from ray_support import RayCluster
+from ray_support import start_cluster as start_ray_cluster
 from support import TINY_CLASSES, active_home, draw_cell
 
 
@@ -37,6 +39,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pg_cluster() -> Iterator[PgCluster]:
     """The session's throw-away PostgreSQL cluster (skips, or fails under CI=true, where there is none)."""
     cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """The session's throw-away local Ray head node (skips, or fails under CI=true, where Ray is not installed)."""
+    cluster = start_ray_cluster()
     yield cluster
     cluster.stop()
 

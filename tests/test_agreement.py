@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from support import account
 
 from db import datasets
 from db import decisions as decisions_db
@@ -62,10 +63,11 @@ def test_agreement_report_from_current_votes(voted):
     for name, votes in (("ann", ann), ("bob", bob)):
         for image_id, vote in zip(ids, votes, strict=False):
             verdict, _, new_class = vote.partition(":")
-            review_model.decide([image_id], name, verdict, new_class=new_class or None)
-    review_model.decide(ids[6:], "ann", "accept")  # class b: one rater per item, no Fleiss kappa there
-    review_model.decide([ids[1]], "cem", "reject")
-    review_model.decide([ids[1]], "cem", "undo")  # withdrawn votes do not count
+            review_model.decide([image_id], name, verdict, new_class=new_class or None, user=account("reviewer", name))
+    # class b: one rater per item, no Fleiss kappa there
+    review_model.decide(ids[6:], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[1]], "cem", "reject", user=account("reviewer", "cem"))
+    review_model.decide([ids[1]], "cem", "undo", user=account("reviewer", "cem"))  # withdrawn votes do not count
     report = agreement_report(dataset_id)
     pair = report["pairs"][0]
     assert (pair["reviewer_a"], pair["reviewer_b"], pair["n"]) == ("ann", "bob", 6)
@@ -79,15 +81,18 @@ def test_agreement_report_from_current_votes(voted):
 
 def test_realism_report_scores_blind_cells(voted):
     dataset_id, ids = voted
-    review_model.enable_blind_test(dataset_id, "ann", fraction=0.25, seed=0)  # 2 real cells for a, 1 for b
+    # 2 real cells for a, 1 for b
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.25, seed=0, user=account())
     blind = decisions_db.blind_items(dataset_id, "ann")
     assert Counter(b["class_name"] for b in blind) == {"a": 2, "b": 1}
     real_a = [b["image_id"] for b in blind if b["class_name"] == "a"]
-    review_model.decide(real_a[:1], "ann", "reject", reason="GAN texture artefact")  # a real cell called fake
-    review_model.decide(real_a[1:], "ann", "accept")
-    review_model.decide(ids[:4], "ann", "accept")
-    review_model.decide(ids[4:6], "ann", "reject")
-    review_model.decide(ids[:6], "bob", "reject")  # bob is not in blind mode: not part of the realism numbers
+    # a real cell called fake
+    review_model.decide(real_a[:1], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
+    review_model.decide(real_a[1:], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide(ids[:4], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide(ids[4:6], "ann", "reject", user=account("reviewer", "ann"))
+    # bob is not in blind mode: not part of the realism numbers
+    review_model.decide(ids[:6], "bob", "reject", user=account("reviewer", "bob"))
     report = realism_report(dataset_id)
     assert report["reviewers"] == [{"reviewer": "ann", "real_shown": 3, "real_decided": 2, "real_rejected": 1,
                                     "rejected_as_fake_rate": 0.5}]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from support import context_on
+from support import account, context_on
 
 from db import datasets
 from db import decisions as decisions_db
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def test_password_is_stored_as_salted_pbkdf2_and_verified(wbc_home):
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     from db.users import get_credentials
 
     user, stored = get_credentials("ann")
@@ -44,9 +44,9 @@ def test_password_is_stored_as_salted_pbkdf2_and_verified(wbc_home):
 
 
 def test_every_failed_login_looks_the_same(wbc_home):
-    auth.create_user("ann", "correct horse", "reviewer")
-    auth.create_user("dis", "correct horse", "reviewer")
-    auth.disable_user("dis")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
+    auth.create_user("dis", "correct horse", "reviewer", user=account())
+    auth.disable_user("dis", user=account())
     auth.ensure_oidc_user("oidc@lab.org", "Oidc Person")
     assert auth.authenticate("ann", "wrong horse") is None
     assert auth.authenticate("nobody", "correct horse") is None
@@ -57,7 +57,7 @@ def test_every_failed_login_looks_the_same(wbc_home):
 
 def test_old_hashes_are_upgraded_at_login(wbc_home, monkeypatch):
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 2_000)
     assert auth.authenticate("ann", "correct horse") is not None
     from db.users import get_credentials
@@ -74,36 +74,60 @@ def test_old_hashes_are_upgraded_at_login(wbc_home, monkeypatch):
 ])
 def test_bad_names_and_passwords_are_refused_plainly(wbc_home, name, password, message):
     with pytest.raises(ValueError, match=message):
-        auth.create_user(name, password, "viewer")
-    assert not auth.has_users()
+        auth.create_user(name, password, "viewer", user=account())
+    assert [u.username for u in auth.list_users()] == ["admin"]  # only the acting admin
 
 
 def test_user_admin_functions(wbc_home, monkeypatch):
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)  # many hashes here; the count is tested above
     assert not auth.has_users()
-    auth.create_user("ann", "password1", "admin", display_name="Ann A.")
-    auth.create_user("bob.b@lab-1.org", "password2", "viewer")
+    ann = auth.create_first_admin("ann", "password1", display_name="Ann A.")
+    bob = auth.create_user("bob.b@lab-1.org", "password2", "viewer", user=ann)
     assert auth.has_users()
     with pytest.raises(auth.UserExists, match="already exists"):
-        auth.create_user("ann", "password3", "viewer")
+        auth.create_user("ann", "password3", "viewer", user=ann)
     with pytest.raises(ValueError, match="role must be one of"):
-        auth.create_user("carl", "password3", "superuser")
-    assert auth.set_role("bob.b@lab-1.org", "reviewer").role == "reviewer"
-    auth.set_password("bob.b@lab-1.org", "newpassword")
+        auth.create_user("carl", "password3", "superuser", user=ann)
+    with pytest.raises(PermissionDenied, match="viewer 'bob.b@lab-1.org' may not manage users"):
+        auth.create_user("carl", "password3", "viewer", user=bob)
+    assert auth.set_role("bob.b@lab-1.org", "reviewer", user=ann).role == "reviewer"
+    auth.set_password("bob.b@lab-1.org", "newpassword", user=ann)
     assert auth.authenticate("bob.b@lab-1.org", "password2") is None
     assert auth.authenticate("bob.b@lab-1.org", "newpassword").role == "reviewer"
     assert [(u.username, u.role, u.label) for u in auth.list_users()] == [
         ("ann", "admin", "Ann A."), ("bob.b@lab-1.org", "reviewer", "bob.b@lab-1.org")]
     with pytest.raises(auth.UserNotFound):
-        auth.set_role("nobody", "viewer")
+        auth.set_role("nobody", "viewer", user=ann)
     # The last enabled admin can be neither demoted nor disabled; with a second admin both work.
     with pytest.raises(ValueError, match="last enabled admin"):
-        auth.set_role("ann", "viewer")
+        auth.set_role("ann", "viewer", user=ann)
     with pytest.raises(ValueError, match="last enabled admin"):
-        auth.disable_user("ann")
-    auth.set_role("bob.b@lab-1.org", "admin")
-    assert auth.disable_user("ann").disabled
-    assert auth.disable_user("ann", disabled=False).disabled is False
+        auth.disable_user("ann", user=ann)
+    auth.set_role("bob.b@lab-1.org", "admin", user=ann)
+    assert auth.disable_user("ann", user=bob).disabled
+    assert auth.disable_user("ann", disabled=False, user=bob).disabled is False
+
+
+def test_only_user_managers_change_accounts_but_everyone_sets_their_own_password(wbc_home, monkeypatch):
+    monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
+    ann = auth.create_first_admin("ann", "password1")
+    rita = auth.create_user("rita", "password1", "reviewer", user=ann)
+    vic = auth.create_user("vic", "password1", "viewer", user=ann)
+    for actor in (rita, vic):
+        for change in (lambda a=actor: auth.set_role(a.username, "admin", user=a),
+                       lambda a=actor: auth.set_password("ann", "taken over", user=a),
+                       lambda a=actor: auth.disable_user("ann", user=a),
+                       lambda a=actor: auth.unlock_user("ann", user=a),
+                       lambda a=actor: auth.create_user("mallory", "password1", "admin", user=a)):
+            with pytest.raises(PermissionDenied, match="may not manage users"):
+                change()
+        auth.set_password(actor.username, "my own new one", user=actor)
+        assert auth.authenticate(actor.username, "my own new one") is not None
+    assert [(u.username, u.role) for u in auth.list_users()] == [("ann", "admin"), ("rita", "reviewer"),
+                                                                  ("vic", "viewer")]
+    assert auth.authenticate("ann", "password1") is not None
+    with pytest.raises(PermissionDenied, match="sign in first"):
+        auth.create_user("mallory", "password1", "admin", user=None)
 
 
 def test_oidc_first_user_is_admin_then_viewers(wbc_home):
@@ -112,24 +136,24 @@ def test_oidc_first_user_is_admin_then_viewers(wbc_home):
     second = auth.ensure_oidc_user("bob@lab.org", "Bob")
     assert second.role == "viewer"
     assert auth.ensure_oidc_user("ann@lab.org", "Ann again") == first  # second login: the same user
-    auth.set_role("ann@lab.org", "admin")
-    auth.set_role("bob@lab.org", "admin")
-    auth.disable_user("bob@lab.org")
+    auth.set_role("ann@lab.org", "admin", user=first)
+    auth.set_role("bob@lab.org", "admin", user=first)
+    auth.disable_user("bob@lab.org", user=first)
     with pytest.raises(PermissionDenied, match="disabled"):
         auth.ensure_oidc_user("bob@lab.org", "Bob")
 
 
 def test_oidc_after_local_users_creates_a_viewer(wbc_home, monkeypatch):
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    auth.create_user("root", "password1", "admin")
+    auth.create_user("root", "password1", "admin", user=account())
     assert auth.ensure_oidc_user("eve@lab.org").role == "viewer"
 
 
 def test_permissions_table_and_plain_denials(wbc_home, monkeypatch):
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    admin = auth.create_user("ann", "password1", "admin")
-    rev = auth.create_user("rita", "password1", "reviewer")
-    bob = auth.create_user("bob", "password1", "viewer")
+    admin = auth.create_user("ann", "password1", "admin", user=account())
+    rev = auth.create_user("rita", "password1", "reviewer", user=account())
+    bob = auth.create_user("bob", "password1", "viewer", user=account())
     assert auth.PERMISSIONS["review"] == {"admin", "reviewer"}
     assert auth.PERMISSIONS["export"] == {"admin", "reviewer"}
     for perm in ("adjudicate", "import", "train", "manage_users"):
@@ -145,10 +169,10 @@ def test_permissions_table_and_plain_denials(wbc_home, monkeypatch):
     with pytest.raises(ValueError, match="unknown permission"):
         auth.authorize(admin, "fly")
     # authorize re-reads the user: a role taken away (or a disabled account) applies to a stale object at once.
-    auth.set_role("rita", "viewer")
+    auth.set_role("rita", "viewer", user=account())
     with pytest.raises(PermissionDenied, match="viewer 'rita' may not review"):
         auth.authorize(rev, "review")
-    auth.disable_user("bob")
+    auth.disable_user("bob", user=account())
     with pytest.raises(PermissionDenied, match="disabled"):
         auth.authorize(bob, "view")
 
@@ -158,8 +182,8 @@ def test_decide_checks_the_acting_user(wbc_home, monkeypatch):
     dataset_id = datasets.create_dataset("d", "real", "src", ["a", "b"], {}, "h", {}, [])
     ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name="a", split=None, sha256=f"s{i}",
                                                 path=f"q{i}", width=8, height=8) for i in range(3)])
-    rita = auth.create_user("rita", "password1", "reviewer")
-    bob = auth.create_user("bob", "password1", "viewer")
+    rita = auth.create_user("rita", "password1", "reviewer", user=account())
+    bob = auth.create_user("bob", "password1", "viewer", user=account())
     with pytest.raises(PermissionDenied, match="viewer 'bob' may not review"):
         review_model.decide(ids[:1], "bob", "accept", user=bob)
     with pytest.raises(PermissionDenied, match="your own name"):
@@ -171,9 +195,12 @@ def test_decide_checks_the_acting_user(wbc_home, monkeypatch):
         review_model.adjudicate(ids[1:2], rita, "accept")
     with pytest.raises(PermissionDenied, match="configure review"):
         review_model.set_review_settings(dataset_id, review_model.ReviewSettings(), rita)
-    # Trusted headless use (no user) keeps working with the old positional call.
-    review_model.decide(ids[2:], "cli", "reject")
-    assert {d["reviewer"] for d in decisions_db.current_decisions(dataset_id)} == {"rita", "cli"}
+    # There is no trusted caller without a user any more: nobody's decisions are refused, never recorded.
+    with pytest.raises(PermissionDenied, match="sign in first"):
+        review_model.decide(ids[2:], "cli", "reject", user=None)
+    with pytest.raises(PermissionDenied, match="sign in first"):
+        review_model.set_review_settings(dataset_id, review_model.ReviewSettings(), None)
+    assert {d["reviewer"] for d in decisions_db.current_decisions(dataset_id)} == {"rita"}
 
 
 def _cli(home, *args: str, stdin: str | None = None, db_url: str | None = None) -> subprocess.CompletedProcess:
@@ -192,7 +219,9 @@ def test_cli_user_add_reads_the_password_from_stdin(tmp_path, db_url):
     assert json.loads(out.stdout) == {"username": "ann", "role": "admin", "display_name": None, "source": "local",
                                       "disabled": False}
     listed = _cli(home, "user", "list", db_url=db_url)
-    assert [u["username"] for u in json.loads(listed.stdout)["users"]] == ["ann"]
+    # The CLI acted as the machine's owner: its default account, created as admin (without a password) on first use.
+    assert [(u["username"], u["role"]) for u in json.loads(listed.stdout)["users"]] == [("ann", "admin"),
+                                                                                      ("local", "admin")]
     short = _cli(home, "user", "add", "bob", "--role", "viewer", "--password-stdin", stdin="short\n", db_url=db_url)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
     # A password on the command line (visible in ps and shell history) is not accepted.
@@ -234,7 +263,7 @@ def _attempt(username: str, password: str, client: str | None = None) -> str:
 
 def test_eighty_wrong_passwords_lock_the_account_until_the_back_off_ends(wbc_home, clock):
     """80 wrong passwords in a row, then the right one, signed in at once before."""
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     outcomes = [_attempt("ann", "wrong horse") for _ in range(80)]
     assert outcomes == ["wrong"] * auth.ACCOUNT_FREE_FAILURES + ["locked"] * (80 - auth.ACCOUNT_FREE_FAILURES)
     with pytest.raises(auth.SignInLocked) as locked:
@@ -258,11 +287,11 @@ def test_eighty_wrong_passwords_lock_the_account_until_the_back_off_ends(wbc_hom
 def test_unknown_names_back_off_alike_and_old_failures_are_forgotten(wbc_home, clock):
     for name in ("ann", "nobody"):  # the answer never tells whether a name exists
         if name == "ann":
-            auth.create_user("ann", "correct horse", "reviewer")
+            auth.create_user("ann", "correct horse", "reviewer", user=account())
         for _ in range(auth.ACCOUNT_FREE_FAILURES):
             assert _attempt(name, "wrong horse") == "wrong"
         assert _attempt(name, "correct horse") == "locked"
-    auth.create_user("bob", "correct horse", "reviewer")
+    auth.create_user("bob", "correct horse", "reviewer", user=account())
     for _ in range(auth.ACCOUNT_FREE_FAILURES - 1):
         assert _attempt("bob", "wrong horse") == "wrong"
     clock[0] += auth.FORGET_FAILURES_AFTER + timedelta(minutes=1)  # a day later, the count starts again
@@ -272,7 +301,7 @@ def test_unknown_names_back_off_alike_and_old_failures_are_forgotten(wbc_home, c
 
 
 def test_one_client_trying_many_accounts_is_locked_out_alone(wbc_home, clock):
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     for i in range(auth.CLIENT_FREE_FAILURES):  # one guess per name, never enough to lock any account
         assert _attempt(f"user{i}", "guess", client="tab-1") == "wrong"
     assert _attempt("ann", "correct horse", client="tab-1") == "locked"
@@ -281,15 +310,15 @@ def test_one_client_trying_many_accounts_is_locked_out_alone(wbc_home, clock):
 
 
 def test_an_admin_unlocks_an_account_at_once(wbc_home, clock):
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     for _ in range(auth.ACCOUNT_FREE_FAILURES):
         _attempt("ann", "wrong horse")
     assert auth.locked_until("ann") is not None
-    assert auth.unlock_user("ann").username == "ann"
+    assert auth.unlock_user("ann", user=account()).username == "ann"
     assert auth.locked_until("ann") is None
     assert _attempt("ann", "correct horse") == "ok"
     with pytest.raises(auth.UserNotFound, match="no user 'nobody'"):
-        auth.unlock_user("nobody")
+        auth.unlock_user("nobody", user=account())
 
 
 # -- races between concurrent callers -----------------------------------------------------------------------------
@@ -323,15 +352,20 @@ def _enabled_admins() -> list[str]:
 def test_two_admins_removing_each_other_at_once_leave_one(wbc_home, monkeypatch):
     """5 of 10 such trials on PostgreSQL ended with no enabled admin (the guard relied on BEGIN IMMEDIATE)."""
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    survivor = auth.create_user("admin0", "password1", "admin").username
+    survivor = auth.create_first_admin("admin0", "password1").username
     for trial in range(1, 7):
-        other = auth.create_user(f"admin{trial}", "password1", "admin").username
-        remove = [lambda name=name: auth.set_role(name, "viewer") for name in (survivor, other)]
+        other = auth.create_user(f"admin{trial}", "password1", "admin", user=auth.get_user(survivor)).username
+        # Each admin removes the other. The one who comes second is refused: by the last-admin guard, or (when
+        # the first change is already done) because they are no longer an enabled admin at all.
+        by_other, by_survivor = auth.get_user(other), auth.get_user(survivor)
+        remove = [lambda n=survivor, a=by_other: auth.set_role(n, "viewer", user=a),
+                  lambda n=other, a=by_survivor: auth.set_role(n, "viewer", user=a)]
         if trial % 2:  # disabling is guarded the same way
-            remove[0] = lambda name=survivor: auth.disable_user(name)
+            remove[0] = lambda n=survivor, a=by_other: auth.disable_user(n, user=a)
         results = _at_once(remove)
-        refused = [r for r in results if isinstance(r, ValueError)]
-        assert len(refused) == 1 and "last enabled admin" in str(refused[0]), results
+        refused = [r for r in results if isinstance(r, (ValueError, PermissionDenied))]
+        assert len(refused) == 1 and any(words in str(refused[0]) for words in (
+            "last enabled admin", "may not manage users", "is disabled")), results
         assert len(_enabled_admins()) == 1, results
         survivor = _enabled_admins()[0]
 
@@ -358,7 +392,7 @@ def test_first_oidc_logins_at_once_make_one_admin(wbc_home):
 
 
 def test_failed_sign_ins_at_once_are_all_counted(wbc_home, clock):
-    auth.create_user("ann", "correct horse", "reviewer")
+    auth.create_user("ann", "correct horse", "reviewer", user=account())
     outcomes = _at_once([lambda: _attempt("ann", "wrong horse", client="tab-1") for _ in range(8)])
     from db.users import sign_in_failures
 

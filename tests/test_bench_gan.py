@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import account
 
 from wbc_core.gan import CUDA_PRESET, GanConfig
 
@@ -91,7 +92,7 @@ def test_gan_train_and_gain_benches_get_the_app_split_of_a_folder(gan_bench, tin
     assert len(gan_parts["test"]) == 6 and gan_parts["test"].labels.bincount().tolist() == [2, 2, 2]
 
     # ... and it is the split the app's import makes of the same folder with its default settings.
-    app = ds_db.get_dataset(import_folder(tiny_folder, "tiny", size=32).dataset_id)
+    app = ds_db.get_dataset(import_folder(tiny_folder, "tiny", size=32, user=account()).dataset_id)
     assert train_cells.split_hash == gain_cells.split_hash == app.split_hash and digest == app.split_hash[:12]
     for split in ("train", "val", "test"):
         in_app = {row.sha256 for row in ds_db.real_images(app.id, split=split)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-from support import TINY_CLASSES, context_on, draw_cell
+from support import TINY_CLASSES, account, context_on, draw_cell
 
 from db import datasets as ds_db
 from wbc_core import auth, cell_detail
@@ -40,7 +40,7 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 (folder / name).mkdir(parents=True)
                 for i in range(16):
                     draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-            info = ds_db.get_dataset(importing.import_folder(folder, "cells", size=32).dataset_id)
+            info = ds_db.get_dataset(importing.import_folder(folder, "cells", size=32, user=account()).dataset_id)
             first = info.class_names[0]
             train = ds_db.real_images(info.id, split="train", class_name=first)
             out = home / "images" / "test_candidates"
@@ -52,7 +52,7 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                     for n in ("copy", "fresh")]
             copy_id, fresh_id = ds_db.add_images(info.id, rows)
             assert gan_runs.score_candidates(info.id)["scored"] == 2  # trains and caches the judge
-            auth.create_user("rita", PASSWORD, "reviewer")
+            auth.create_user("rita", PASSWORD, "reviewer", user=account())
         yield {"home": home, "dataset_id": info.id, "copy": copy_id, "fresh": fresh_id, "original": train[0].id,
                "classes": info.class_names}
     finally:
@@ -103,7 +103,7 @@ def test_a_real_val_cell_gets_the_same_kind_of_answer(home: dict) -> None:
 def test_no_judge_cached_means_no_detail(wbc_home: Path, tiny_folder: Path) -> None:
     from wbc_core import importing
 
-    dataset_id = importing.import_folder(tiny_folder, "uncached", size=32).dataset_id
+    dataset_id = importing.import_folder(tiny_folder, "uncached", size=32, user=account()).dataset_id
     image = ds_db.real_images(dataset_id, split="train")[0]
     assert cell_detail.candidate_detail(image.id) is None
     assert not (wbc_home / "cache" / "judges").exists()  # and none was trained on the way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import account
 
 from db import datasets
 from wbc_core import review_model
@@ -123,9 +124,10 @@ def test_expert_policy_reads_consensus_decisions(wbc_home):
     ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name=c, split=None, sha256=f"s{i}",
                                                 path=f"q{i}", width=8, height=8)
                                            for i, c in enumerate(["a", "a", "a", "b", "b"])])
-    review_model.decide([ids[0], ids[3]], "ann", "accept")
-    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact")
-    review_model.decide([ids[2]], "ann", "relabel", new_class="b")  # accepted, but as another class
+    review_model.decide([ids[0], ids[3]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
+    # accepted, but as another class
+    review_model.decide([ids[2]], "ann", "relabel", new_class="b", user=account("reviewer", "ann"))
     # ids[4] stays undecided.
     candidates = cells(list(range(5)), [0, 0, 0, 1, 1])
     policy = ExpertDecisionsPolicy(dataset_id)
@@ -238,14 +240,33 @@ def test_expert_policy_reports_why_each_class_lost_candidates(wbc_home):
     ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name=c, split=None, sha256=f"s{i}",
                                                 path=f"q{i}", width=8, height=8)
                                            for i, c in enumerate(["a", "a", "a", "b", "b", "b"])])
-    review_model.decide([ids[0], ids[3]], "ann", "accept")
-    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact")
-    review_model.decide([ids[2]], "ann", "relabel", new_class="b")
-    review_model.decide([ids[5]], "ann", "accept")
-    review_model.decide([ids[5]], "bob", "reject")  # one accept, one reject: disputed
+    review_model.decide([ids[0], ids[3]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
+    review_model.decide([ids[2]], "ann", "relabel", new_class="b", user=account("reviewer", "ann"))
+    review_model.decide([ids[5]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[5]], "bob", "reject", user=account("reviewer", "bob"))  # one accept, one reject: disputed
     out = ExpertDecisionsPolicy(dataset_id).explain(cells(list(range(6)), [0, 0, 0, 1, 1, 1]),
                                                     CurationContext(NAMES, candidate_ids=ids))
     assert out.accepted.tolist() == [True, False, False, True, False, False]
     assert out.rejections == {"a": {"rejected": 1, "relabelled": 1, "disputed": 0, "undecided": 0},
                               "b": {"rejected": 0, "relabelled": 0, "disputed": 1, "undecided": 1}}
     assert set(out.rejections["a"]) == set(EXPERT_RULES) and out.stats["accepted"] == 2
+
+
+def test_copies_are_judged_against_their_own_classs_real_distances():
+    # Class a's real val cells lie 3 from their nearest train cell, class b's only 0.5 (b is a tight class, like
+    # platelets). With 50 val cells each, each class gets its own 1st percentile instead of the pooled 0.5.
+    feats = {i: [10.0 * i, 0.0] for i in range(50)}
+    feats.update({50 + i: [10.0 * i, 1000.0] for i in range(50)})
+    feats.update({100 + i: [10.0 * i, 3.0] for i in range(50)})
+    feats.update({150 + i: [10.0 * i, 1000.5] for i in range(50)})
+    feats.update({200: [0.0, 2.0], 201: [0.0, 1000.8]})  # a: 2 from a real cell; b: 0.8 from one
+    probs = {200: [0.99, 0.01], 201: [0.01, 0.99]}
+    ctx = CurationContext(NAMES, train=cells(list(range(100)), [0] * 50 + [1] * 50),
+                          val=cells(list(range(100, 200)), [0] * 50 + [1] * 50))
+    out = ReferenceClassifierPolicy(StubReference(probs, feats)).explain(cells([200, 201], [0, 1]), ctx)
+    assert abs(out.copy_thresholds["a"] - 3.0) < 1e-4 and abs(out.copy_thresholds["b"] - 0.5) < 1e-4
+    assert abs(out.threshold - 0.5) < 1e-4  # pooled over both classes
+    # Under the pooled 0.5 neither would be a copy; against its own class, the a candidate is closer than real
+    # unseen a cells ever get, and the b candidate is farther than real unseen b cells get.
+    assert out.memorised.tolist() == [True, False] and out.rejections["a"]["memorised"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import draw_cell
+from support import account, draw_cell
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def curated(wbc_home, tiny_folder):
     """tiny (3 classes x 12 real JPEGs) plus 6 platelet candidates as PNG files, with decisions."""
-    result = import_folder(tiny_folder, "tiny", size=32)
+    result = import_folder(tiny_folder, "tiny", size=32, user=account())
     folder = wbc_home / "images" / "cands"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -48,12 +48,13 @@ def curated(wbc_home, tiny_folder):
         rows.append(dict(origin="synthetic", class_name="platelet", split=None, sha256=f"{i:064d}",
                          path=str(path.relative_to(wbc_home)), width=32, height=32, checkpoint_step=12, seed=7 + i))
     ids = ds_db.add_images(result.dataset_id, rows)
-    review_model.decide([ids[0]], "ann", "accept")
-    review_model.decide([ids[0]], "bob", "accept")
-    review_model.decide([ids[1]], "ann", "relabel", new_class="lymphocyte")
-    review_model.decide([ids[2]], "ann", "reject", reason="GAN texture artefact")
-    review_model.decide([ids[3]], "ann", "accept")
-    review_model.decide([ids[3]], "bob", "reject", reason="stain or colour artefact")  # disputed: left out
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[0]], "bob", "accept", user=account("reviewer", "bob"))
+    review_model.decide([ids[1]], "ann", "relabel", new_class="lymphocyte", user=account("reviewer", "ann"))
+    review_model.decide([ids[2]], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
+    review_model.decide([ids[3]], "ann", "accept", user=account("reviewer", "ann"))
+    # disputed: left out
+    review_model.decide([ids[3]], "bob", "reject", reason="stain or colour artefact", user=account("reviewer", "bob"))
     return result.dataset_id, ids
 
 
@@ -65,7 +66,7 @@ def _read(zip_path: Path) -> tuple[dict[str, zipfile.ZipInfo], list[dict[str, st
 
 def test_export_layout_manifest_and_hygiene(curated, tmp_path):
     dataset_id, ids = curated
-    summary = export_curated_zip(dataset_id, tmp_path / "out" / "curated.zip")
+    summary = export_curated_zip(dataset_id, tmp_path / "out" / "curated.zip", user=account())
     entries, manifest, zf = _read(summary.path)
     real = ds_db.real_images(dataset_id)
     assert summary.files == len(real) + 2 == len(manifest) and summary.candidates == 2
@@ -101,15 +102,16 @@ def test_export_layout_manifest_and_hygiene(curated, tmp_path):
 def test_export_uses_the_stored_rule_adjudication_and_never_blind_cells(curated, tmp_path, monkeypatch):
     dataset_id, ids = curated
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    admin = auth.create_user("eve", "password1", "admin")
-    review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=0)
+    admin = auth.create_user("eve", "password1", "admin", user=account())
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=0, user=account())
     blind = [b["image_id"] for b in decisions_db.blind_items(dataset_id, "ann")]
     assert blind
-    review_model.decide(blind, "ann", "accept")  # accepted "candidates" that are really real val cells
+    # accepted "candidates" that are really real val cells
+    review_model.decide(blind, "ann", "accept", user=account("reviewer", "ann"))
     review_model.adjudicate([ids[3]], admin, "accept")
     rule = review_model.ConsensusRule(min_agreeing=2)
     review_model.set_review_settings(dataset_id, review_model.ReviewSettings(rule), admin)
-    _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "a.zip").path)
+    _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "a.zip", user=account()).path)
     cands = [m for m in manifest if m["origin"] == "synthetic"]
     # Under "2 agree" only ids[0] passes the vote; ids[3] is in by adjudication.
     assert sorted(m["decisions"] for m in cands) == ["ann:accept;bob:accept",
@@ -127,14 +129,14 @@ def test_export_uses_the_stored_rule_adjudication_and_never_blind_cells(curated,
 def test_export_needs_the_export_permission_and_all_files(curated, tmp_path, monkeypatch, wbc_home):
     dataset_id, ids = curated
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    viewer = auth.create_user("vic", "password1", "viewer")
+    viewer = auth.create_user("vic", "password1", "viewer", user=account())
     with pytest.raises(auth.PermissionDenied, match="viewer 'vic' may not export"):
         export_curated_zip(dataset_id, tmp_path / "v.zip", user=viewer)
     assert export_curated_zip(dataset_id, tmp_path / "r.zip",
                               user=auth.create_user("rita", "password1", "reviewer")).files > 0
     (wbc_home / ds_db.images_by_ids([ids[0]])[0].path).unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
-        export_curated_zip(dataset_id, tmp_path / "m.zip")
+        export_curated_zip(dataset_id, tmp_path / "m.zip", user=account())
     assert not (tmp_path / "m.zip").exists()
 
 
@@ -145,8 +147,8 @@ def _hf_rows(folder: Path) -> dict[str, list[dict[str, str]]]:
 
 def test_hf_export_holds_the_zip_files_in_imagefolder_layout(curated, tmp_path):
     dataset_id, _ = curated
-    zipped = export_curated_zip(dataset_id, tmp_path / "curated.zip")
-    summary = export_curated_hf(dataset_id, tmp_path / "hf")
+    zipped = export_curated_zip(dataset_id, tmp_path / "curated.zip", user=account())
+    summary = export_curated_hf(dataset_id, tmp_path / "hf", user=account())
     assert (summary.files, summary.candidates, summary.counts) == (zipped.files, zipped.candidates, zipped.counts)
     assert sorted(p.name for p in summary.path.iterdir()) == ["README.md", "test", "train", "validation"]
     _, manifest, zf = _read(zipped.path)
@@ -169,16 +171,16 @@ def test_hf_export_holds_the_zip_files_in_imagefolder_layout(curated, tmp_path):
     card = (summary.path / "README.md").read_text()
     assert 'load_dataset("imagefolder"' in card and "lymphocyte" in card
     with pytest.raises(FileExistsError, match="not an empty folder"):
-        export_curated_hf(dataset_id, tmp_path / "hf")
+        export_curated_hf(dataset_id, tmp_path / "hf", user=account())
     assert not list(tmp_path.glob(".hf.*.tmp"))
     with pytest.raises(ValueError, match="one of zip, hf"):
-        export_curated(dataset_id, tmp_path / "x", "parquet")
+        export_curated(dataset_id, tmp_path / "x", "parquet", user=account())
 
 
 def test_hf_export_loads_with_one_line_of_datasets(curated, tmp_path):
     datasets = pytest.importorskip("datasets")  # optional: only to prove the layout; not a dependency
     dataset_id, _ = curated
-    summary = export_curated(dataset_id, tmp_path / "hf", "hf")
+    summary = export_curated(dataset_id, tmp_path / "hf", "hf", user=account())
     loaded = datasets.load_dataset("imagefolder", data_dir=str(summary.path), cache_dir=str(tmp_path / "cache"))
     assert set(loaded) == {"train", "validation", "test"}
     assert {s: loaded[s].num_rows for s in loaded} == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import account
 
 from db import datasets as ds_db
 from db.datasets import ImageRow
@@ -16,12 +17,12 @@ from wbc_core.retrain import RetrainError, assert_trainable, build_training_set,
 
 @pytest.fixture()
 def reviewed(wbc_home, tiny_folder):
-    result = import_folder(tiny_folder, "tiny", size=32)
+    result = import_folder(tiny_folder, "tiny", size=32, user=account())
     ids = ds_db.add_images(result.dataset_id, [
         dict(origin="synthetic", class_name="platelet", split=None, sha256=f"s{i}", path=f"q{i}", width=32,
              height=32) for i in range(4)])
-    review_model.decide(ids[:2], "ann", "accept")
-    review_model.decide(ids[2:3], "ann", "reject")
+    review_model.decide(ids[:2], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide(ids[2:3], "ann", "reject", user=account("reviewer", "ann"))
     return result.dataset_id, ids
 
 
@@ -59,7 +60,8 @@ def test_assert_trainable_refuses_val_and_test_cells():
 
 def test_classifier_run_freezes_its_training_set_and_records_its_hash(reviewed):
     dataset_id, ids = reviewed
-    run_id = start_classifier_run(dataset_id, "curated", {"epochs": 1, "model": "small_cnn"}, launch=False)
+    run_id = start_classifier_run(dataset_id, "curated", {"epochs": 1, "model": "small_cnn"}, launch=False,
+                                  user=account())
     manifest = json.loads((jobs.run_dir(run_id) / "train_set.json").read_text())
     frozen = {m["id"] for m in manifest}
     assert set(ids[:2]) <= frozen and not set(ids[2:]) & frozen
@@ -70,5 +72,5 @@ def test_classifier_run_freezes_its_training_set_and_records_its_hash(reviewed):
     assert run.split_hash == ds_db.get_dataset(dataset_id).split_hash
     assert run.train_set_summary["by_origin_class"]["synthetic/platelet"] == 2
     # Later decisions do not change a run that was already created.
-    review_model.decide([ids[3]], "ann", "accept")
+    review_model.decide([ids[3]], "ann", "accept", user=account("reviewer", "ann"))
     assert json.loads((jobs.run_dir(run_id) / "train_set.json").read_text()) == manifest

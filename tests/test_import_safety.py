@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import context_on, wait_for
+from support import account, context_on, wait_for
 
 from db import datasets as ds_db
 from wbc_core import context, importing
@@ -72,7 +72,7 @@ def assert_nothing_left_behind(home: Path) -> None:
 
 _SLOW_IMPORT = """
 import pathlib, sys, time
-from wbc_core import context
+from wbc_core import auth, context
 from wbc_core.importing import import_folder
 
 _write = pathlib.Path.write_bytes
@@ -82,7 +82,7 @@ def slow_write(self, data):  # a slow disk: gives the test time to kill the impo
 pathlib.Path.write_bytes = slow_write
 ctx = context.build("cli", home=sys.argv[1])
 with context.using(ctx):
-    import_folder(sys.argv[2], "cells", size=32)
+    import_folder(sys.argv[2], "cells", size=32, user=auth.claim_local_account("local"))
 print("finished")
 """
 
@@ -117,7 +117,7 @@ def test_two_imports_under_one_name_one_wins_and_the_other_leaves_nothing(wbc_ho
 
     def one() -> None:
         try:
-            outcomes.append(importing.import_folder(source, "cells", size=32, progress=start))
+            outcomes.append(importing.import_folder(source, "cells", size=32, progress=start, user=account()))
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
             outcomes.append(exc)
 
@@ -183,7 +183,7 @@ def test_a_failed_import_removes_its_staged_files(wbc_home: Path, tmp_path: Path
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        importing.import_folder(source, "cells", size=32, progress=cancel)
+        importing.import_folder(source, "cells", size=32, progress=cancel, user=account())
     assert ds_db.list_datasets() == [] and image_files(wbc_home) == []
 
     def refuse(*_args: object, **_kwargs: object) -> int:
@@ -191,7 +191,7 @@ def test_a_failed_import_removes_its_staged_files(wbc_home: Path, tmp_path: Path
 
     monkeypatch.setattr(ds_db, "create_dataset", refuse)  # every file is written by then
     with pytest.raises(RuntimeError, match="the database said no"):
-        importing.import_folder(source, "cells", size=32)
+        importing.import_folder(source, "cells", size=32, user=account())
     assert image_files(wbc_home) == []
     assert_nothing_left_behind(wbc_home)
 
@@ -215,7 +215,7 @@ def test_the_import_keeps_at_most_two_images_in_memory(wbc_home: Path, tmp_path:
         return result
 
     monkeypatch.setattr(ingest_module, "_ingest_one", watched)
-    importing.import_folder(source, "cells", size=32)
+    importing.import_folder(source, "cells", size=32, user=account())
     assert len(alive) == 30 and most <= 2
 
 
@@ -260,10 +260,11 @@ def test_import_into_a_disk_too_small_is_refused_before_writing(tmp_path: Path) 
         noise_png(source / "a" / f"big_{i}.png", 100 + i, size=600)
     with small_disk(tmp_path / "disk", 24) as disk, home_on(disk) as home:
         with pytest.raises(DiskFull, match=r"disk full: \d+ MB needed, [\d.]+ MB free in ") as caught:
-            importing.import_folder(source, "cells", size=32)
+            importing.import_folder(source, "cells", size=32, user=account())
         assert str(home) in str(caught.value)
         assert image_files(home) == [] and ds_db.list_datasets() == []
-        importing.import_folder(cells_folder(tmp_path / "small", per_class=3), "small", size=32)  # still works
+        # still works
+        importing.import_folder(cells_folder(tmp_path / "small", per_class=3), "small", size=32, user=account())
         assert_nothing_left_behind(home)
 
 
@@ -272,10 +273,10 @@ def test_a_disk_that_fills_during_the_import_is_cleaned_up_and_reported(tmp_path
     with small_disk(tmp_path / "disk", 20) as disk, home_on(disk) as home:
         before = used_bytes(home)
         with pytest.raises(DiskFull, match=r"disk full: \d+ MB needed, [\d.]+ MB free in "):
-            importing.import_folder(source, "cells", size=32)
+            importing.import_folder(source, "cells", size=32, user=account())
         assert image_files(home) == [] and ds_db.list_datasets() == []
         assert used_bytes(home) < before + 2**20  # the partial files are gone, not just hidden
-        importing.import_folder(cells_folder(tmp_path / "small", per_class=3), "small", size=32)
+        importing.import_folder(cells_folder(tmp_path / "small", per_class=3), "small", size=32, user=account())
         assert_nothing_left_behind(home)
 
 
@@ -296,7 +297,7 @@ def test_enospc_during_the_import_is_cleaned_up_and_reported_injected(wbc_home: 
     monkeypatch.setattr(Path, "write_bytes", filling)
     where = re.escape(str(wbc_home))
     with pytest.raises(DiskFull, match=rf"disk full: [\d.]+ MB needed, [\d.,]+ MB free in {where}"):
-        importing.import_folder(source, "cells", size=32)
+        importing.import_folder(source, "cells", size=32, user=account())
     monkeypatch.setattr(Path, "write_bytes", real_write)
     assert len(writes) == 10 and image_files(wbc_home) == [] and ds_db.list_datasets() == []
     assert_nothing_left_behind(wbc_home)
@@ -309,7 +310,7 @@ def test_the_free_space_check_uses_the_sizes_of_the_files_to_read(wbc_home: Path
     source = cells_folder(tmp_path / "src", per_class=4)
     monkeypatch.setattr(diskspace, "free_bytes", lambda _folder: 3 * 10**6)  # 3 MB: less than the reserve
     with pytest.raises(DiskFull, match=r"disk full: 8\.\d MB needed, 3\.0 MB free in "):
-        importing.import_folder(source, "cells", size=32)
+        importing.import_folder(source, "cells", size=32, user=account())
     assert not (wbc_home / "staging").exists() or list((wbc_home / "staging").iterdir()) == []
 
 
@@ -401,7 +402,7 @@ def test_a_dangerous_class_folder_name_is_refused_and_nothing_is_written_outside
     source = cells_folder(tmp_path / "src", per_class=2, classes=("good",))
     for i in range(3):
         noise_png(source / name / f"{i}.png", 500 + i)
-    result = importing.import_folder(source, "cells", size=32)
+    result = importing.import_folder(source, "cells", size=32, user=account())
     assert list(result.class_counts) == ["good"]
     refused = [s for s in result.report["skipped"] if s["source"] == f"{name}/"]
     assert len(refused) == 1 and refused[0]["reason"] in ("unsafe_path", "hidden_file")
@@ -418,7 +419,7 @@ def test_a_zip_class_folder_named_space_dot_dot_stays_inside(wbc_home: Path, tmp
         for i in range(2):
             zf.writestr(f"good/{i}.png", noise_png(tmp_path / f"g{i}.png", i).read_bytes())
             zf.writestr(f" ../{i}.png", noise_png(tmp_path / f"e{i}.png", 50 + i).read_bytes())
-    result = importing.import_folder(archive, "cells", size=32)
+    result = importing.import_folder(archive, "cells", size=32, user=account())
     assert list(result.class_counts) == ["good"]
     assert {s["reason"] for s in result.report["skipped"]} == {"unsafe_path"}
     assert [p.parent.name for p in image_files(wbc_home)] == ["good", "good"]

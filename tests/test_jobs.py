@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import account
 
 from db import runs
 from wbc_core import jobs
@@ -36,7 +37,7 @@ def test_cancel_stops_a_running_job(wbc_home):
     deadline = time.monotonic() + 30
     while runs.get_run(run_id).status != "running" and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert jobs.cancel(run_id)
+    assert jobs.cancel(run_id, account())
     info = jobs.wait(run_id, timeout=60)
     assert info.status == "cancelled"
     assert info.result["steps_done"] < 400
@@ -44,9 +45,9 @@ def test_cancel_stops_a_running_job(wbc_home):
 
 def test_cancel_of_a_queued_run_cancels_it_at_once(wbc_home):
     run_id = runs.create_run("selftest", None, {}, seed=0)
-    assert jobs.cancel(run_id)
+    assert jobs.cancel(run_id, account())
     assert runs.get_run(run_id).status == "cancelled"
-    assert not jobs.cancel(run_id)  # already ended: nothing to do
+    assert not jobs.cancel(run_id, account())  # already ended: nothing to do
 
 
 def test_exception_in_job_marks_it_failed_with_the_error(wbc_home):

@@ -330,7 +330,7 @@ def test_an_ablation_mixes_its_synthetic_arms_and_keeps_the_real_baseline_plain(
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
-    code = cli_main.main([*argv, "--json"])
+    code = cli_main.main([*argv, "--as", account().username, "--json"])
     out = capsys.readouterr().out.strip().splitlines()
     return code, json.loads(out[-1])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home, use_settings
+from support import account, active_home, copy_home, module_home, use_settings
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -34,7 +34,7 @@ TIMEOUT = 60
 
 def _stop_run(run_id: int) -> runs_db.RunInfo:
     """Cancel a run started by a test and wait until its worker process is gone."""
-    jobs.cancel(run_id)
+    jobs.cancel(run_id, account())
     info = jobs.wait(run_id, timeout=120)
     assert not info.active, f"run {run_id} still {info.status} after cancel"
     pid = runs_db.get_run(run_id).pid
@@ -57,10 +57,10 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with module_home(home):
         ensure_schema()
         folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
-        importing.import_folder(folder, DATASET, size=32)
+        importing.import_folder(folder, DATASET, size=32, user=account())
         gan = gan_runs.start_gan_run(DATASET, {"steps": 12, "batch_size": 8, "g_width": 8, "d_width": 8,
-                                               "checkpoint_every": 6})
-        clf = retrain.start_classifier_run(DATASET, "real", {"epochs": 1, "model": "small_cnn"})
+                                               "checkpoint_every": 6}, user=account())
+        clf = retrain.start_classifier_run(DATASET, "real", {"epochs": 1, "model": "small_cnn"}, user=account())
         for run_id in (gan, clf):  # the two jobs train side by side
             info = jobs.wait(run_id, timeout=180)
             assert info.status == "succeeded", f"run {run_id}: {info.status} {info.error}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home
+from support import account, active_home, copy_home, module_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -30,10 +30,11 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     home = root / "home"
     with module_home(home):
         ensure_schema()
-        importing.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32)
+        importing.import_folder(write_demo_folder(root / "folder", per_class=14, size=32, seed=1), "cells", size=32,
+                                user=account())
         run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                   "checkpoint_every": 2, "device": "cpu", "num_threads": 1},
-                                        launch=False)
+                                        launch=False, user=account())
         assert worker.main(run_id) == 0  # in-process: no second torch import, no polling
     yield home, run_id
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home, use_settings
+from support import account, active_home, copy_home, module_home, use_settings
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -71,11 +71,11 @@ def built_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setattr(auth, "PBKDF2_ITERATIONS", FAST_HASH)
         ensure_schema()
         folder = write_demo_folder(root / "folder", per_class=8, size=32, seed=1)
-        dataset_id = importing.import_folder(folder, DATASET, size=32).dataset_id
+        dataset_id = importing.import_folder(folder, DATASET, size=32, user=account()).dataset_id
         for k, class_name in enumerate(CLASSES):
             write_candidates(home, dataset_id, class_name, BIG if class_name == BIG_CLASS else SMALL, seed=k)
         for name, role in USERS.items():
-            auth.create_user(name, PASSWORD, role)
+            auth.create_user(name, PASSWORD, role, user=account())
     yield home
 
 
@@ -139,7 +139,7 @@ def mine(username: str) -> dict[int, tuple[str, str | None, str | None]]:
 
 @pytest.mark.parametrize("script", NEW_PAGES)
 def test_new_page_renders_on_an_empty_database(wbc_home, script):
-    auth.create_user("ada", PASSWORD, "admin")
+    auth.create_user("ada", PASSWORD, "admin", user=account())
     at = app(script, "ada")
     assert "No dataset yet" in texts(at.info)
 
@@ -147,9 +147,10 @@ def test_new_page_renders_on_an_empty_database(wbc_home, script):
 @pytest.mark.parametrize("script", NEW_PAGES)
 def test_new_page_renders_with_candidates_and_votes(home, script):
     ids = pending("rita")
-    review_model.decide(ids[:6], "rita", "accept")
-    review_model.decide(ids[:3], "rob", "accept")
-    review_model.decide(ids[3:6], "rob", "reject", reason=review_model.reject_reason(4))
+    review_model.decide(ids[:6], "rita", "accept", user=account("reviewer", "rita"))
+    review_model.decide(ids[:3], "rob", "accept", user=account("reviewer", "rob"))
+    review_model.decide(ids[3:6], "rob", "reject", reason=review_model.reject_reason(4),
+                        user=account("reviewer", "rob"))
     at = app(script, "ada")
     assert not at.error, texts(at.error)
     assert at.title
@@ -208,7 +209,7 @@ def test_a_page_run_on_its_own_asks_for_sign_in(home):
 
 def test_disabling_a_signed_in_user_signs_them_out_at_their_next_click(home):
     at = app("pages/review.py", "rita")
-    auth.disable_user("rita")
+    auth.disable_user("rita", user=account())
     ok(at.button(key="rv_accept").click().run())
     assert mine("rita") == {}
     assert "disabled" in texts(at.warning) + texts(at.error)
@@ -235,7 +236,7 @@ def test_oidc_sign_in_creates_the_user_through_the_domain(home, monkeypatch):
     user = auth.get_user("dr.who@example.org")
     assert (user.role, user.source, user.display_name) == ("viewer", "oidc", "Dr Who")  # not the first user
     assert "Signed in as **Dr Who** · viewer" in texts(at.sidebar.caption)
-    auth.disable_user("dr.who@example.org")
+    auth.disable_user("dr.who@example.org", user=account())
     ok(at.run())
     assert "is disabled" in texts(at.warning)
     assert [b.label for b in at.button] == ["Sign out of the identity provider"]
@@ -279,7 +280,7 @@ def test_reviewers_never_see_ids_or_provenance_admins_do(home):
 
 
 def test_blind_mode_grid_gives_nothing_away(home):
-    added = review_model.enable_blind_test(dataset_id(), "rita", fraction=0.2)
+    added = review_model.enable_blind_test(dataset_id(), "rita", fraction=0.2, user=account())
     assert added[BIG_CLASS] > 0
     at = app("pages/review.py", "rita")
     assert f"**{BIG + added[BIG_CLASS]}** pending" in texts(at.markdown)  # real cells mixed in, unannounced
@@ -422,7 +423,7 @@ def test_order_by_classifier_agreement(home):
 
 def test_quota_gauge_and_quota_met(home):
     ds = dataset_id()
-    review_model.set_review_settings(ds, review_model.ReviewSettings(quotas={BIG_CLASS: 2, "lymphocyte": 5}), None)
+    review_model.set_review_settings(ds, review_model.ReviewSettings(quotas={BIG_CLASS: 2, "lymphocyte": 5}), account())
     at = app("pages/review.py", "rita")
     [bar] = at.get("progress")
     assert "Quota eosinophil: **0 / 2**" in bar.proto.text
@@ -442,10 +443,10 @@ def test_quota_gauge_and_quota_met(home):
 
 def test_agreement_shows_kappa_tables_and_heatmap(home):
     ids = pending("rita")[:10]
-    review_model.decide(ids[:6], "rita", "accept")
-    review_model.decide(ids[6:], "rita", "reject")
-    review_model.decide(ids[:5], "rob", "accept")
-    review_model.decide(ids[5:], "rob", "reject")
+    review_model.decide(ids[:6], "rita", "accept", user=account("reviewer", "rita"))
+    review_model.decide(ids[6:], "rita", "reject", user=account("reviewer", "rita"))
+    review_model.decide(ids[:5], "rob", "accept", user=account("reviewer", "rob"))
+    review_model.decide(ids[5:], "rob", "reject", user=account("reviewer", "rob"))
     at = app("pages/agreement.py", "vic")  # viewers may read agreement
     pairs = at.dataframe[0].value
     assert list(pairs["reviewer A"]) == ["rita"] and list(pairs["reviewer B"]) == ["rob"]
@@ -483,9 +484,9 @@ def test_admin_creates_a_user_changes_role_and_disables(home):
 
 
 def test_admin_user_actions_are_refused_when_the_admin_was_demoted_meanwhile(home):
-    auth.create_user("ada2", PASSWORD, "admin")
+    auth.create_user("ada2", PASSWORD, "admin", user=account())
     at = app("pages/admin.py", "ada")
-    auth.set_role("ada", "reviewer")  # by another admin, while ada's page is open
+    auth.set_role("ada", "reviewer", user=account())  # by another admin, while ada's page is open
     at.text_input(key="new_user_name").set_value("sneaky")
     at.text_input(key="new_user_password").set_value(PASSWORD)
     ok(at.button(key="FormSubmitter:create_user-Create user").click().run())
@@ -508,10 +509,10 @@ def test_admin_review_settings_and_blind_test(home):
 
 def test_admin_adjudicates_a_disputed_candidate(home):
     ds = dataset_id()
-    review_model.set_review_settings(ds, review_model.ReviewSettings(review_model.ConsensusRule(2, 2)), None)
+    review_model.set_review_settings(ds, review_model.ReviewSettings(review_model.ConsensusRule(2, 2)), account())
     a, b = pending("rita")[:2]
-    review_model.decide([a, b], "rita", "accept")
-    review_model.decide([a, b], "rob", "reject", reason=review_model.reject_reason(2))
+    review_model.decide([a, b], "rita", "accept", user=account("reviewer", "rita"))
+    review_model.decide([a, b], "rob", "reject", reason=review_model.reject_reason(2), user=account("reviewer", "rob"))
     at = app("pages/admin.py", "ada")
     assert "**2** disputed candidates" in texts(at.markdown)
     click(at, f"adj_accept_{a}")
@@ -527,7 +528,7 @@ def test_admin_adjudicates_a_disputed_candidate(home):
 
 def test_admin_exports_the_curated_zip(home):
     accepted = pending("rita")[:3]
-    review_model.decide(accepted, "rita", "accept")
+    review_model.decide(accepted, "rita", "accept", user=account("reviewer", "rita"))
     at = app("pages/admin.py", "ada")
     click(at, "build_export")
     assert "3 accepted candidates" in texts(at.success)

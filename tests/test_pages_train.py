@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import active_home, copy_home, module_home
+from support import account, active_home, copy_home, module_home
 from test_results import FAST, build_home
 
 from db import runs as runs_db
@@ -59,7 +59,7 @@ def by_label(elements, label: str):  # noqa: ANN001, ANN201
 
 def _stop_group(group: str) -> None:
     """Cancel a group started by a test and wait until its chain and workers are gone."""
-    groups.cancel_group(group)
+    groups.cancel_group(group, account())
     runs = groups.group_runs(group)
     for run in runs:
         assert not jobs.wait(run.id, timeout=120).active
@@ -134,7 +134,7 @@ def test_train_form_shows_a_plain_error_for_bad_seeds(home):
 
 
 def test_train_page_shows_live_metrics_eta_and_cancels(home):
-    run_id = retrain.start_classifier_run("cells", "real", {**FAST, "epochs": 4}, launch=False)
+    run_id = retrain.start_classifier_run("cells", "real", {**FAST, "epochs": 4}, launch=False, user=account())
     assert runs_db.mark_started(run_id, os.getpid(), socket.gethostname())
     runs_db.add_metrics(run_id, 0, {"train_loss_running": 1.5, "images_per_sec": 250.0, "epoch_fraction": 0.5,
                                     "lr": 1e-3})

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import account, use_settings
 
 from tests.conftest import TINY_CLASSES, draw_cell
 from wbc_core.quality import metrics as qm
@@ -210,10 +211,10 @@ def dataset_with_gan(wbc_home: Path, tmp_path: Path):
         (folder / name).mkdir(parents=True)
         for i in range(30):
             draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-    importing.import_folder(folder, "cells", size=32)
+    importing.import_folder(folder, "cells", size=32, user=account())
     run_id = gan_runs.start_gan_run("cells", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                               "checkpoint_every": 2, "num_threads": 1, "device": "cpu"},
-                                    launch=False)
+                                    launch=False, user=account())
     assert worker.main(run_id) == 0
     assert runs_db.get_run(run_id).status == "succeeded"
     return run_id, folder
@@ -265,11 +266,11 @@ def test_gan_job_measures_quality_at_each_checkpoint_when_asked(wbc_home: Path, 
         (folder / name).mkdir(parents=True)
         for i in range(20):
             draw_cell(rng, 32, colour).save(folder / name / f"{i:02d}.png")
-    importing.import_folder(folder, "hooked", size=32)
+    importing.import_folder(folder, "hooked", size=32, user=account())
     run_id = gan_runs.start_gan_run("hooked", {"steps": 4, "batch_size": 8, "g_width": 8, "d_width": 8,
                                                "checkpoint_every": 2, "num_threads": 1, "device": "cpu",
                                                "quality_every_checkpoint": True, "quality_per_class": 4},
-                                    launch=False)
+                                    launch=False, user=account())
     assert worker.main(run_id) == 0
     steps = {r["step"] for r in runs_db.metrics([run_id], names=["quality/acceptance"])}
     assert steps == {2, 4}
@@ -290,20 +291,21 @@ def test_cap_per_class_keeps_at_most_n_of_each_class() -> None:
 def test_full_judge_is_chosen_by_the_environment_and_cached_apart(dataset_with_gan, monkeypatch) -> None:
     from db import datasets as ds_db
     from wbc_core.cell_detail import _judge_dir
+    from wbc_core.context import Settings
     from wbc_core.judges import dataset_reference
     from wbc_core.quality.judge import JUDGE_ENV, QualityError, app_quality_config
 
-    monkeypatch.setenv(JUDGE_ENV, "full")
-    full = app_quality_config()
-    assert (full.judge_model, full.judge_max_per_class) == ("resnet18", 100_000)
-    ref = dataset_reference("cells")  # no config: the app's choice, as every app caller does it
-    assert ref.judge.config.model == "resnet18" and ref.judge_dir.name.endswith(full.key())
-    folder, _ = _judge_dir(ds_db.get_dataset("cells").id)  # review's detail panel finds the same judge
-    assert folder == ref.judge_dir
-    monkeypatch.delenv(JUDGE_ENV)
+    assert Settings.from_environ({JUDGE_ENV: "full"}, home=".").quality_judge == "full"  # read from the environment
+    with use_settings(quality_judge="full"):
+        full = app_quality_config()
+        assert (full.judge_model, full.judge_max_per_class) == ("resnet18", 100_000)
+        ref = dataset_reference("cells")  # no config: the app's choice, as every app caller does it
+        assert ref.judge.config.model == "resnet18" and ref.judge_dir.name.endswith(full.key())
+        folder, _ = _judge_dir(ds_db.get_dataset("cells").id)  # review's detail panel finds the same judge
+        assert folder == ref.judge_dir
     assert app_quality_config() == QualityConfig()  # the default is the small judge, cached under its own key
     assert app_quality_config().key() != full.key()
     assert _judge_dir(ds_db.get_dataset("cells").id) is None  # the small judge was never trained here
-    monkeypatch.setenv(JUDGE_ENV, "huge")
-    with pytest.raises(QualityError, match="WBC_QUALITY_JUDGE must be one of small, full, got 'huge'"):
+    with use_settings(quality_judge="huge"), pytest.raises(
+            QualityError, match="WBC_QUALITY_JUDGE must be one of small, full, got 'huge'"):
         app_quality_config()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import account
 
 ROOT = Path(__file__).resolve().parent.parent
 PBC128 = Path(os.environ.get("WBC_PBC128", ROOT.parent / "shared" / "data" / "pbc128"))
@@ -37,7 +38,7 @@ def test_whole_loop_on_real_pbc_cells(pbc128, wbc_home, capsys):
     from wbc_core.retrain import start_classifier_run
 
     started = time.monotonic()
-    result = import_folder(pbc128, "pbc128", size=32)
+    result = import_folder(pbc128, "pbc128", size=32, user=account())
     import_seconds = time.monotonic() - started
     assert sorted(result.class_counts) == PBC_CLASSES
     total = sum(sum(v[s] for s in ("train", "val", "test")) for v in result.class_counts.values())
@@ -46,7 +47,7 @@ def test_whole_loop_on_real_pbc_cells(pbc128, wbc_home, capsys):
     assert total > 12_000
 
     gan_id = start_gan_run("pbc128", {"steps": 30, "batch_size": 32, "g_width": 16, "d_width": 16,
-                                      "checkpoint_every": 30, "sample_every": 30})
+                                      "checkpoint_every": 30, "sample_every": 30}, user=account())
     gan = jobs.wait(gan_id, timeout=600)
     assert gan.status == "succeeded", gan.error
     assert gan.train_set_size == sum(v["train"] for v in result.class_counts.values())
@@ -54,10 +55,12 @@ def test_whole_loop_on_real_pbc_cells(pbc128, wbc_home, capsys):
     out = generate_candidates(gan_id, per_class=4)
     assert out["candidates"] == 32
     pending, _ = review_model.queue_page(result.dataset_id, "basophil", "ci")
-    review_model.decide([p["id"] for p in pending], "ci", "accept")
+    review_model.decide([p["id"] for p in pending], "ci", "accept", user=account("reviewer", "ci"))
 
-    baseline = jobs.wait(start_classifier_run("pbc128", "real", {"epochs": 1, "model": "small_cnn"}), timeout=600)
-    curated = jobs.wait(start_classifier_run("pbc128", "curated", {"epochs": 1, "model": "small_cnn"}), timeout=600)
+    baseline = jobs.wait(start_classifier_run("pbc128", "real", {"epochs": 1, "model": "small_cnn"},
+                                              user=account()), timeout=600)
+    curated = jobs.wait(start_classifier_run("pbc128", "curated", {"epochs": 1, "model": "small_cnn"},
+                                             user=account()), timeout=600)
     for run in (baseline, curated):
         assert run.status == "succeeded", run.error
         assert run.result["test"]["accuracy"] > 0.3  # one small epoch on real cells already beats chance (0.125)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import module_home
+from support import account, module_home
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -78,14 +78,15 @@ def build_home(root: Path) -> dict:
     from wbc_core.data.demo import write_demo_folder
 
     ensure_schema()
-    importing.import_folder(write_demo_folder(root / "folder", per_class=10, size=32, seed=1), DATASET, size=32)
+    importing.import_folder(write_demo_folder(root / "folder", per_class=10, size=32, seed=1), DATASET, size=32,
+                            user=account())
     dataset_id = ds_db.get_dataset(DATASET).id
     cand = add_candidates(dataset_id)
     accepted = [i for k, i in enumerate(cand) if k % 3 != 2]
-    review_model.decide(accepted, "ann", "accept")
-    review_model.decide([i for i in cand if i not in accepted], "ann", "reject")
-    ablation = groups.start_ablation(DATASET, FAST, seeds=[0], launch=False)
-    seeds = groups.start_seeds(DATASET, "real", [3, 4], FAST, launch=False)
+    review_model.decide(accepted, "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([i for i in cand if i not in accepted], "ann", "reject", user=account("reviewer", "ann"))
+    ablation = groups.start_ablation(DATASET, FAST, seeds=[0], launch=False, user=account())
+    seeds = groups.start_seeds(DATASET, "real", [3, 4], FAST, launch=False, user=account())
     for run_id in [*ablation.run_ids, *seeds.run_ids]:
         run_in_process(run_id)
     return {"dataset_id": dataset_id, "candidates": cand, "accepted": accepted, "ablation": ablation,

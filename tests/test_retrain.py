@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from support import account
 from test_results import FAST, add_candidates
 
 from db import datasets as ds_db
@@ -23,7 +24,7 @@ from wbc_core.jobs import groups, launcher
 @pytest.fixture()
 def dataset(wbc_home, tiny_folder) -> tuple[int, list[int]]:
     """The tiny 3-class dataset with 2 candidates per class (with image files); nothing decided yet."""
-    dataset_id = import_folder(tiny_folder, "tiny", size=32).dataset_id
+    dataset_id = import_folder(tiny_folder, "tiny", size=32, user=account()).dataset_id
     return dataset_id, add_candidates(dataset_id, per_class=2)
 
 
@@ -39,15 +40,15 @@ def _wait_gone(pid: int, timeout: float = 60) -> None:
 
 def test_curated_set_version_changes_exactly_when_accepted_images_change(dataset):
     dataset_id, cand = dataset
-    review_model.decide(cand[:1], "ann", "accept")
-    first = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
-    again = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
-    review_model.decide(cand[1:2], "ann", "accept")
-    more = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
+    review_model.decide(cand[:1], "ann", "accept", user=account("reviewer", "ann"))
+    first = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False, user=account())
+    again = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False, user=account())
+    review_model.decide(cand[1:2], "ann", "accept", user=account("reviewer", "ann"))
+    more = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False, user=account())
     other = next(c for c in ds_db.get_dataset(dataset_id).class_names
                  if c != ds_db.images_by_ids(cand[1:2])[0].class_name)
-    review_model.decide(cand[1:2], "ann", "relabel", new_class=other)
-    relabelled = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False)
+    review_model.decide(cand[1:2], "ann", "relabel", new_class=other, user=account("reviewer", "ann"))
+    relabelled = retrain.start_classifier_run(dataset_id, "curated", FAST, launch=False, user=account())
     info = {r: runs_db.get_run(r) for r in (first, again, more, relabelled)}
     snap = {r: i.train_set_summary["decisions_snapshot"] for r, i in info.items()}
     assert info[first].train_set_hash == info[again].train_set_hash and snap[first] == snap[again]
@@ -75,7 +76,7 @@ def test_parse_seeds_accepts_lists_and_text_and_refuses_nonsense():
 
 def test_run_status_reports_live_metrics_fractional_epochs_and_eta(dataset):
     dataset_id, _ = dataset
-    run_id = retrain.start_classifier_run(dataset_id, "real", {**FAST, "epochs": 4}, launch=False)
+    run_id = retrain.start_classifier_run(dataset_id, "real", {**FAST, "epochs": 4}, launch=False, user=account())
     assert runs_db.mark_started(run_id, os.getpid(), socket.gethostname())
     # The event shapes train_classifier emits (checked against its own constants just below).
     batch = {"train_loss_running": 1.5, "images_per_sec": 100.0, "epoch_fraction": 0.5, "lr": 1e-3}
@@ -104,7 +105,7 @@ def test_run_status_reports_live_metrics_fractional_epochs_and_eta(dataset):
 def test_group_runs_train_one_after_another(dataset):
     # Two runs of a multi-seed group: the same chain as an ablation's three arms, one worker start cheaper.
     dataset_id, _ = dataset
-    launched = groups.start_training(dataset_id, "real", FAST, seeds="1 2")
+    launched = groups.start_training(dataset_id, "real", FAST, seeds="1 2", user=account())
     chain = launcher._children[max(launcher._children)]  # the newest child: the chain process
     assert launched.group_name.startswith("seeds-real-")
     assert [runs_db.get_run(r).status for r in launched.run_ids] == ["queued", "queued"]
@@ -139,4 +140,4 @@ def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys)
     assert infos[1].started_at is None and infos[2].started_at is None  # the queued arms never started
     assert chain.wait(timeout=60) == 0
     _wait_gone(runs_db.get_run(run_ids[0]).pid)
-    assert groups.cancel_group(group) == []
+    assert groups.cancel_group(group, account()) == []

@@ -12,6 +12,7 @@ import types
 
 import pytest
 from sqlalchemy import func, select
+from support import account
 
 REVIEWERS = 8
 DECISIONS_EACH = 60  # plus an undo after every 10th decision
@@ -28,18 +29,19 @@ def _reviewer(k: int, dataset_id: int, start, results) -> None:  # noqa: ANN001
         from wbc_core import review_model
 
         rng = random.Random(k)
+        me = account("reviewer", name)
         start.wait(60)
         for n in range(1, DECISIONS_EACH + 1):
             rows, _ = review_model.queue_page(dataset_id, "a" if k % 2 else "b", name, page_size=48)
             verdict = rng.choice(["accept", "accept", "reject", "relabel"])
             t0 = time.perf_counter()
             review_model.decide([rows[0]["id"]], name, verdict, new_class="a" if verdict == "relabel" else None,
-                          reason="GAN texture artefact" if verdict == "reject" else None)
+                                reason="GAN texture artefact" if verdict == "reject" else None, user=me)
             out["latencies"].append(time.perf_counter() - t0)
             out["decisions"] += 1
             if n % 10 == 0:
                 t0 = time.perf_counter()
-                assert len(review_model.undo_last(dataset_id, name)) == 1
+                assert len(review_model.undo_last(dataset_id, name, user=me)) == 1
                 out["latencies"].append(time.perf_counter() - t0)
                 out["undos"] += 1
     except BaseException:  # noqa: BLE001 - everything goes back to the parent

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from support import draw_cell
+from support import account, draw_cell
 
 from db import datasets
 from db import decisions as decisions_db
@@ -30,7 +30,7 @@ def queue(wbc_home):
 
 def test_queue_shows_only_pending_for_that_reviewer(queue):
     dataset_id, ids = queue
-    review_model.decide(ids[:2], "ann", "accept")
+    review_model.decide(ids[:2], "ann", "accept", user=account("reviewer", "ann"))
     pending, total = review_model.queue_page(dataset_id, "a", "ann")
     assert total == 4 and [p["id"] for p in pending] == ids[2:]
     _, total_bob = review_model.queue_page(dataset_id, "a", "bob")
@@ -48,10 +48,10 @@ def test_queue_pages(queue):
 
 def test_undo_makes_the_last_decisions_pending_and_keeps_history(queue):
     dataset_id, ids = queue
-    review_model.decide([ids[0]], "ann", "accept")
-    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact")
-    assert review_model.undo_last(dataset_id, "ann") == [ids[1]]
-    assert review_model.undo_last(dataset_id, "ann") == [ids[0]]
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[1]], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
+    assert review_model.undo_last(dataset_id, "ann", user=account("reviewer", "ann")) == [ids[1]]
+    assert review_model.undo_last(dataset_id, "ann", user=account("reviewer", "ann")) == [ids[0]]
     _, total = review_model.queue_page(dataset_id, "a", "ann")
     assert total == 6
     from db.decisions import decision_history
@@ -62,8 +62,8 @@ def test_undo_makes_the_last_decisions_pending_and_keeps_history(queue):
 
 def test_latest_decision_of_a_reviewer_wins(queue):
     dataset_id, ids = queue
-    review_model.decide([ids[0]], "ann", "accept")
-    review_model.decide([ids[0]], "ann", "reject")
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[0]], "ann", "reject", user=account("reviewer", "ann"))
     assert review_model.consensus(dataset_id)[ids[0]].status == "rejected"
 
 
@@ -86,9 +86,9 @@ def test_consensus_rule(votes, rule, status, final):
 
 def test_curated_set_applies_relabels_and_consensus(queue):
     dataset_id, ids = queue
-    review_model.decide([ids[0]], "ann", "accept")
-    review_model.decide([ids[1]], "ann", "relabel", new_class="b")
-    review_model.decide([ids[2]], "ann", "reject")
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[1]], "ann", "relabel", new_class="b", user=account("reviewer", "ann"))
+    review_model.decide([ids[2]], "ann", "reject", user=account("reviewer", "ann"))
     accepted = {row.id: label for row, label in review_model.accepted_candidates(dataset_id)}
     assert accepted == {ids[0]: "a", ids[1]: "b"}
     assert review_model.accepted_candidates(dataset_id, ConsensusRule(min_agreeing=2)) == []
@@ -103,13 +103,13 @@ def admin(wbc_home, monkeypatch):
     from wbc_core import auth
 
     monkeypatch.setattr(auth, "PBKDF2_ITERATIONS", 1_000)
-    return auth.create_user("eve", "password1", "admin")
+    return auth.create_user("eve", "password1", "admin", user=account())
 
 
 def test_adjudication_overrides_consensus_and_latest_wins(queue, admin):
     dataset_id, ids = queue
-    review_model.decide([ids[0]], "ann", "accept")
-    review_model.decide([ids[0]], "bob", "reject", reason="GAN texture artefact")
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[0]], "bob", "reject", reason="GAN texture artefact", user=account("reviewer", "bob"))
     assert review_model.consensus(dataset_id)[ids[0]].status == "disputed"
     disputed = review_model.disputed_candidates(dataset_id)
     assert [(d["image_id"], d["votes"], d["reasons"]) for d in disputed] == [
@@ -132,9 +132,9 @@ def test_adjudication_overrides_consensus_and_latest_wins(queue, admin):
 def test_review_settings_are_the_default_rule_and_quotas_count_final_classes(queue, admin):
     dataset_id, ids = queue
     assert review_model.get_review_settings(dataset_id) == review_model.ReviewSettings()
-    review_model.decide(ids[:3], "ann", "accept")
-    review_model.decide([ids[3]], "ann", "relabel", new_class="b")
-    review_model.decide(ids[:2], "bob", "accept")
+    review_model.decide(ids[:3], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([ids[3]], "ann", "relabel", new_class="b", user=account("reviewer", "ann"))
+    review_model.decide(ids[:2], "bob", "accept", user=account("reviewer", "bob"))
     settings = review_model.ReviewSettings(ConsensusRule(min_agreeing=2), {"a": 2, "b": 1})
     review_model.set_review_settings(dataset_id, settings, admin)
     expected = review_model.ReviewSettings(ConsensusRule(2, 2), {"a": 2, "b": 1})
@@ -145,7 +145,7 @@ def test_review_settings_are_the_default_rule_and_quotas_count_final_classes(que
     assert (summary["a"]["accepted"], summary["a"]["pending"], summary["a"]["quota"], summary["a"]["quota_met"]) == (
         2, 4, 2, True)
     assert (summary["b"]["candidates"], summary["b"]["accepted_final"], summary["b"]["quota_met"]) == (0, 0, False)
-    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(ConsensusRule(), {"b": 1}), None)
+    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(ConsensusRule(), {"b": 1}), account())
     summary = {r["class_name"]: r for r in review_model.class_summary(dataset_id)}
     assert summary["b"]["accepted_final"] == 1 and summary["b"]["quota_met"] is True  # the relabel counts for b
     assert summary["a"]["quota"] is None and summary["a"]["quota_met"] is None
@@ -200,7 +200,7 @@ def test_queue_filters_by_gan_run_and_checkpoint_step(scored):
     assert [r["id"] for r in review_model.queue_page(dataset_id, "a", "ann", gan_run_id=run2)[0]] == ids[6:]
     rows, total = review_model.queue_page(dataset_id, "a", "ann", gan_run_id=run1, checkpoint_step=100)
     assert total == 3 and [r["id"] for r in rows] == [ids[1], ids[3], ids[5]]
-    review_model.decide([ids[1]], "ann", "accept")
+    review_model.decide([ids[1]], "ann", "accept", user=account("reviewer", "ann"))
     assert review_model.queue_page(dataset_id, "a", "ann", gan_run_id=run1, checkpoint_step=100)[1] == 2
 
 
@@ -209,7 +209,7 @@ def test_queue_filters_by_gan_run_and_checkpoint_step(scored):
 def test_blind_cells_are_interleaved_only_in_that_reviewers_queue(scored):
     dataset_id, ids, _, _ = scored
     val_a = {r.id for r in datasets.real_images(dataset_id, split="val", class_name="a")}
-    added = review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1)
+    added = review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1, user=account())
     assert added == {"a": 4}  # 0.3 of the resulting queue: round(0.3 * 10 / 0.7) real cells
     blind = {b["image_id"] for b in decisions_db.blind_items(dataset_id, "ann")}
     assert len(blind) == 4 and blind <= val_a
@@ -227,19 +227,21 @@ def test_blind_cells_are_interleaved_only_in_that_reviewers_queue(scored):
     # Another reviewer's queue has no real cells and keeps its provenance.
     other, n = review_model.queue_page(dataset_id, "a", "bob", page_size=100)
     assert n == 10 and not {r["id"] for r in other} & blind and other[0]["gan_run_id"] is not None
-    assert review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1) == {"a": 0}  # already topped up
+    # already topped up
+    assert review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1, user=account()) == {"a": 0}
 
 
 def test_blind_decisions_never_reach_consensus_or_the_curated_set(scored):
     dataset_id, ids, _, _ = scored
-    review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1)
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.3, seed=1, user=account())
     blind = [b["image_id"] for b in decisions_db.blind_items(dataset_id, "ann")]
     rows, _ = review_model.queue_page(dataset_id, "a", "ann", page_size=100)
-    review_model.decide([r["id"] for r in rows], "ann", "accept")  # "accept page" over candidates and hidden cells
-    review_model.decide([blind[0]], "ann", "reject", reason="GAN texture artefact")
+    # "accept page" over candidates and hidden cells
+    review_model.decide([r["id"] for r in rows], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.decide([blind[0]], "ann", "reject", reason="GAN texture artefact", user=account("reviewer", "ann"))
     assert review_model.queue_page(dataset_id, "a", "ann")[1] == 0
     with pytest.raises(ValueError, match="real cells"):
-        review_model.decide([blind[0]], "bob", "accept")  # not bob's blind item
+        review_model.decide([blind[0]], "bob", "accept", user=account("reviewer", "bob"))  # not bob's blind item
     outcomes = review_model.consensus(dataset_id)
     assert set(outcomes) == set(ids) and not set(outcomes) & set(blind)
     assert {row.id for row, _ in review_model.accepted_candidates(dataset_id)} == set(ids)
@@ -252,14 +254,15 @@ def test_blind_decisions_never_reach_consensus_or_the_curated_set(scored):
     progress = review_model.reviewer_progress(dataset_id)
     assert progress == [{"reviewer": "ann", "class_name": "a", "queue": 14, "decided": 14, "accepted": 13,
                          "rejected": 1, "relabelled": 0, "pending": 0}]
-    assert review_model.undo_last(dataset_id, "ann") == [blind[0]]  # undo covers the hidden cells too
+    # undo covers the hidden cells too
+    assert review_model.undo_last(dataset_id, "ann", user=account("reviewer", "ann")) == [blind[0]]
 
 
 def test_decision_rate_counts_cells_per_minute(queue):
     dataset_id, ids = queue
     assert review_model.decision_rate("ann") == 0.0
-    review_model.decide(ids[:4], "ann", "accept")
-    review_model.undo_last(dataset_id, "ann")
+    review_model.decide(ids[:4], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.undo_last(dataset_id, "ann", user=account("reviewer", "ann"))
     # 4 cells within the last 10 s floor -> 4 / (10/60) = 24 per minute; the undo is not a cell decided.
     assert review_model.decision_rate("ann", window_minutes=5) == pytest.approx(24.0, rel=0.05)
 

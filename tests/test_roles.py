@@ -118,6 +118,10 @@ def world(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wo
         yield World(root=tmp_path, npz=_npz(tmp_path / "blood.npz"), **ids)
 
 
+def _name(user: auth.User | None) -> str:
+    return user.username if user is not None else "reviewer"
+
+
 # (name, roles allowed, action(world, user)). Each action is one call of a mutating domain function.
 Action = Callable[[World, Any], Any]
 CASES: list[tuple[str, frozenset[str], Action]] = [
@@ -176,8 +180,8 @@ CASES: list[tuple[str, frozenset[str], Action]] = [
     ("auth.unlock_user", ADMIN, lambda w, u: auth.unlock_user("other", user=u)),
     # review
     ("review_model.decide", REVIEWERS,
-     lambda w, u: review_model.decide([w.candidate_id], u.username, "accept", user=u)),
-    ("review_model.undo_last", REVIEWERS, lambda w, u: review_model.undo_last(w.dataset_id, u.username, user=u)),
+     lambda w, u: review_model.decide([w.candidate_id], _name(u), "accept", user=u)),
+    ("review_model.undo_last", REVIEWERS, lambda w, u: review_model.undo_last(w.dataset_id, _name(u), user=u)),
     ("review_model.set_review_settings", ADMIN,
      lambda w, u: review_model.set_review_settings(
          w.dataset_id, review_model.ReviewSettings(review_model.ConsensusRule(1, 1), {}), u)),
@@ -263,3 +267,70 @@ def test_a_refused_group_cancel_stops_no_run(world: World) -> None:
     with pytest.raises(PermissionDenied):
         groups.cancel_group(group, account("reviewer"))
     assert all(r.status == "queued" for r in groups.group_runs(group))
+
+
+# --- the CLI acts as a named local account ------------------------------------------------------------------
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    from wbc_core.cli.main import main
+
+    code = main(["--json", *argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_cli_owner_is_admin_on_an_empty_database_and_named_accounts_must_exist(wbc_home, capsys) -> None:
+    code, text = _cli(capsys, "--as", "ghost", "demo", "--name", "d", "--per-class", "3", "--size", "32")
+    assert code == 2 and "no account 'ghost'" in text and not auth.has_users()  # --as never creates an account
+    code, text = _cli(capsys, "demo", "--name", "d", "--per-class", "3", "--size", "32")
+    assert code == 0, text
+    assert [(u.username, u.role) for u in auth.list_users()] == [("local", "admin")]  # the machine's owner
+    assert runs_db.list_runs(limit=10) == [] and ds_db.get_dataset("d").kind == "demo"
+    account("viewer", "vic")
+    code, text = _cli(capsys, "demo", "--name", "e", "--per-class", "3", "--size", "32", "--as", "vic")
+    assert code == 2 and "viewer 'vic' may not import" in text
+    code, text = _cli(capsys, "--as", "vic", "user", "add", "mallory", "--role", "admin", "--password-stdin")
+    assert code == 2 and "may not manage users" in text and auth.get_user("mallory") is None
+
+
+def test_cli_default_account_is_not_created_once_other_accounts_exist(wbc_home, capsys) -> None:
+    account("admin", "ann")
+    code, text = _cli(capsys, "demo", "--name", "d", "--per-class", "3", "--size", "32")
+    assert code == 2 and "no account 'local'" in text and "--as" in text
+    assert auth.get_user("local") is None
+    code, text = _cli(capsys, "--as", "ann", "demo", "--name", "d", "--per-class", "3", "--size", "32")
+    assert code == 0, text
+
+
+def test_cli_review_records_votes_only_for_reviewer_accounts(world: World, capsys) -> None:
+    from db import decisions as decisions_db
+
+    ids = str(world.candidate_id)
+    for who, words in (("ghost", "no reviewer account 'ghost'"), ("viewer", "viewer 'viewer' may not review")):
+        code, text = _cli(capsys, "review", "--dataset", "cells", "--reviewer", who, "--accept", "--ids", ids)
+        assert code == 2 and words in text
+    code, text = _cli(capsys, "--as", "viewer", "review", "--dataset", "cells", "--accept", "--ids", ids)
+    assert code == 2 and "may not review" in text
+    code, text = _cli(capsys, "--as", "admin", "review", "--dataset", "cells", "--reviewer", "reviewer",
+                      "--accept", "--ids", ids)
+    assert code == 2 and "different accounts" in text
+    assert decisions_db.current_decisions(world.dataset_id) == []
+    code, text = _cli(capsys, "review", "--dataset", "cells", "--reviewer", "reviewer", "--accept", "--ids", ids)
+    assert code == 0, text
+    code, text = _cli(capsys, "--as", "admin", "review", "--dataset", "cells", "--reject", "--ids", ids)
+    assert code == 0, text
+    assert {(d["reviewer"], d["verdict"]) for d in decisions_db.current_decisions(world.dataset_id)} == {
+        ("reviewer", "accept"), ("admin", "reject")}
+
+
+def test_cli_cancel_checks_the_role_and_runs_show_who(world: World, capsys) -> None:
+    import json
+
+    run_id = world.admin_run()
+    code, text = _cli(capsys, "--as", "reviewer", "cancel", str(run_id))
+    assert code == 2 and "may not cancel" in text and runs_db.get_run(run_id).status == "queued"
+    code, text = _cli(capsys, "cancel", str(run_id), "--as", "admin")
+    assert code == 0, text
+    code, text = _cli(capsys, "runs", "--kind", "score")
+    listed = {r["id"]: r for r in json.loads(text.splitlines()[0])["runs"]}
+    assert (listed[run_id]["started_by"], listed[run_id]["cancelled_by"]) == ("admin", "admin")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import draw_cell
+from support import account, draw_cell
 
 from db import datasets as ds_db
 from db import runs as runs_db
@@ -30,7 +30,7 @@ def finished(wbc_home: Path, tiny_folder: Path, tmp_path: Path, monkeypatch: pyt
     from wbc_core.importing import import_folder
     from wbc_core.types import LabelledImages
 
-    import_folder(tiny_folder, "cells", size=32)
+    import_folder(tiny_folder, "cells", size=32, user=account())
     info = ds_db.get_dataset("cells")
     names = info.class_names
     rng = np.random.default_rng(0)

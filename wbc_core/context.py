@@ -33,7 +33,7 @@ class Settings:
     db_url: str  # WBC_DB_URL, default SQLite in home
     auth_off: bool = False  # WBC_AUTH=off: no sign-in, everyone acts as the local admin `local_user`
     local_user: str = "local"  # WBC_USER: the acting account with sign-in off, and the CLI's default account
-    quality_judge: str = "small"  # WBC_QUALITY_JUDGE: small | full
+    quality_judge: str = "small"  # WBC_QUALITY_JUDGE: small | full (checked where used: quality.judge)
     import_roots: tuple[Path, ...] = ()  # WBC_IMPORT_ROOTS: server folders an admin may import from
     cpu_bf16: bool = True  # WBC_CPU_BF16=0: fp32 on CPUs even where bf16 is native
     cuda_amp_dtype: str = ""  # WBC_CUDA_AMP_DTYPE: "fp16" or "bf16" forces the GPU's mixed precision
@@ -55,7 +55,7 @@ class Settings:
         return cls(home=root, db_url=url,
                    auth_off=(env.get("WBC_AUTH") or "").strip().lower() in {"off", "0", "false", "no", "none"},
                    local_user=(env.get("WBC_USER") or "local").strip() or "local",
-                   quality_judge=judge if judge in ("small", "full") else "small", import_roots=roots,
+                   quality_judge=judge, import_roots=roots,
                    cpu_bf16=(env.get("WBC_CPU_BF16") or "1").strip() != "0",
                    cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower(),
                    mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None,

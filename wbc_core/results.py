@@ -23,8 +23,8 @@ from wbc_core import jobs
 from wbc_core.context import BoundedCache, current
 
 PREDICTIONS_FILE = "test_predictions.npz"  # per-sample test predictions, written by every classifier job
-TORCHSCRIPT_FILE = "model_torchscript.pt"  # exported on first request, next to model.pt
-ONNX_FILE = "model.onnx"  # exported on first request, next to model.pt
+TORCHSCRIPT_FILE = "model_torchscript.pt"  # written by the classifier job, next to model.pt
+ONNX_FILE = "model.onnx"  # written by export-model on request, next to model.pt
 MODEL_CARD_FILE = "model_card.json"  # class map and preprocessing, next to model.pt
 BOOTSTRAP_SAMPLES = 1000  # resamples per interval: percentile CIs are stable to ~0.002 at this count
 CONFIDENCE = 0.95
@@ -200,6 +200,13 @@ def onnx_path(run_id: int) -> Path:
     return target
 
 
+def onnx_ready(run_id: int) -> bool:
+    """Whether the run's ONNX file exists (the Dashboard offers it for download only then)."""
+    source = checkpoint_path(run_id)
+    target = source.with_name(ONNX_FILE)
+    return target.exists() and target.stat().st_mtime >= source.stat().st_mtime
+
+
 def model_card(run_id: int) -> dict[str, Any]:
     """Class map and preprocessing of a run's model, as shipped next to the weights (written by the job)."""
     source = checkpoint_path(run_id)
@@ -219,12 +226,12 @@ def model_card(run_id: int) -> dict[str, Any]:
 
 
 def write_exports(run_id: int) -> None:
-    """Write the TorchScript and ONNX exports and the model card next to a finished run's checkpoint.
+    """Write the TorchScript export and the model card next to a finished run's checkpoint.
 
-    Called at the end of the classifier job, so that a download in the page server only reads files.
+    Called at the end of the classifier job, so that a download in the page server only reads files. ONNX (about
+    10 s per model on 2 cores) is written on request by `export-model`, in the CLI's own process.
     """
     torchscript_path(run_id)
-    onnx_path(run_id)
     card = model_card(run_id)
     checkpoint_path(run_id).with_name(MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import account
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,7 +62,7 @@ def _stop_leftover_runs() -> None:
     from wbc_core import jobs
 
     for run in runs_db.active_runs():
-        jobs.cancel(run.id)
+        jobs.cancel(run.id, account())
         if jobs.wait(run.id, timeout=30).active:
             jobs.kill(run.id)
     for run in runs_db.list_runs():

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
-from support import wait_for
+from support import account, wait_for
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -99,15 +99,17 @@ def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page
     # Prepared before the server starts: a dataset, candidates, users (CLI), and a disagreement (domain API).
     ensure_schema()
     folder = write_demo_folder(tmp_path / "folder", per_class=8, size=32, seed=1)
-    ds = importing.import_folder(folder, "cells", size=32).dataset_id
+    ds = importing.import_folder(folder, "cells", size=32, user=account()).dataset_id
     big = add_candidates(e2e_home, ds, BIG_CLASS, N_BIG, seed=1)
     disputed, agreed = add_candidates(e2e_home, ds, "lymphocyte", 2, seed=2)
     cli(e2e_home, "user", "add", "rita", "--role", "reviewer", "--password-stdin", stdin=PASSWORD + "\n")
     cli(e2e_home, "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
-    review_model.set_review_settings(ds, review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2, min_votes=2)), None)
-    review_model.decide([disputed, agreed], "rob", "accept")
-    review_model.decide([disputed], "sam", "reject", reason=review_model.reject_reason(4))
-    review_model.decide([agreed], "sam", "accept")
+    two_of_two = review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2, min_votes=2))
+    review_model.set_review_settings(ds, two_of_two, account())
+    review_model.decide([disputed, agreed], "rob", "accept", user=account("reviewer", "rob"))
+    review_model.decide([disputed], "sam", "reject", reason=review_model.reject_reason(4),
+                        user=account("reviewer", "sam"))
+    review_model.decide([agreed], "sam", "accept", user=account("reviewer", "sam"))
     server = start_streamlit()
     page = browser_page
 

@@ -24,7 +24,8 @@ from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
-EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results"]
+EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results",
+                            "wbc_core.cli.doctor"]
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"

@@ -102,21 +102,24 @@ def _user(args: argparse.Namespace) -> dict[str, Any]:
                  for u in items]
         empty = "no users yet: `python -m wbc_core user add NAME --role admin`"
         return {"users": items, "_text": "\n".join(lines) or empty}
+    acting = acting_user(args)
+    if not (cmd == "password" and args.name == acting.username):  # refused before a password is asked for
+        auth.authorize(acting, "manage_users")
     if cmd == "add":
         user = auth.create_user(args.name, _read_password(args.password_stdin), args.role, args.display_name,
-                                user=acting_user(args))
+                                user=acting)
         text = f"created {user.role} {user.username!r}"
     elif cmd == "role":
-        user = auth.set_role(args.name, args.role, user=acting_user(args))
+        user = auth.set_role(args.name, args.role, user=acting)
         text = f"{user.username!r} is now {user.role}"
     elif cmd == "disable":
-        user = auth.disable_user(args.name, disabled=not args.enable, user=acting_user(args))
+        user = auth.disable_user(args.name, disabled=not args.enable, user=acting)
         text = f"{user.username!r} " + ("disabled" if user.disabled else "enabled")
     elif cmd == "unlock":
-        user = auth.unlock_user(args.name, user=acting_user(args))
+        user = auth.unlock_user(args.name, user=acting)
         text = f"{user.username!r} may sign in again at once (failed sign-ins cleared)"
     else:
-        user = auth.set_password(args.name, _read_password(args.password_stdin), user=acting_user(args))
+        user = auth.set_password(args.name, _read_password(args.password_stdin), user=acting)
         text = f"changed the password of {user.username!r}"
     return {**_user_payload(user), "_text": text}
 

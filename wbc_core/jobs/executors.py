@@ -25,7 +25,7 @@ from typing import Any
 from db import runs as runs_db
 from wbc_core.context import Settings, current
 
-SENTINEL_FILE = ".wbc_sentinel"  # in each Ray run's folder; holds the token the worker gets in WBC_SENTINEL
+SENTINEL_FILE = ".wbc_sentinel"  # in each run's folder; holds the token the worker gets in WBC_SENTINEL
 REACH_TIMEOUT_SECONDS = 3.0  # how long a submission waits for the Ray dashboard to answer before refusing
 RAY_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray job statuses after which its process is gone
 GPU_KINDS = ("gan", "classifier")  # kinds whose config may ask for CUDA (entrypoint_num_gpus=1 then)
@@ -49,7 +49,8 @@ class LocalExecutor:
     def launch(self, run_id: int, log_path: Path) -> int:
         from wbc_core.jobs import launcher
 
-        pid = launcher.spawn("wbc_core.worker", [str(run_id)], log_path)
+        token = write_sentinel(run_id)  # the same proof as on Ray: the worker reads it before anything else
+        pid = launcher.spawn("wbc_core.worker", [str(run_id)], log_path, {"WBC_SENTINEL": token})
         runs_db.set_pid(run_id, pid, socket.gethostname())
         return pid
 

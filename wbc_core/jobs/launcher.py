@@ -19,9 +19,10 @@ _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
 
 
-def spawn(module: str, args: Sequence[str], log_path: Path) -> int:
+def spawn(module: str, args: Sequence[str], log_path: Path, extra_env: Mapping[str, str] | None = None) -> int:
     """Start `python -m module args...` detached, logging to log_path, with this context's home; return its pid."""
-    env = {**os.environ, **worker_environ(current().settings, os.environ)}
+    inherited = {k: v for k, v in os.environ.items() if k != "WBC_SENTINEL"}  # a token belongs to one run only
+    env = {**inherited, **worker_environ(current().settings, os.environ), **(extra_env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         # A new session detaches the process from the terminal and from Streamlit's process group,
