@@ -43,9 +43,12 @@ def _measure(folder: Path) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="wbc_mem_home_") as home:
         ctx = context.build("bench", home=home)
         with context.using(ctx):
+            from wbc_core.auth import claim_local_account
+
+            owner = claim_local_account("bench")  # the acting admin of the import
             before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             started = time.monotonic()
-            result = import_folder(folder, "memory", size=64, split=SplitConfig(seed=0))
+            result = import_folder(folder, "memory", size=64, split=SplitConfig(seed=0), user=owner)
             seconds = time.monotonic() - started
         ctx.close()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -90,7 +90,11 @@ def main() -> int:
     dataset_id, ids = populate(args.candidates)
     setup_s = time.perf_counter() - t0
     print(f"populated {args.candidates} candidates + decisions in {setup_s:.1f} s ({home})")
-    review_model.enable_blind_test(dataset_id, "dee", fraction=0.1, seed=0)
+    from db import users as users_db
+
+    admin = users_db.insert_user("bench-admin", "", "admin")  # the acting accounts of the domain calls below
+    ann = users_db.insert_user("ann", "", "reviewer")
+    review_model.enable_blind_test(dataset_id, "dee", fraction=0.1, seed=0, user=admin)
 
     results: dict[str, dict[str, float]] = {}
     for state in review_model.QUEUE_STATES:
@@ -112,8 +116,8 @@ def main() -> int:
 
     pending, _ = review_model.queue_page(dataset_id, CLASSES[2], "ann", page_size=200)
     it = iter(p["id"] for p in pending)
-    write = _timed(lambda: review_model.decide([next(it)], "ann", "accept"), calls=100)
-    undo = _timed(lambda: review_model.undo_last(dataset_id, "ann"), calls=20)
+    write = _timed(lambda: review_model.decide([next(it)], "ann", "accept", user=ann), calls=100)
+    undo = _timed(lambda: review_model.undo_last(dataset_id, "ann", user=ann), calls=20)
     print(f"record one decision p50 {write['p50_ms']:.1f} ms p95 {write['p95_ms']:.1f} ms max {write['max_ms']:.1f} ms")
     print(f"undo last           p50 {undo['p50_ms']:.1f} ms p95 {undo['p95_ms']:.1f} ms")
     summary = _timed(lambda: review_model.class_summary(dataset_id), calls=3)

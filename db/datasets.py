@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from db import validate
 from db.engine import Database, bound, read_session, write_session
-from db.models import Dataset, Image
+from db.models import Dataset, Image, utcnow
 
 
 class DatasetExists(ValueError):
@@ -32,6 +33,8 @@ class DatasetInfo:
     split_config: dict[str, Any]
     split_hash: str
     import_report: dict[str, Any]
+    archived_at: datetime | None = None  # set when "deleted": hidden from lists, kept for the audit
+    archived_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class ImageRow:
 
 def _info(ds: Dataset) -> DatasetInfo:
     return DatasetInfo(ds.id, ds.name, ds.kind, ds.source, list(ds.class_names), ds.image_size,
-                       dict(ds.split_config or {}), ds.split_hash, dict(ds.import_report or {}))
+                       dict(ds.split_config or {}), ds.split_hash, dict(ds.import_report or {}), ds.archived_at,
+                       ds.archived_by)
 
 
 def create_dataset(name: str, kind: str, source: str, class_names: list[str], split_config: dict[str, Any],
@@ -87,22 +91,61 @@ def add_images(dataset_id: int, rows: list[dict[str, Any]]) -> list[int]:
 
 
 def get_dataset(name_or_id: str | int) -> DatasetInfo:
-    """Look a dataset up by name or id; raise DatasetNotFound with the known names otherwise."""
+    """Look a dataset up by name (archived ones excluded) or id (any); raise DatasetNotFound with the known
+    names otherwise."""
     with read_session() as s:
         if isinstance(name_or_id, int):
             ds = s.get(Dataset, name_or_id)
         else:
-            ds = s.scalar(select(Dataset).where(Dataset.name == name_or_id))
+            ds = s.scalar(select(Dataset).where(Dataset.name == name_or_id, Dataset.archived_at.is_(None)))
         if ds is None:
-            known = ", ".join(s.scalars(select(Dataset.name).order_by(Dataset.name))) or "none yet"
+            known = ", ".join(s.scalars(select(Dataset.name).where(Dataset.archived_at.is_(None))
+                                        .order_by(Dataset.name))) or "none yet"
             raise DatasetNotFound(f"no dataset {name_or_id!r} (known datasets: {known})")
         return _info(ds)
 
 
-def list_datasets() -> list[DatasetInfo]:
-    """All datasets, newest first."""
+def list_datasets(include_archived: bool = False) -> list[DatasetInfo]:
+    """Datasets, newest first; archived ("deleted") ones only when asked for."""
+    query = select(Dataset).order_by(Dataset.id.desc())
+    if not include_archived:
+        query = query.where(Dataset.archived_at.is_(None))
     with read_session() as s:
-        return [_info(ds) for ds in s.scalars(select(Dataset).order_by(Dataset.id.desc()))]
+        return [_info(ds) for ds in s.scalars(query)]
+
+
+def rename_dataset(dataset_id: int, new_name: str) -> None:
+    """Give a dataset (not archived) a new, free name; its cells and runs keep pointing at it by id."""
+    validate.text(new_name, "the dataset name", validate.DATASET_NAME_MAX, required=True)
+    with write_session() as s:
+        ds = s.get(Dataset, dataset_id)
+        if ds is None or ds.archived_at is not None:
+            raise DatasetNotFound(f"no dataset with id {dataset_id} (or it was deleted)")
+        taken = s.scalar(select(Dataset.id).where(Dataset.name == new_name, Dataset.id != dataset_id))
+        if taken is not None:
+            raise DatasetExists(f"a dataset named {new_name!r} already exists; choose another name")
+        ds.name = new_name
+
+
+def archive_dataset(dataset_id: int, archived_name: str, by: str) -> None:
+    """Archive a dataset and its runs: hidden from lists, kept (with cells and decisions) for the audit; its
+    name becomes archived_name so that the old one is free again."""
+    from db.models import Run
+    from db.vocabulary import ACTIVE_STATUSES
+
+    validate.text(archived_name, "the archived name", validate.DATASET_NAME_MAX, required=True)
+    with write_session() as s:
+        ds = s.get(Dataset, dataset_id)
+        if ds is None or ds.archived_at is not None:
+            raise DatasetNotFound(f"no dataset with id {dataset_id} (or it was deleted already)")
+        active = s.scalars(select(Run.id).where(Run.dataset_id == dataset_id, Run.status.in_(ACTIVE_STATUSES))).all()
+        if active:
+            raise ValueError(f"dataset {ds.name!r} has runs still queued or running ({', '.join(map(str, active))}); "
+                             "cancel them and wait for them to end before deleting it")
+        now = utcnow()
+        ds.name, ds.archived_at, ds.archived_by = archived_name, now, by
+        s.execute(update(Run).where(Run.dataset_id == dataset_id, Run.archived_at.is_(None))
+                  .values(archived_at=now, archived_by=by))
 
 
 def image_counts(dataset_id: int) -> list[dict[str, Any]]:

@@ -304,7 +304,7 @@ def is_blind_item(image_id: int, reviewer: str) -> bool:
 
 def export_rows(dataset_id: int) -> list[dict[str, Any]]:
     """Every image of a dataset with its provenance columns, in id order."""
-    query = select(Image.id, Image.origin, Image.class_name, Image.split, Image.sha256, Image.path,
+    query = select(Image.id, Image.origin, Image.class_name, Image.split, Image.sha256, Image.path, Image.source,
                    Image.gan_run_id, Image.checkpoint_step, Image.seed).where(Image.dataset_id == dataset_id)
     with read_session() as s:
         return [dict(r._mapping) for r in s.execute(query.order_by(Image.id))]

@@ -49,6 +49,9 @@ class Dataset(Base):
     # Consensus rule and per-class quotas: {"min_agreeing": k, "min_votes": n, "quotas": {class: target}}.
     review_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # "Deleted" = archived: hidden from lists and pickers, kept for the audit (its decisions); name freed.
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    archived_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Image(Base):
@@ -119,6 +122,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # "deleted": hidden, kept
+    archived_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Metric(Base):

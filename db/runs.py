@@ -51,6 +51,8 @@ class RunInfo:
     cancelled_by: str | None = None
     executor: str = "local"
     external_id: str | None = None
+    archived_at: datetime | None = None  # set when "deleted": hidden from lists, kept for the audit
+    archived_by: str | None = None
 
     @property
     def active(self) -> bool:
@@ -66,7 +68,7 @@ def _info(run: Run, job: Job | None, dataset_name: str | None) -> RunInfo:
         bool(job.cancel_requested) if job else False, job.progress_fraction if job else 0.0,
         job.progress_message if job else "", job.error if job else None, job.log_path if job else None,
         run.started_by, run.cancelled_by, (job.executor or "local") if job else "local",
-        job.external_id if job else None,
+        job.external_id if job else None, run.archived_at, run.archived_by,
     )
 
 
@@ -240,9 +242,11 @@ def get_run(run_id: int) -> RunInfo:
 
 
 def list_runs(dataset_id: int | None = None, kind: str | None = None, status: str | None = None,
-              limit: int = 500) -> list[RunInfo]:
-    """Runs newest first, optionally filtered."""
+              limit: int = 500, include_archived: bool = False) -> list[RunInfo]:
+    """Runs newest first, optionally filtered; archived ("deleted") runs only when asked for."""
     query = _select_runs()
+    if not include_archived:
+        query = query.where(Run.archived_at.is_(None))
     if dataset_id is not None:
         query = query.where(Run.dataset_id == dataset_id)
     if kind is not None:
@@ -251,6 +255,17 @@ def list_runs(dataset_id: int | None = None, kind: str | None = None, status: st
         query = query.where(Run.status == status)
     with read_session() as s:
         return [_info(*row) for row in s.execute(query.order_by(Run.id.desc()).limit(limit))]
+
+
+def archive_run(run_id: int, by: str) -> None:
+    """Archive an ended run: hidden from lists and pickers, its row, metrics and files kept. Active runs refuse."""
+    with write_session() as s:
+        run = s.get(Run, run_id)
+        if run is None or run.archived_at is not None:
+            raise RunNotFound(f"there is no run {run_id} (or it was deleted already)")
+        if run.status in ACTIVE_STATUSES:
+            raise ValueError(f"run {run_id} is {run.status}; cancel it and wait for it to end before deleting it")
+        run.archived_at, run.archived_by = utcnow(), by
 
 
 def active_runs() -> list[RunInfo]:

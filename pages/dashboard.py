@@ -45,8 +45,19 @@ choices = shown["run"].tolist()
 picked = st.multiselect("Runs to compare", choices, default=choices[: min(3, len(choices))], format_func=labels.get)
 done = table[table["status"] == "succeeded"]
 baselines = done[done["recipe"] == "real"]["run"].tolist()
+suggested, why = results.default_baseline(picked)
 baseline = st.selectbox("Baseline (real only)", baselines or [None],
+                        index=baselines.index(suggested) if suggested in baselines else 0,
+                        key=f"baseline_for_{picked[0] if picked else 'none'}",
                         format_func=lambda r: "none yet" if r is None else labels[r])
+st.caption(f"Baseline in use: {why}." if baseline == suggested else
+           f"Baseline in use: run {baseline}, picked by hand (the suggested one is {why}).")
+for run_id in picked:
+    caveats = views.run_caveats(run_id)
+    if caveats["headline"]:
+        st.markdown(f"**Run {run_id}:** {caveats['headline']}")
+    for warning in caveats["warnings"]:
+        st.warning(f"Run {run_id}: {warning}.", icon="⚠️")
 
 
 @st.fragment(run_every=2 if any_active else None)

@@ -82,6 +82,8 @@ def import_panel() -> None:
     if state["status"] == "succeeded" and "summary" in state["result"]:
         frame.select_dataset(state["result"]["name"])
         st.session_state["last_import"] = state["result"]["summary"]
+        if state["result"].get("warning"):
+            st.session_state["last_import_warning"] = state["result"]["warning"]
     elif state["status"] == "failed":
         st.session_state["import_error"] = f"The import of {job.config['name']!r} failed: {state['error_line']}"
     st.rerun()
@@ -91,7 +93,13 @@ import_panel()
 if "import_error" in st.session_state:
     st.error(st.session_state.pop("import_error"), icon="🚫")
 if "last_import" in st.session_state:
-    st.success(st.session_state.pop("last_import"))
+    # Green only for what was imported; skipped and unsafe entries are a warning beside it.
+    first, _, rest = st.session_state.pop("last_import").partition("\n")
+    st.success(first)
+    if rest.strip():
+        st.warning(rest)
+if "last_import_warning" in st.session_state:
+    st.warning(st.session_state.pop("last_import_warning"), icon="⚠️")
 
 if frame.current_dataset() is None:
     st.info("No dataset yet: import a folder above, or create the demo dataset in the **Demo** tab.")

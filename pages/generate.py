@@ -167,5 +167,8 @@ else:
     shown = pick[1].multiselect("Classes", groups, default=["all"], key="quality_groups")
     st.plotly_chart(quality_views.quality_figure(frame, metric, shown), width="stretch")
     table = quality_views.quality_table(frame, int(step))
+    step_verdict = quality_views.step_verdict(frame, int(step))
+    if step_verdict:
+        st.markdown(f"**Verdict for step {step}:** {step_verdict}")
     if not table.empty:
         st.dataframe(table.style.format("{:.3f}"), width="stretch")

@@ -91,8 +91,8 @@ if table.empty:
     st.info("No classifier run yet. Start one above; the real-only recipe is the baseline to compare against.")
     st.stop()
 with st.expander("All classifier runs of this dataset"):
-    st.dataframe(table[["run", "status", "recipe", "group", "seed", "created", "test macro-F1", "started by",
-                        "cancelled by"]], width="stretch", hide_index=True)
+    st.dataframe(table[["run", "status", "recipe", "group", "seed", "created", "test macro-F1", "test cells",
+                        "caveat", "started by", "cancelled by"]], width="stretch", hide_index=True)
 run_ids = table["run"].tolist()
 if st.session_state.get("classifier_run") not in run_ids:  # first visit, or another dataset was chosen
     st.session_state["classifier_run"] = run_ids[0]
@@ -150,9 +150,14 @@ def live_panel(run_id: int, was_active: bool) -> None:
     if test:
         ci = test.get("ci") or {}
         span = f"95% CI {ci['macro_f1'][0]:.4f}–{ci['macro_f1'][1]:.4f}" if ci.get("macro_f1") else None
+        caveats = views.run_caveats(run_id)
         st.metric("Test macro-F1 (real test cells)", f"{test['macro_f1']:.4f}", help=span)
-        st.dataframe({"class": list(test["per_class_f1"]), "F1": list(test["per_class_f1"].values())},
-                     hide_index=True)
+        st.caption(caveats["headline"])
+        for warning in caveats["warnings"]:
+            st.warning(f"{warning[0].upper()}{warning[1:]}.", icon="⚠️")
+        support = test.get("per_class_support") or {}
+        st.dataframe({"class": list(test["per_class_f1"]), "F1": list(test["per_class_f1"].values()),
+                      "test cells": [support.get(c) for c in test["per_class_f1"]]}, hide_index=True)
     summary = state["train_set_summary"] or {}
     st.caption(f"training set: {state['train_set_size']} images · hash {(state['train_set_hash'] or '')[:16]} · "
                f"decisions snapshot {(summary.get('decisions_snapshot') or '')[:16]} · seed {state['seed']}"

@@ -133,10 +133,10 @@ class RayCluster:
         return sorted(set(sockets))
 
     def stop(self) -> None:
-        """End this cluster's processes (TERM, then KILL after 15 s) and remove its folder (idempotent)."""
+        """End this cluster's processes (TERM, then KILL after 5 s) and remove its folder (idempotent)."""
         if self.running:
             self.running = False
-            for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):  # gcs_server and raylet may ignore TERM
                 for pid in self.pids():
                     with contextlib.suppress(OSError):
                         os.kill(pid, sig)

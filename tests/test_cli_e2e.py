@@ -16,12 +16,12 @@ from support import context_on
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(home: Path, *args: str, ok: bool = True, db_url: str | None = None) -> dict:
+def cli(home: Path, *args: str, ok: bool = True, db_url: str | None = None, stdin: str | None = None) -> dict:
     env = {**os.environ, "WBC_HOME": str(home)}
     env.pop("WBC_DB_URL", None)
     if db_url:  # PostgreSQL; else the home's SQLite file
         env["WBC_DB_URL"] = db_url
-    out = subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "wbc_core", "--json", *args], cwd=ROOT, env=env, input=stdin or "",
                          capture_output=True, text=True, timeout=600)
     assert (out.returncode == 0) == ok, f"exit {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr}"
     lines = out.stdout.strip().splitlines()
@@ -53,6 +53,10 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path, db_url):
     again = wbc(home, "generate", "--run", str(gan["run_id"]), "--per-class", "1", "--step", "6")
     assert again["seed"] != generated["seed"] and again["checkpoint_step"] == 6
 
+    # The CLI acts as the machine's owner ("local", made admin by the first command); reviewers are accounts.
+    refused = wbc(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--accept", "--all", ok=False)
+    assert "no reviewer account 'ann'" in refused["error"]
+    wbc(home, "user", "add", "ann", "--role", "reviewer", "--password-stdin", stdin="s3cret-pass\n")
     accepted = wbc(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--accept", "--class", "platelet")
     assert accepted["decided"] == 5
     rejected = wbc(home, "review", "--dataset", "tiny", "--reviewer", "ann", "--reject", "--all")
@@ -69,6 +73,7 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path, db_url):
     assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
         (trained["run_id"], "classifier", "succeeded"), (gan["run_id"], "gan", "succeeded")]
     assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
+    assert {(r["started_by"], r["cancelled_by"]) for r in listed} == {("local", None)}
 
     # The database agrees with what the CLI printed.
     with context_on(home, db_url):

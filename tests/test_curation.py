@@ -109,6 +109,9 @@ def test_a_rejected_candidate_does_not_block_its_neighbours():
 def test_empty_batch_and_missing_context_are_handled():
     policy = ReferenceClassifierPolicy(StubReference({}, REAL_FEATS))
     assert policy.decide(cells([], []), context()).tolist() == []
+    empty = policy.explain(cells([], []), context())
+    assert empty.rejections == {name: dict.fromkeys(REFERENCE_RULES, 0) for name in NAMES}
+    assert empty.copy_thresholds == {}
     try:
         policy.decide(cells([200], [0]), CurationContext(NAMES))
     except ValueError as exc:

@@ -133,7 +133,7 @@ def test_export_needs_the_export_permission_and_all_files(curated, tmp_path, mon
     with pytest.raises(auth.PermissionDenied, match="viewer 'vic' may not export"):
         export_curated_zip(dataset_id, tmp_path / "v.zip", user=viewer)
     assert export_curated_zip(dataset_id, tmp_path / "r.zip",
-                              user=auth.create_user("rita", "password1", "reviewer")).files > 0
+                              user=auth.create_user("rita", "password1", "reviewer", user=account())).files > 0
     (wbc_home / ds_db.images_by_ids([ids[0]])[0].path).unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         export_curated_zip(dataset_id, tmp_path / "m.zip", user=account())

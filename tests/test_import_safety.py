@@ -110,6 +110,7 @@ def test_two_imports_under_one_name_one_wins_and_the_other_leaves_nothing(wbc_ho
     source = cells_folder(tmp_path / "src", per_class=20)
     both_started = threading.Barrier(2, timeout=60)
     outcomes: list[object] = []
+    admin = account()  # created once, before the race
 
     def start(done: int, _total: int) -> None:
         if done == 0:  # both have passed the name check; neither has written anything yet
@@ -117,7 +118,7 @@ def test_two_imports_under_one_name_one_wins_and_the_other_leaves_nothing(wbc_ho
 
     def one() -> None:
         try:
-            outcomes.append(importing.import_folder(source, "cells", size=32, progress=start, user=account()))
+            outcomes.append(importing.import_folder(source, "cells", size=32, progress=start, user=admin))
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
             outcomes.append(exc)
 

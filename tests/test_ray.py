@@ -93,10 +93,13 @@ def test_a_ray_client_address_is_refused_with_the_right_form(wbc_home):
         executors.RayExecutor("ray://head:10001")
 
 
+@pytest.mark.databases("sqlite", "postgresql")
 def test_a_worker_that_cannot_see_the_home_fails_in_plain_words(wbc_home):
     run_id = runs.create_run("selftest", None, {"steps": 1}, seed=0)
     executors.write_sentinel(run_id)  # the app's token; the worker below is given another one
     env = {**os.environ, "WBC_HOME": str(wbc_home), "WBC_SENTINEL": "not-the-token", "PYTHONPATH": str(ROOT)}
+    if context.current().settings.db_url != f"sqlite:///{wbc_home / 'wbc.db'}":
+        env["WBC_DB_URL"] = context.current().settings.db_url  # PostgreSQL: outside the home the worker cannot see
     done = subprocess.run([sys.executable, "-m", "wbc_core.worker", str(run_id)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stdout + done.stderr
@@ -115,6 +118,20 @@ def test_the_local_executor_stays_the_default(wbc_home):
     assert (info.executor, info.external_id) == ("local", None)
 
 
+def test_imports_stay_local_and_cuda_training_asks_ray_for_a_gpu(wbc_home):
+    settings = context.current().settings
+    with_ray = context.with_settings(context.current(), ray_address="http://head:8265").settings
+    assert isinstance(executors.executor_for(with_ray, kind="import"), executors.LocalExecutor)  # the host's folders
+    ray = executors.executor_for(with_ray, kind="gan")
+    assert isinstance(ray, executors.RayExecutor) and ray.address == "http://head:8265"
+    assert isinstance(executors.executor_for(settings, kind="gan"), executors.LocalExecutor)
+    needs = {}
+    for kind, device in (("gan", "cuda"), ("classifier", "cuda:1"), ("gan", "cpu"), ("score", "cuda")):
+        needs[kind, device] = ray.resources(runs.get_run(runs.create_run(kind, None, {"device": device}, seed=0)))
+    assert needs["gan", "cuda"] == needs["classifier", "cuda:1"] == {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}
+    assert needs["gan", "cpu"] == needs["score", "cuda"] == {"entrypoint_num_cpus": 1}
+
+
 # -- on the local cluster -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_cluster_listens_on_the_loopback_only(ray_cluster):
@@ -125,6 +142,7 @@ def test_the_cluster_listens_on_the_loopback_only(ray_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.databases("sqlite", "postgresql")
 def test_a_selftest_job_runs_as_a_ray_job_and_reports_through_the_database(ray_home):
     run_id = jobs.submit("selftest", None, {"steps": 3, "sleep": 0.05}, started_by="admin")
     queued = runs.get_run(run_id)
@@ -149,6 +167,21 @@ def test_cancel_stops_a_ray_job_at_its_next_step(ray_home):
     assert info.result["steps_done"] < 600
     ray = executors.RayExecutor(context.current().settings.ray_address)
     _wait_for(lambda: ray.status(info.external_id) in executors.RAY_ENDED, 60, "the Ray job to end")
+
+
+@pytest.mark.slow
+def test_a_cancelled_ray_job_that_does_not_stop_is_stopped_through_ray_after_the_grace(ray_home, monkeypatch):
+    from wbc_core.jobs import state
+
+    monkeypatch.setattr(state, "CANCEL_GRACE_SECONDS", 1.0)
+    run_id = jobs.submit("selftest", None, {"steps": 2, "sleep": 60})  # deaf to cancel for a minute
+    _wait_for(lambda: runs.get_run(run_id).status == "running", 120, "the Ray job to start")
+    assert jobs.cancel(run_id, account())
+    info = jobs.wait(run_id, timeout=45, poll=0.5)  # wait() reconciles: the grace passes, Ray stops the job
+    assert info.status == "cancelled"
+    assert f"its Ray job {info.external_id} was stopped" in info.error
+    ray = executors.RayExecutor(context.current().settings.ray_address)
+    _wait_for(lambda: ray.status(info.external_id) == "STOPPED", 60, "Ray to stop the job")
 
 
 @pytest.mark.slow

@@ -121,8 +121,9 @@ def test_group_runs_train_one_after_another(dataset):
 
 def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys):
     dataset_id, _ = dataset
-    assert cli.main(["--json", "ablation", "--dataset", "tiny", "--model", "small_cnn", "--epochs", "300",
-                     "--batch", "8", "--threads", "1", "--device", "cpu", "--schedule", "cosine", "--detach"]) == 0
+    assert cli.main(["--json", "--as", "admin", "ablation", "--dataset", "tiny", "--model", "small_cnn", "--epochs",
+                     "300", "--batch", "8", "--threads", "1", "--device", "cpu", "--schedule", "cosine",
+                     "--detach"]) == 0
     out = json.loads(capsys.readouterr().out)
     group, run_ids = out["group"], out["run_ids"]
     assert group.startswith("ablation-") and len(run_ids) == 3
@@ -133,7 +134,7 @@ def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys)
         time.sleep(0.3)
     assert runs_db.get_run(run_ids[0]).status == "running"
     assert runs_db.get_run(run_ids[1]).status == "queued"
-    assert cli.main(["--json", "cancel-group", group]) == 0
+    assert cli.main(["--json", "--as", "admin", "cancel-group", group]) == 0
     assert sorted(json.loads(capsys.readouterr().out)["cancel_requested"]) == run_ids
     infos = [jobs.wait(r, timeout=120) for r in run_ids]
     assert [i.status for i in infos] == ["cancelled"] * 3

@@ -21,7 +21,7 @@ METRIC_NAMES = ("loss_g", "loss_d")
 MIN_TRAINER_STEPS = 20
 
 
-def _reviewer(k: int, dataset_id: int, start, results) -> None:  # noqa: ANN001
+def _reviewer(k: int, dataset_id: int, start, results, me) -> None:  # noqa: ANN001 - me: this reviewer's account
     """One reviewer clicking through their queue: read a page, decide one cell, sometimes undo."""
     name = f"rev{k}"
     out = {"who": name, "decisions": 0, "undos": 0, "latencies": [], "error": None}
@@ -29,7 +29,6 @@ def _reviewer(k: int, dataset_id: int, start, results) -> None:  # noqa: ANN001
         from wbc_core import review_model
 
         rng = random.Random(k)
-        me = account("reviewer", name)
         start.wait(60)
         for n in range(1, DECISIONS_EACH + 1):
             rows, _ = review_model.queue_page(dataset_id, "a" if k % 2 else "b", name, page_size=48)
@@ -85,7 +84,8 @@ def test_eight_reviewer_processes_and_a_trainer_lose_nothing(wbc_home, monkeypat
     ctx = mp.get_context("spawn")
     start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
     trainer = ctx.Process(target=_trainer, args=(run_id, start, stop, results))
-    reviewers = [ctx.Process(target=_reviewer, args=(k, dataset_id, start, results)) for k in range(REVIEWERS)]
+    reviewers = [ctx.Process(target=_reviewer, args=(k, dataset_id, start, results, account("reviewer", f"rev{k}")))
+                 for k in range(REVIEWERS)]
     for p in [trainer, *reviewers]:
         p.start()
     time.sleep(1.0)  # let the spawned interpreters import before the clock starts

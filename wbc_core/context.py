@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # imported where used: the compute packages (gan, classifier,
     from db.engine import Database  # context for paths and caches and must not load the database layer
 
 PROCESS_KINDS = ("app", "worker", "cli", "test", "bench")
+SENTINEL_VARIABLE = "WBC_SENTINEL"  # set by an executor for one worker only (wbc_core.jobs.executors.write_sentinel)
 T = TypeVar("T")
 
 
@@ -60,7 +61,7 @@ class Settings:
                    cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower(),
                    mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None,
                    ray_address=(env.get("WBC_RAY_ADDRESS") or "").strip() or None,
-                   sentinel_token=(env.get("WBC_SENTINEL") or "").strip() or None)
+                   sentinel_token=(env.get(SENTINEL_VARIABLE) or "").strip() or None)
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""

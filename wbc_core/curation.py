@@ -177,8 +177,8 @@ class ReferenceClassifierPolicy:
         labels = candidates.labels.long()
         if n == 0:
             empty = torch.zeros(0, dtype=torch.bool)
-            return Decisions(empty, empty, empty, empty, torch.zeros(0), 0.0, {"candidates": 0}, empty,
-                             torch.zeros(0), {}, _rejections(names, labels, REFERENCE_RULES, {}))
+            return Decisions(empty, empty, empty, empty, torch.zeros(0), 0.0, {"candidates": 0}, realistic=empty,
+                             realism=torch.zeros(0), rejections=_rejections(names, labels, REFERENCE_RULES, {}))
         probs = self.reference.predict_proba(candidates.images)
         if probs.shape != (n, len(names)):
             raise ValueError(f"reference returned probabilities {tuple(probs.shape)} for {n} candidates and "
@@ -216,8 +216,9 @@ class ReferenceClassifierPolicy:
                  "duplicate": duplicate}
         stats = {"candidates": n, "accepted": int(accepted.sum()),
                  **{rule: int(first[rule].sum()) for rule in REFERENCE_RULES}}
-        return Decisions(accepted, agrees, memorised, duplicate, confidence, float(threshold), stats, realistic,
-                         realism, floors, copy, _rejections(names, labels, REFERENCE_RULES, first))
+        return Decisions(accepted, agrees, memorised, duplicate, confidence, float(threshold), stats,
+                         realistic=realistic, realism=realism, realism_thresholds=floors, copy_thresholds=copy,
+                         rejections=_rejections(names, labels, REFERENCE_RULES, first))
 
     def _calibrate(self, context: CurationContext) -> _Calibration:
         """Train-cell features, the distance threshold and the per-class realism manifolds, cached per context."""

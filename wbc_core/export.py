@@ -2,7 +2,8 @@
 
 Zip layout: train/<class>/ holds real train cells plus candidates accepted by consensus (or adjudication)
 under their final class; val/<class>/ and test/<class>/ hold real cells only. manifest.csv has one row
-per file: path, origin, class, intended_class, split, sha256 (of the bytes in the zip), gan_run_id,
+per file: path, origin, original_name (a real cell's file name as imported; empty for candidates), class,
+intended_class, split, sha256 (of the bytes in the zip), gan_run_id,
 checkpoint_step, seed, decisions ("ann:accept;bob:reject(GAN texture artefact)"), consensus, adjudicated.
 
 Hugging Face layout (the `imagefolder` builder of `datasets`): the same files in train/, validation/ and
@@ -31,14 +32,14 @@ from wbc_core.auth import User, authorize
 from wbc_core.context import current
 from wbc_core.review_model import ConsensusRule, consensus
 
-MANIFEST_COLUMNS = ("path", "origin", "class", "intended_class", "split", "sha256", "gan_run_id",
+MANIFEST_COLUMNS = ("path", "origin", "original_name", "class", "intended_class", "split", "sha256", "gan_run_id",
                     "checkpoint_step", "seed", "decisions", "consensus", "adjudicated")
 EXPORT_FORMATS = ("zip", "hf")  # ImageFolder zip with manifest.csv; Hugging Face imagefolder folder
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # our split -> the name `datasets` expects
 HF_COLUMNS = ("file_name", "label", *[c for c in MANIFEST_COLUMNS if c not in ("path", "class", "split")])
 # `datasets` reads metadata.csv with pandas, split by split, and refuses splits whose column types differ: an
 # empty text column (no decisions on real cells) would read as float NaN in validation but as text in train.
-HF_TEXT_COLUMNS = ("decisions", "consensus", "adjudicated")
+HF_TEXT_COLUMNS = ("original_name", "decisions", "consensus", "adjudicated")
 HF_NONE = "none"  # what those columns hold where the zip's manifest is empty
 # Already-compressed formats are stored as they are: deflating them again costs CPU and saves nothing.
 STORED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
@@ -122,7 +123,9 @@ def _plan(dataset_id: int, rule: ConsensusRule | None) -> list[dict[str, Any]]:
         name = f"{prefix}_{row['id']:08d}{_suffix(row['path'])}"  # ids are unique: so are the names
         outcome = outcomes.get(row["id"])
         plan.append({"source": current().home / row["path"], "path": f"{split}/{folders[final]}/{name}",
-                     "origin": row["origin"], "class": final, "intended_class": row["class_name"], "split": split,
+                     "origin": row["origin"], "class": final,
+                     "original_name": (row.get("source") or "") if row["origin"] == "real" else "",
+                     "intended_class": row["class_name"], "split": split,
                      "gan_run_id": row["gan_run_id"], "checkpoint_step": row["checkpoint_step"], "seed": row["seed"],
                      "decisions": ";".join(votes.get(row["id"], [])) if row["origin"] == "synthetic" else "",
                      "consensus": outcome.status if outcome and row["origin"] == "synthetic" else "",
@@ -259,7 +262,8 @@ def _dataset_card(name: str, class_names: list[str], counts: dict[str, Counter])
         "ds = load_dataset(\"imagefolder\", data_dir=\"path/to/this/folder\")",
         "ds = ds.class_encode_column(\"label\")  # optional: class names -> integer ids (sorted by name)", "```", "",
         "Columns of metadata.csv: " + ", ".join(f"`{c}`" for c in HF_COLUMNS) + ". `label` is the final class "
-        "(after relabels), `origin` is real or synthetic, and the remaining columns record each candidate's "
+        "(after relabels), `origin` is real or synthetic, `original_name` is a real cell's file as imported, and the "
+        "remaining columns record each candidate's "
         f"provenance (GAN run, checkpoint step, seed) and review (decisions, consensus, adjudication; `{HF_NONE}` "
         "where there is none, as for every real cell).", "",
         "Classes in the dataset's order: " + ", ".join(class_names) + ".", ""])

@@ -52,8 +52,9 @@ def start_gan_run(dataset: str | int, overrides: dict[str, Any] | None = None, l
     info = ds_db.get_dataset(dataset)
     values = {"image_size": info.image_size, **(overrides or {})}
     config = GanConfig.from_dict(values)  # raises ValueError with a plain message on bad values
-    if config.device.startswith("cuda") and not cuda_visible():
-        # Checked here, not only in the worker: a job that can only fail should not be queued at all.
+    if config.device.startswith("cuda") and not cuda_visible() and not current().settings.ray_address:
+        # Checked here, not only in the worker: a job that can only fail should not be queued at all. With a Ray
+        # cluster the run asks Ray for a GPU instead (entrypoint_num_gpus=1) and waits for one there.
         raise GanRunError("this machine has no CUDA GPU: choose the CPU preset (or device 'auto'), or start the "
                           "run on a GPU server")
     rows = gan_training_rows(info.id)

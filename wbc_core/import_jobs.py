@@ -20,6 +20,7 @@ from wbc_core import jobs
 from wbc_core.auth import User, authorize
 from wbc_core.context import current
 from wbc_core.data import SplitConfig
+from wbc_core.data.records import UNSAFE_PATH
 from wbc_core.types import ProgressEvent
 
 SOURCE_KINDS = ("folder", "upload", "demo", "bloodmnist")
@@ -129,15 +130,57 @@ def run_import_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
                                              split=SplitConfig(**c["split"]), progress=progress, user=user)
     except ImportCancelled as exc:
         return {"cancelled": str(exc)}
+    except Exception as exc:  # the job's error line: the user's own file name, and why an all-unsafe zip failed
+        message = _shown(str(exc), c)
+        if message != str(exc) or _all_unsafe(c):
+            raise ImportRefused(_all_unsafe(c) or message) from exc
+        raise
     finally:
         if c.get("delete_source"):
             Path(c["source"]).unlink(missing_ok=True)
-    # The user's own file name in messages, never the server's temporary path.
-    summary = result.summary.replace(c.get("source", "\0"), c.get("shown_source", ""))
+    skipped = [{**s, "source": _shown(s["source"], c), "message": _shown(s["message"], c)}
+               for s in result.report["skipped"]]
+    unsafe = [s for s in skipped if s["reason"] == UNSAFE_PATH]
+    warning = ""
+    if unsafe:
+        where = c.get("shown_source") or "the source"
+        warning = (f"{len(unsafe):,} entr{'ies' if len(unsafe) != 1 else 'y'} of {where} had unsafe paths "
+                   "and were not imported: "
+                   + "; ".join(f"{s['source']} ({s['message']})" for s in unsafe[:5])
+                   + (f"; and {len(unsafe) - 5:,} more" if len(unsafe) > 5 else ""))
     return {"dataset_id": result.dataset_id, "name": result.name, "kind": result.kind,
-            "classes": result.class_counts, "skipped": result.report["skipped"],
+            "classes": result.class_counts, "skipped": skipped,
             "converted": result.report["converted"], "empty_classes": result.report["empty_classes"],
-            "seconds": result.seconds, "summary": summary}
+            "seconds": result.seconds, "summary": _shown(result.summary, c), "unsafe": len(unsafe),
+            "warning": warning}
+
+
+def _shown(text: str, config: dict[str, Any]) -> str:
+    """text with the server's temporary path of an upload (or folder) replaced by the name the user gave."""
+    source, shown = config.get("source"), config.get("shown_source")
+    if not source or not shown or source == shown:
+        return text
+    return text.replace(source, shown).replace(Path(source).name, shown)
+
+
+def _all_unsafe(config: dict[str, Any]) -> str:
+    """A plain message when every entry of an uploaded zip has an unsafe path ('' otherwise, or if unreadable)."""
+    from wbc_core.data.sources import open_source
+
+    if config.get("source_kind") != "upload":
+        return ""
+    try:
+        listing = open_source(Path(config["source"]))
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return ""
+    try:
+        if listing.files or not listing.skipped or any(s.reason != UNSAFE_PATH for s in listing.skipped):
+            return ""
+    finally:
+        listing.close()
+    return (f"every entry of {config.get('shown_source') or 'the zip'} ({len(listing.skipped):,}) has an unsafe path "
+            "(absolute, with '..', or a link), so nothing was imported; zip the class folders themselves, "
+            "with paths such as neutrophil/cell1.jpg")
 
 
 def latest_import(started_by: str | None = None) -> runs_db.RunInfo | None:

@@ -11,6 +11,38 @@ from wbc_core.quality import METRICS, PREFIX
 
 # Goals shown as dashed lines (the bench's goals): (value, "above" or "below" is good).
 GOALS = {"density": 0.8, "coverage": 0.7, "fd_ratio": 3.0, "memorised": 0.01, "acceptance": 0.5}
+# The plain-language verdict: FD ratio up to CLOSE reads "close to real", above FAR "far from the real cells".
+FD_RATIO_CLOSE = GOALS["fd_ratio"]
+FD_RATIO_FAR = 10.0
+
+
+def verdict(values: dict[str, float]) -> str:
+    """One line a lab can act on, from overall metrics (fd_ratio, memorised, coverage as compute_metrics names
+    them): "close to real" (FD ratio <= FD_RATIO_CLOSE), "noticeably different", or "far from the real cells"."""
+    ratio = values.get("fd_ratio")
+    if ratio is None or ratio != ratio:  # missing or NaN
+        return "No verdict: the FD ratio could not be measured (too few cells in a class?)."
+    scale = f"FD ratio {ratio:.1f}; 1 = as close as two halves of the real cells, close ≤ {FD_RATIO_CLOSE:g}"
+    if ratio <= FD_RATIO_CLOSE:
+        line = f"Close to real: these cells are about as varied and placed as real ones ({scale})."
+    elif ratio <= FD_RATIO_FAR:
+        line = f"Noticeably different from the real cells: usable with care, review closely ({scale})."
+    else:
+        line = (f"Far from the real cells: do not train on them as they are; train the GAN longer or check the "
+                f"input ({scale}, far > {FD_RATIO_FAR:g}).")
+    memorised = values.get("memorised")
+    if memorised is not None and memorised == memorised and memorised > GOALS["memorised"]:
+        line += f" {memorised:.0%} look like copies of training cells."
+    coverage = values.get("coverage")
+    if coverage is not None and coverage == coverage and coverage < GOALS["coverage"]:
+        line += f" They cover only {coverage:.0%} of the real cells' variety (goal {GOALS['coverage']:.0%})."
+    return line
+
+
+def step_verdict(frame: pd.DataFrame, step: int) -> str:
+    """verdict() of the overall metrics of one checkpoint step in a quality_frame ('' when none were measured)."""
+    data = frame[(frame["step"] == step) & (frame["group"] == "all")]
+    return verdict(dict(zip(data["metric"], data["value"].astype(float), strict=True))) if not data.empty else ""
 
 
 def quality_frame(run_id: int) -> pd.DataFrame:

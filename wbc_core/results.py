@@ -28,6 +28,8 @@ ONNX_FILE = "model.onnx"  # written by export-model on request, next to model.pt
 MODEL_CARD_FILE = "model_card.json"  # class map and preprocessing, next to model.pt
 BOOTSTRAP_SAMPLES = 1000  # resamples per interval: percentile CIs are stable to ~0.002 at this count
 CONFIDENCE = 0.95
+SMALL_CLASS_TEST_CELLS = 20  # fewer real test cells than this in a class: its F1 (and the macro mean) is shaky
+CHANCE_MARGIN = 0.05  # macro-F1 at most 1/num_classes + this is flagged "at or near chance level"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,54 @@ def score_and_save(checkpoint: Path, test: Any, test_ids: Sequence[int], val_ids
     report["class_names"] = list(class_names)
     report["ci"] = confidence_intervals(y_true, y_pred)
     return report
+
+
+# -- caveats: how far a headline test number can be trusted ----------------------------------------------
+
+def chance_macro_f1(num_classes: int) -> float:
+    """Macro-F1 of guessing: 1/K for uniform random guesses on balanced classes. A majority-class predictor scores
+    2p/((1+p)K) <= 1/K, so 1/K is the larger of the two baselines and the one runs are held against."""
+    return 1.0 / num_classes if num_classes else 0.0
+
+
+def test_caveats(result: dict[str, Any]) -> dict[str, Any]:
+    """What a run's headline test numbers rest on: test-cell count, 95% CI, classes with few test cells, and
+    whether macro-F1 is at or near chance (<= 1/num_classes + CHANCE_MARGIN). warnings: plain sentences."""
+    test = (result or {}).get("test") or {}
+    support = {str(k): int(v) for k, v in (test.get("per_class_support") or {}).items()}
+    if not support and test.get("confusion") and test.get("class_names"):  # reports older than per-class support
+        support = {str(n): int(sum(row)) for n, row in zip(test["class_names"], test["confusion"], strict=False)}
+    classes = len(support or test.get("per_class_f1") or {})
+    cells = result.get("test_size") if result else None
+    cells = int(cells if cells is not None else test.get("num_samples") or sum(support.values()))
+    ci = (test.get("ci") or {}).get("macro_f1")
+    small = {name: n for name, n in support.items() if n < SMALL_CLASS_TEST_CELLS}
+    f1 = test.get("macro_f1")
+    chance = chance_macro_f1(classes)
+    near = f1 is not None and classes > 1 and float(f1) <= chance + CHANCE_MARGIN
+    warnings = []
+    if near:
+        warnings.append(f"at or near chance level: macro-F1 {float(f1):.3f} against {chance:.3f} for guessing "
+                        f"among {classes} classes")
+    if small:
+        listed = ", ".join(f"{name} {n}" for name, n in sorted(small.items(), key=lambda kv: kv[1]))
+        warnings.append(f"few test cells (under {SMALL_CLASS_TEST_CELLS}) in {len(small)} class"
+                        f"{'es' if len(small) != 1 else ''}: {listed}; their F1 can swing widely")
+    return {"test_cells": cells, "macro_f1": f1, "accuracy": test.get("accuracy"), "macro_f1_ci": ci,
+            "accuracy_ci": (test.get("ci") or {}).get("accuracy"), "small_classes": small, "near_chance": near,
+            "chance_macro_f1": chance, "warnings": warnings}
+
+
+def headline(result: dict[str, Any]) -> str:
+    """'macro-F1 0.8123 [95% CI 0.79–0.83], accuracy 0.85 on 1,234 real test cells' (no test: '')."""
+    c = test_caveats(result)
+    if c["macro_f1"] is None:
+        return ""
+    ci = c["macro_f1_ci"]
+    text = f"macro-F1 {float(c['macro_f1']):.4f}" + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "")
+    if c["accuracy"] is not None:
+        text += f", accuracy {float(c['accuracy']):.4f}"
+    return text + f" on {c['test_cells']:,} real test cell{'s' if c['test_cells'] != 1 else ''}"
 
 
 def load_predictions(run_id: int) -> Predictions | None:
@@ -114,7 +164,8 @@ def compare_runs(run_ids: Sequence[int], baseline: int | None = None) -> dict[st
                                "status": info.status, "model": info.config.get("model"),
                                "accuracy": test.get("accuracy"), "accuracy_ci": ci.get("accuracy"),
                                "macro_f1": test.get("macro_f1"), "macro_f1_ci": ci.get("macro_f1"),
-                               "test_size": info.result.get("test_size"), "train_set_hash": info.train_set_hash}
+                               "test_size": info.result.get("test_size"), "train_set_hash": info.train_set_hash,
+                               "warnings": test_caveats(info.result)["warnings"] if test else []}
         for name, f1 in (test.get("per_class_f1") or {}).items():
             per_class[name][f"run {run_id}"] = f1
             if baseline is not None and run_id != baseline and name in base_f1:
@@ -124,6 +175,32 @@ def compare_runs(run_ids: Sequence[int], baseline: int | None = None) -> dict[st
         rows.append(row)
     return {"baseline": baseline, "runs": rows, "per_class_f1": dict(per_class),
             "per_class_delta": dict(deltas)}
+
+
+def default_baseline(run_ids: Sequence[int]) -> tuple[int | None, str]:
+    """The baseline the first of run_ids is best compared with, and a sentence saying which it is and why.
+
+    The same group's real arm (same seed first), else the newest succeeded real run of the same model on the
+    same dataset; never a real run of another model or group (that made a Δ meaningless)."""
+    if not run_ids:
+        return None, "no run picked, so no baseline"
+    ref = runs_db.get_run(run_ids[0])
+    reals = [r for r in runs_db.list_runs(dataset_id=ref.dataset_id, kind="classifier", status="succeeded",
+                                          limit=100_000) if r.recipe == "real" and (r.result.get("test") or {})]
+    if ref.group_name:
+        arm = sorted((r for r in reals if r.group_name == ref.group_name),
+                     key=lambda r: (r.seed != ref.seed, -r.id))
+        if arm:
+            return arm[0].id, (f"run {arm[0].id}: the real arm of group {ref.group_name} (seed {arm[0].seed}), "
+                               f"run {ref.id}'s own group")
+    model = ref.config.get("model")
+    same = [r for r in reals if r.config.get("model") == model]
+    if same:
+        best = max(same, key=lambda r: r.id)
+        if best.id == ref.id:
+            return best.id, f"run {best.id} itself (the newest real run of {model} on this dataset)"
+        return best.id, f"run {best.id}: the newest real run of the same model ({model}) on this dataset"
+    return None, f"no succeeded real run of {model} on this dataset yet, so no baseline"
 
 
 def _paired_runs(baseline: int, run_id: int) -> dict[str, dict[str, Any]] | None:

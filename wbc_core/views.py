@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from db import runs as runs_db
 from db.models import utcnow
 from db.vocabulary import TRAINING_KINDS
+from wbc_core import results
 from wbc_core.context import current
 
 LIVE_METRICS = ("train_loss_running", "epoch_fraction", "images_per_sec", "train_loss", "val_loss", "val_accuracy",
@@ -35,6 +36,7 @@ def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: 
             continue
         test = r.result.get("test") or {}
         ci = (test.get("ci") or {}).get("macro_f1")
+        caveats = results.test_caveats(r.result)
         rows.append({
             "run": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
             "group": r.group_name, "progress": round(r.progress_fraction, 3), "device": r.device, "seed": r.seed,
@@ -42,10 +44,17 @@ def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: 
             "train set hash": (r.train_set_hash or "")[:12],
             "decisions hash": (r.train_set_summary.get("decisions_snapshot") or "")[:12],
             "test accuracy": test.get("accuracy"), "test macro-F1": test.get("macro_f1"),
-            "macro-F1 95% CI": _ci_text(ci), "message": r.progress_message,
+            "macro-F1 95% CI": _ci_text(ci), "test cells": caveats["test_cells"] if test else None,
+            "caveat": "; ".join(caveats["warnings"]), "message": r.progress_message,
             "started by": r.started_by, "cancelled by": r.cancelled_by,
         })
     return pd.DataFrame(rows)
+
+
+def run_caveats(run_id: int) -> dict[str, Any]:
+    """A run's headline test numbers with test-cell count and 95% CI, and its caveats as sentences."""
+    result = runs_db.get_run(run_id).result
+    return {**results.test_caveats(result), "headline": results.headline(result)}
 
 
 def filter_runs(frame: pd.DataFrame, recipes: Sequence[str] | None = None,
@@ -115,7 +124,8 @@ def run_status(run_id: int) -> dict[str, Any]:
         "latest_grid": str(current().home / grids[-1]["grid_path"]) if grids else None,
         "latest_grid_step": grids[-1]["step"] if grids else None,
         "checkpoints": [{"step": c["step"], "has_weights": bool(c["path"]),
-                         "grid": str(current().home / c["grid_path"]) if c["grid_path"] else None} for c in checkpoints],
+                         "grid": str(current().home / c["grid_path"]) if c["grid_path"] else None}
+                        for c in checkpoints],
     }
 
 
@@ -194,23 +204,20 @@ def per_class_f1_figure(run_ids: list[int], baseline_run: int | None = None) -> 
 
 
 def test_metrics_frame(run_ids: list[int], baseline_run: int | None = None) -> pd.DataFrame:
-    """Test accuracy and macro-F1 with bootstrap 95% CIs, and paired deltas against the baseline."""
-    from wbc_core import results
-
+    """Test accuracy and macro-F1 with bootstrap 95% CIs, test-cell counts, caveats, paired deltas vs baseline."""
     rows = []
     for row in results.compare_runs(run_ids, baseline_run)["runs"]:
         delta = (row.get("delta_vs_baseline") or {}).get("macro_f1") or {}
         rows.append({"run": row["run"], "recipe": row["recipe"], "seed": row["seed"], "group": row["group"],
                      "accuracy": row["accuracy"], "accuracy 95% CI": _ci_text(row["accuracy_ci"]),
                      "macro-F1": row["macro_f1"], "macro-F1 95% CI": _ci_text(row["macro_f1_ci"]),
+                     "test cells": row["test_size"], "caveat": "; ".join(row["warnings"]),
                      "Δ macro-F1 vs baseline": delta.get("delta"), "Δ 95% CI (paired)": _ci_text(delta.get("ci"))})
     return pd.DataFrame(rows)
 
 
 def groups_frame(dataset_id: int | None = None) -> pd.DataFrame:
     """Ablation and multi-seed groups: mean ± std over seeds of test accuracy and macro-F1 per arm."""
-    from wbc_core import results
-
     rows = []
     for g in results.group_summary(dataset_id):
         rows.append({"group": g["group"], "arm": g["recipe"], "runs": ", ".join(map(str, g["runs"])), "n": g["n"],

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import account
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,7 +61,7 @@ def _stop_leftover_runs() -> None:
     from wbc_core import jobs
 
     for run in runs_db.active_runs():
-        jobs.cancel(run.id, account())
+        jobs.request_stop(run.id, by="system:test-cleanup")
         if jobs.wait(run.id, timeout=30).active:
             jobs.kill(run.id)
     for run in runs_db.list_runs():

@@ -102,8 +102,9 @@ def test_reviewer_keyboard_then_admin_adjudicates_and_exports(browser_page: Page
     ds = importing.import_folder(folder, "cells", size=32, user=account()).dataset_id
     big = add_candidates(e2e_home, ds, BIG_CLASS, N_BIG, seed=1)
     disputed, agreed = add_candidates(e2e_home, ds, "lymphocyte", 2, seed=2)
-    cli(e2e_home, "user", "add", "rita", "--role", "reviewer", "--password-stdin", stdin=PASSWORD + "\n")
-    cli(e2e_home, "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    cli(e2e_home, "--as", "admin", "user", "add", "rita", "--role", "reviewer", "--password-stdin",
+        stdin=PASSWORD + "\n")
+    cli(e2e_home, "--as", "admin", "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
     two_of_two = review_model.ReviewSettings(review_model.ConsensusRule(min_agreeing=2, min_votes=2))
     review_model.set_review_settings(ds, two_of_two, account())
     review_model.decide([disputed, agreed], "rob", "accept", user=account("reviewer", "rob"))

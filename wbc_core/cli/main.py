@@ -3,6 +3,10 @@
 Every command prints one JSON object with --json and exits non-zero with a plain message on error.
 Training commands start the same background job the UI starts, then follow it with a progress bar
 (--detach returns at once). Ctrl-C while following asks the run to stop at its next checkpoint.
+
+Every command acts as a named local account, checked by the domain like a signed-in user: `--as NAME` (an existing
+account; never created), else WBC_USER or "local", which the first command on a database without any account
+creates as admin (the owner of the machine). `review --reviewer NAME` is the same as `--as NAME` for that command.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
 EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results",
-                            "wbc_core.cli.doctor"]
+                            "wbc_core.cli.doctor", "wbc_core.cli.manage"]
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"
@@ -289,10 +293,22 @@ def entry() -> None:
 
 
 def _emit(as_json: bool, payload: dict[str, Any], text: str | None, stream: Any) -> None:
-    if as_json:
-        print(json.dumps(payload, default=str))
-    else:
-        print(text if text is not None else json.dumps(payload, indent=2, default=str), file=stream)
+    """Print the result; a reader that stops early (`runs | head`) ends the output quietly, not with a traceback."""
+    target = sys.stdout if as_json else stream
+    try:
+        if as_json:
+            print(json.dumps(payload, default=str), file=target)
+        else:
+            print(text if text is not None else json.dumps(payload, indent=2, default=str), file=target)
+        target.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would report the closed pipe there: point it at devnull.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, target.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stream without a file descriptor (tests): nothing is flushed at exit
+            pass
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -492,6 +508,7 @@ def mix_from_args(args: argparse.Namespace) -> Any:  # noqa: ANN401 - a MixConfi
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from db import runs
     from db.datasets import get_dataset
     from wbc_core import options
     from wbc_core.retrain import start_classifier_run
@@ -506,14 +523,20 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     test = out.get("test")
     if isinstance(test, dict):
         out["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "per_class_f1", "confusion") if k in test}
-        out["_text"] += f"; test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}"
+        from wbc_core import results
+
+        info = runs.get_run(run_id)
+        caveats = results.test_caveats(info.result)
+        out["test_cells"], out["caveats"] = caveats["test_cells"], caveats["warnings"]
+        out["_text"] += "; test " + results.headline(info.result)
+        out["_text"] += "".join(f"\n  warning: {w}" for w in caveats["warnings"])
     return out
 
 
 def _runs(args: argparse.Namespace) -> dict[str, Any]:
     from db import runs
     from db.datasets import get_dataset
-    from wbc_core import jobs
+    from wbc_core import jobs, results
 
     jobs.reconcile()
     dataset_id = get_dataset(args.dataset).id if args.dataset else None
@@ -522,15 +545,23 @@ def _runs(args: argparse.Namespace) -> dict[str, Any]:
         if args.kind is None and r.kind not in TRAINING_KINDS:  # jobs such as "generate" only when asked for
             continue
         test = r.result.get("test") or {}
+        caveats = results.test_caveats(r.result) if test else {"test_cells": None, "near_chance": False,
+                                                                  "warnings": []}
         items.append({"id": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
                       "device": r.device, "seed": r.seed, "created_at": r.created_at.isoformat(timespec="seconds"),
                       "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
                       "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
+                      "test_cells": caveats["test_cells"], "near_chance": caveats["near_chance"],
+                      "caveats": caveats["warnings"],
                       "steps_done": r.result.get("steps_done"), "started_by": r.started_by,
                       "cancelled_by": r.cancelled_by,
                       "error": r.error.splitlines()[0] if r.error else None})
     lines = [f"{i['id']:>4} {i['kind']:<10} {i['status']:<9} {i['dataset'] or '':<16} {i['recipe'] or '':<13}"
-             + (f" macro-F1 {i['test_macro_f1']:.4f}" if i["test_macro_f1"] is not None else "") for i in items]
+             + (f" macro-F1 {i['test_macro_f1']:.4f} on {i['test_cells']} test cells"
+                if i["test_macro_f1"] is not None else "")
+             + ("  NEAR CHANCE" if i["near_chance"] else "")
+             + ("  few test cells in some classes" if any(w.startswith("few test") for w in i["caveats"]) else "")
+             for i in items]
     return {"runs": items, "_text": "\n".join(lines) or "no runs yet"}
 
 

@@ -32,12 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _text(values: dict[str, float], class_names: list[str], head: str) -> str:
     from wbc_core.quality.evaluate import per_class_table
+    from wbc_core.quality_views import verdict
 
     table = per_class_table(values, class_names)
     columns = ["all", *class_names]
     lines = [head, f"{'metric':<15}" + "".join(f"{c[:11]:>12}" for c in columns)]
     for metric, row in table.items():
         lines.append(f"{metric:<15}" + "".join(f"{row[c]:>12.3f}" if c in row else f"{'':>12}" for c in columns))
+    lines.append("verdict: " + verdict(values))
     return "\n".join(lines)
 
 
@@ -48,6 +50,7 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
         from db import runs
         from wbc_core.cli.main import _follow, acting_user
         from wbc_core.generation import start_quality
+        from wbc_core.quality_views import verdict
 
         user = acting_user(args)
         out = _follow(start_quality(args.run, step=args.step, per_class=args.per_class, user=user), args.detach,
@@ -56,11 +59,12 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
             return out
         info = get_dataset(runs.get_run(args.run).dataset_id)
         head = f"run {args.run} step {out['step']} ({args.per_class} per class); stored as run metrics"
-        return {**out, "_text": _text(out["metrics"], info.class_names, head)}
+        return {**out, "verdict": verdict(out["metrics"]), "_text": _text(out["metrics"], info.class_names, head)}
     if not args.dataset:
         raise ValueError("--images needs --dataset (its real cells are the reference)")
     from wbc_core.judges import dataset_reference
     from wbc_core.quality.evaluate import compute_metrics, read_folder
+    from wbc_core.quality_views import verdict
 
     info = get_dataset(args.dataset)
     size = args.size or info.image_size
@@ -69,7 +73,8 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
     values = compute_metrics(ref, cells.images, cells.labels)
     head = f"{len(cells)} cells from {args.images} vs dataset {info.name!r} at {size} px"
     return {"dataset": info.name, "images": str(args.images), "size": size, "cells": len(cells),
-            "judge": str(ref.judge_dir), "metrics": values, "_text": _text(values, info.class_names, head)}
+            "judge": str(ref.judge_dir), "metrics": values, "verdict": verdict(values),
+            "_text": _text(values, info.class_names, head)}
 
 
 def _score_candidates(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from db import runs as runs_db
-from wbc_core.context import Settings, current
+from wbc_core.context import SENTINEL_VARIABLE, Settings, current
 
 SENTINEL_FILE = ".wbc_sentinel"  # in each run's folder; holds the token the worker gets in WBC_SENTINEL
 REACH_TIMEOUT_SECONDS = 3.0  # how long a submission waits for the Ray dashboard to answer before refusing
 RAY_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray job statuses after which its process is gone
 GPU_KINDS = ("gan", "classifier")  # kinds whose config may ask for CUDA (entrypoint_num_gpus=1 then)
+# Kinds that always run on the app's machine: an import reads the server folders (WBC_IMPORT_ROOTS) of this host.
+LOCAL_KINDS = ("import",)
 LOG_TAIL_CHARS = 2000
 
 
@@ -50,7 +52,7 @@ class LocalExecutor:
         from wbc_core.jobs import launcher
 
         token = write_sentinel(run_id)  # the same proof as on Ray: the worker reads it before anything else
-        pid = launcher.spawn("wbc_core.worker", [str(run_id)], log_path, {"WBC_SENTINEL": token})
+        pid = launcher.spawn("wbc_core.worker", [str(run_id)], log_path, {SENTINEL_VARIABLE: token})
         runs_db.set_pid(run_id, pid, socket.gethostname())
         return pid
 
@@ -68,8 +70,8 @@ def normalise_address(address: str) -> str:
     """The Ray dashboard URL of an address as a user writes it (head:8265, http://head:8265/)."""
     text = address.strip().rstrip("/")
     if text.startswith("ray://"):
-        raise ExecutorError(f"WBC_RAY_ADDRESS {address!r} is a Ray Client address; jobs are submitted to the Ray "
-                            "dashboard instead, e.g. http://head:8265")
+        raise ExecutorError(f"the Ray address {address!r} (WBC_RAY_ADDRESS) is a Ray Client address; jobs are "
+                            "submitted to the Ray dashboard instead, e.g. http://head:8265")
     if "://" not in text:
         text = f"http://{text}"
     return text
@@ -119,7 +121,7 @@ class RayExecutor:
             try:
                 from ray.job_submission import JobSubmissionClient
             except ImportError:
-                raise ExecutorError("WBC_RAY_ADDRESS is set but Ray is not installed here: "
+                raise ExecutorError("a Ray address (WBC_RAY_ADDRESS) is set but Ray is not installed here: "
                                     "pip install -r requirements-scale.txt") from None
             return JobSubmissionClient(self.address)
 
@@ -139,7 +141,7 @@ class RayExecutor:
         self.check_reachable()
         run = runs_db.get_run(run_id)
         token = write_sentinel(run_id)
-        env = {**worker_environ(current().settings), "WBC_SENTINEL": token}
+        env = {**worker_environ(current().settings), SENTINEL_VARIABLE: token}
         submission_id = f"wbc-run{run_id}-{secrets.token_hex(4)}"
         try:
             self._client().submit_job(entrypoint="python " + " ".join(entrypoint(run_id)),
@@ -176,19 +178,21 @@ class RayExecutor:
             return ""
 
 
-def executor_for(settings: Settings | None = None, executor: str | None = None) -> LocalExecutor | RayExecutor:
-    """The executor of these settings (Ray when ray_address is set), or of a stored run's executor column."""
+def executor_for(settings: Settings | None = None, executor: str | None = None,
+                 kind: str | None = None) -> LocalExecutor | RayExecutor:
+    """The executor of these settings (Ray when ray_address is set, except for LOCAL_KINDS), or of a stored run's
+    executor column."""
     settings = settings or current().settings
-    if executor == "local" or (executor is None and not settings.ray_address):
+    if executor == "local" or kind in LOCAL_KINDS or (executor is None and not settings.ray_address):
         return LocalExecutor()
     if not settings.ray_address:
-        raise ExecutorError("this run was sent to a Ray cluster, but WBC_RAY_ADDRESS is not set here")
+        raise ExecutorError("this run was sent to a Ray cluster, but no Ray address (WBC_RAY_ADDRESS) is set here")
     return RayExecutor(settings.ray_address)
 
 
-def check_ready(settings: Settings | None = None) -> None:
+def check_ready(settings: Settings | None = None, kind: str | None = None) -> None:
     """Refuse before anything is queued when the configured job engine cannot take a job (ExecutorError)."""
-    chosen = executor_for(settings)
+    chosen = executor_for(settings, kind=kind)
     if isinstance(chosen, RayExecutor):
         chosen.check_reachable()
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from db import runs as runs_db
-from wbc_core.context import Settings, current
+from wbc_core.context import SENTINEL_VARIABLE, Settings, current
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ _children_lock = threading.Lock()
 
 def spawn(module: str, args: Sequence[str], log_path: Path, extra_env: Mapping[str, str] | None = None) -> int:
     """Start `python -m module args...` detached, logging to log_path, with this context's home; return its pid."""
-    inherited = {k: v for k, v in os.environ.items() if k != "WBC_SENTINEL"}  # a token belongs to one run only
+    inherited = {k: v for k, v in os.environ.items() if k != SENTINEL_VARIABLE}  # a token belongs to one run only
     env = {**inherited, **worker_environ(current().settings, os.environ), **(extra_env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -65,7 +65,7 @@ def launch(run_id: int) -> int:
     folder = ctx.paths.run_dir(run_id)
     log_path = folder / "worker.log"
     try:
-        executor = executor_for(ctx.settings)
+        executor = executor_for(ctx.settings, kind=runs_db.get_run(run_id).kind)
         local = executor.name == "local"
         runs_db.set_artifact_dir(run_id, ctx.relative(folder), ctx.relative(log_path) if local else None)
         return executor.launch(run_id, log_path)

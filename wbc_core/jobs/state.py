@@ -42,7 +42,7 @@ def submit(kind: str, dataset_id: int | None, config: dict[str, Any], *, seed: i
     """Create a queued run of a job kind and (by default) launch its worker; return the run id."""
     job_kind(kind)  # refuses unknown kinds before anything is written
     if launch:
-        executors.check_ready(current().settings)  # a Ray address that does not answer: refused, nothing queued
+        executors.check_ready(current().settings, kind)  # a Ray address that does not answer: nothing queued
     run_id = runs_db.create_run(kind, dataset_id, config, seed=seed, started_by=started_by, **run_fields)
     if launch:
         launcher.launch(run_id)
