@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages.ui import frame, refresh, signin, widgets
-from wbc_core import auth, context, limits, review_model
+from wbc_core import archive, auth, catalog, context, limits, review_model, views
 from wbc_core.export import export_curated_zip, safe_name
 from wbc_core.thumbnails import thumbnail_path
 from wbc_core.vocabulary import ROLE_ORDER
@@ -53,8 +53,8 @@ if st.session_state.get("admin_err"):
 if st.session_state.get("admin_msg"):
     notice.success(st.session_state.pop("admin_msg"))
 info = frame.current_dataset()
-users_tab, settings_tab, blind_tab, adjudication_tab, export_tab = st.tabs(
-    ["Users", "Review settings", "Blind test", "Adjudication", "Export"])
+users_tab, settings_tab, blind_tab, adjudication_tab, export_tab, manage_tab = st.tabs(
+    ["Users", "Review settings", "Blind test", "Adjudication", "Export", "Datasets & runs"])
 
 with users_tab:
     users = auth.list_users()
@@ -206,3 +206,42 @@ with export_tab:
         path = Path(done["path"])
         st.download_button(f"Download {path.name}", data=path.read_bytes, file_name=path.name,
                            mime="application/zip", key="download_export", on_click="ignore", type="primary")
+
+with manage_tab:
+    st.markdown("Rename or delete a dataset, or delete a run. Deleting **archives**: it disappears from every list "
+                "and picker, while its cells, runs, metrics and every review decision stay in the audit; a deleted "
+                "dataset's name is free again.")
+    names = [d.name for d in catalog.list_datasets()]
+    target = st.selectbox("Dataset", names, key="manage_dataset") if names else None
+    if target is not None:
+        cols = st.columns(2)
+        new_name = cols[0].text_input("New name", key="rename_to")
+        if (cols[0].button("Rename dataset", key="rename_dataset", disabled=not new_name.strip())
+                and _as_admin(archive.rename_dataset, target, new_name)):
+            frame.select_dataset(new_name.strip())
+            _flash(f"dataset {target!r} is now {new_name.strip()!r}")
+            st.rerun()
+        typed = cols[1].text_input(f"Type {target!r} to delete it", key="delete_dataset_confirm")
+        if (cols[1].button("Delete dataset", key="delete_dataset", type="primary", disabled=typed != target,
+                           help="archives the dataset and its runs; its review decisions are kept")
+                and _as_admin(archive.delete_dataset, target)):
+            _flash(f"deleted dataset {target!r} (archived; its decisions are kept)")
+            st.rerun()
+        runs_table = views.runs_frame(catalog.get_dataset(target).id) if target else None
+        if runs_table is not None and not runs_table.empty:
+            run_labels = {r: f"run {r} · {k} · {rec or ''} · {st_}" for r, k, rec, st_ in
+                          zip(runs_table["run"], runs_table["kind"], runs_table["recipe"], runs_table["status"],
+                              strict=True)}
+            run_cols = st.columns(2)
+            chosen_run = run_cols[0].selectbox("Run", list(run_labels), format_func=run_labels.get, key="manage_run")
+            sure = run_cols[1].checkbox(f"Yes, delete run {chosen_run}", key="delete_run_confirm")
+            if (run_cols[1].button("Delete run", key="delete_run", disabled=not sure,
+                                   help="archives the run: hidden from lists, baselines and pickers; files kept")
+                    and _as_admin(archive.delete_run, chosen_run)):
+                _flash(f"deleted run {chosen_run} (archived)")
+                st.rerun()
+    gone = archive.archived_datasets()
+    if gone:
+        st.caption("Deleted (archived) datasets, kept for the audit")
+        st.dataframe([{"id": d.id, "archived as": d.name, "deleted at": d.archived_at, "by": d.archived_by}
+                      for d in gone], hide_index=True)

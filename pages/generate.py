@@ -80,6 +80,11 @@ def live_panel(run_id: int, was_active: bool) -> None:
     head = st.columns([3, 1])
     # The worker's last progress line is stale once the run has ended, so it is shown only while it runs.
     message = f" · {state['message']}" if state["active"] and state["message"] else ""
+    live = state["live"]
+    if state["active"] and live.get("steps"):
+        rate = f" · {live['sec_per_step']:.3f} s/step" if live["sec_per_step"] is not None else ""
+        message = (f" · step {live['steps_done']:,}/{live['steps']:,}{rate} · ETA "
+                   f"{views.format_seconds(live['eta_seconds'])}") + message
     head[0].progress(state["progress"], text=f"**{state['status']}**{message}")
     who = f"started by {state['started_by'] or 'unknown'}"
     st.caption(who + (f" · cancelled by {state['cancelled_by']}" if state["cancelled_by"] else ""))
@@ -90,13 +95,15 @@ def live_panel(run_id: int, was_active: bool) -> None:
         st.error(state["error"].split("\n\n")[0])
     left, right = st.columns(2)
     left.plotly_chart(views.curves_figure([run_id], ["loss_d", "loss_g"], "losses"), width="stretch")
-    if state["latest_grid"]:
-        right.image(state["latest_grid"], caption=f"fixed-noise samples at step {state['latest_grid_step']} "
-                                                  "(one row per class)")
-    else:
+    # The live grid only while training; once the run has ended the checkpoint's grid below is the one shown.
+    if state["active"] and state["latest_grid"]:
+        right.image(views.labelled_grid(state["latest_grid"], row_labels),
+                    caption=f"fixed-noise samples at step {state['latest_grid_step']}, one row per class")
+    elif state["active"]:
         right.info("The first sample grid appears after the first sampling interval.")
 
 
+row_labels = views.grid_row_labels(run_id)
 live_panel(run_id, state["active"])
 
 st.subheader("Create candidates for review")
@@ -107,8 +114,9 @@ if not steps_saved:
 cols = st.columns([2, 1, 1])
 step = cols[0].select_slider("Checkpoint (step)", steps_saved, value=steps_saved[-1])
 grid = next((c["grid"] for c in state["checkpoints"] if c["step"] == step and c["grid"]), None)
-if grid:
-    st.image(grid, caption=f"samples at step {step}", width=480)
+if grid and not (state["active"] and step == state["latest_grid_step"]):  # the live panel shows that one
+    st.image(views.labelled_grid(grid, row_labels), caption=f"fixed-noise samples at step {step}, one row per class "
+             f"(top to bottom: {', '.join(row_labels)})", width=560)
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
 if cols[2].button("Generate candidates", type="primary", key="generate", disabled=not can_train):
     try:  # only queues the job: sampling and scoring run in their own process

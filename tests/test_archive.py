@@ -42,7 +42,7 @@ def test_deleting_a_dataset_archives_it_with_its_runs_and_keeps_decisions(wbc_ho
 
     out = archive.delete_dataset("cells", user=admin)
 
-    assert out["archived_as"] == "cells (deleted #%d)" % ds and out["runs_archived"] == [run_id]
+    assert out["archived_as"] == f"cells (deleted #{ds})" and out["runs_archived"] == [run_id]
     assert [d.name for d in datasets.list_datasets()] == []  # hidden from lists and pickers
     with pytest.raises(datasets.DatasetNotFound):
         datasets.get_dataset("cells")

@@ -221,3 +221,13 @@ def test_cli_export(tiny_folder, tmp_path):
     assert bad.returncode == 2 and "one of zip, hf" in bad.stderr
     missing = cli("export", "--dataset", "nope", "--out", str(tmp_path / "x.zip"))
     assert missing.returncode == 2 and "no dataset 'nope'" in missing.stderr
+
+
+def test_manifest_keeps_each_real_cells_original_file_name(curated, tmp_path, tiny_folder):
+    dataset_id, _ = curated
+    _, manifest, _ = _read(export_curated_zip(dataset_id, tmp_path / "curated.zip", user=account()).path)
+    real = [m for m in manifest if m["origin"] == "real"]
+    originals = {p.name for p in tiny_folder.rglob("*.jpg")}
+    assert {Path(m["original_name"]).name for m in real} == originals  # every imported file, once
+    assert all(Path(m["original_name"]).parent.name == m["class"] for m in real)  # as it sat in its class folder
+    assert {m["original_name"] for m in manifest if m["origin"] == "synthetic"} == {""}

@@ -277,7 +277,9 @@ def test_train_shows_the_finished_run_with_its_test_score(full_home):
     assert bar.value == 100 and bar.proto.text.startswith("**succeeded** on ")
     assert "·" not in bar.proto.text  # no stale progress line from the worker after the run ended
     assert by_label(at.metric, "Test macro-F1 (real test cells)")
-    assert list(at.dataframe[0].value["class"]) == CLASSES
+    runs, per_class = at.dataframe[0].value, at.dataframe[1].value  # the runs table (who started), then F1 per class
+    assert runs["started by"].tolist() == ["admin"] and runs["cancelled by"].isna().all()
+    assert list(per_class["class"]) == CLASSES
 
 
 # -- Dashboard ------------------------------------------------------------------------------------
@@ -292,3 +294,38 @@ def test_dashboard_shows_per_class_f1_of_finished_runs(full_home):
     assert by_label(at.selectbox, "Baseline (real only)").value == run_id
     per_class = at.dataframe[1].value
     assert list(per_class.index) == CLASSES and list(per_class.columns) == [f"run {run_id}"]
+
+
+# -- caveats beside the numbers (issue 16) ----------------------------------------------------------
+
+
+def test_train_and_dashboard_show_test_cells_ci_and_small_class_warnings(full_home):
+    at = ok(app("pages/train.py"))
+    assert "real test cell" in texts(at.caption)  # "macro-F1 … [95% CI …] on N real test cells"
+    assert "Few test cells" in texts(at.warning)  # 8 demo cells per class: about one test cell each
+    assert "test cells" in at.dataframe[-1].value.columns
+    at = ok(app("pages/dashboard.py"))
+    run_id = int(at.dataframe[0].value["run"].iloc[0])
+    assert f"Baseline in use: run {run_id} itself" in texts(at.caption)
+    assert f"Run {run_id}: few test cells" in texts(at.warning)
+    runs = at.dataframe[0].value
+    assert {"test cells", "caveat"} <= set(runs.columns) and "few test cells" in runs["caveat"].iloc[0]
+
+
+def test_admin_renames_and_deletes_with_confirmation(full_home):
+    at = ok(app("pages/admin.py"))
+    assert at.button(key="rename_dataset").disabled  # no new name yet
+    ok(at.text_input(key="rename_to").set_value("blood").run())
+    ok(at.button(key="rename_dataset").click().run())
+    assert ds_db.get_dataset("blood").id and "is now 'blood'" in texts(at.success)
+    run_id = int(at.selectbox(key="manage_run").value)
+    assert at.button(key="delete_run").disabled  # not confirmed yet
+    ok(at.checkbox(key="delete_run_confirm").check().run())
+    ok(at.button(key="delete_run").click().run())
+    assert runs_db.get_run(run_id).archived_at is not None
+    assert at.button(key="delete_dataset").disabled
+    at.text_input(key="delete_dataset_confirm").set_value("blood")
+    ok(at.run())
+    ok(at.button(key="delete_dataset").click().run())
+    assert "deleted dataset 'blood'" in texts(at.success)
+    assert ds_db.list_datasets() == [] and len(ds_db.list_datasets(include_archived=True)) == 1

@@ -90,6 +90,18 @@ def test_score_quality_button_stores_metrics_and_plots_them(home) -> None:
     ok(at.selectbox(key="quality_metric").set_value("acceptance").run())
     ok(at.multiselect(key="quality_groups").set_value(["all", "lymphocyte"]).run())
     assert at.dataframe, "the per-class table of the selected checkpoint is shown"
+    assert any(m.value.startswith("**Verdict for step 4:**") for m in at.markdown)  # close / different / far
+
+
+def test_finished_run_shows_a_full_bar_and_one_grid_labelled_by_class(home) -> None:
+    at = page()
+    [bar] = at.get("progress")
+    assert bar.value == 100 and bar.proto.text.startswith("**succeeded**")
+    grids = at.get("image")
+    assert len(grids) == 1, "the sample grid is shown once"
+    [caption] = grids[0].captions
+    classes = ds_db.get_dataset("cells").class_names
+    assert f"top to bottom: {', '.join(classes)}" in caption
 
 
 def test_generate_button_adds_scored_candidates(home) -> None:

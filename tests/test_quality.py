@@ -245,14 +245,22 @@ def test_generate_scores_candidates_and_quality_is_stored_per_checkpoint(dataset
 
 
 def test_cli_quality_on_a_folder_prints_json(dataset_with_gan, capsys) -> None:
+    from wbc_core import quality_views
     from wbc_core.cli.main import main
 
     _, folder = dataset_with_gan
     assert main(["--json", "quality", "--dataset", "cells", "--images", str(folder)]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["cells"] == 90
     # The folder holds the train cells themselves, so most of them are flagged as copies.
     assert out["metrics"]["quality/memorised"] > 0.5
+    assert out["verdict"] == quality_views.verdict(out["metrics"]) and "look like copies" in out["verdict"]
+    err = captured.err
+    assert "quality 0/5" in err and "quality 5/5" in err and "judge features of 90 cells" in err  # progress
+    assert main(["quality", "--dataset", "cells", "--images", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[-1].startswith("verdict: ")
     assert main(["--json", "quality", "--run", "999"]) == 2
 
 

@@ -130,10 +130,11 @@ def run_import_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
                                              split=SplitConfig(**c["split"]), progress=progress, user=user)
     except ImportCancelled as exc:
         return {"cancelled": str(exc)}
-    except Exception as exc:  # the job's error line: the user's own file name, and why an all-unsafe zip failed
+    except Exception as exc:  # the job's error: the user's own file name, and why an all-unsafe zip failed
         message = _shown(str(exc), c)
         if message != str(exc) or _all_unsafe(c):
-            raise ImportRefused(_all_unsafe(c) or message) from exc
+            # from None: the chained original would print the server's path in the job's stored traceback.
+            raise ImportRefused(_all_unsafe(c) or message) from None
         raise
     finally:
         if c.get("delete_source"):

@@ -19,6 +19,7 @@ FD_RATIO_FAR = 10.0
 def verdict(values: dict[str, float]) -> str:
     """One line a lab can act on, from overall metrics (fd_ratio, memorised, coverage as compute_metrics names
     them): "close to real" (FD ratio <= FD_RATIO_CLOSE), "noticeably different", or "far from the real cells"."""
+    values = {k.removeprefix(PREFIX): v for k, v in values.items()}  # compute_metrics' names carry the prefix
     ratio = values.get("fd_ratio")
     if ratio is None or ratio != ratio:  # missing or NaN
         return "No verdict: the FD ratio could not be measured (too few cells in a class?)."

@@ -39,7 +39,7 @@ def runs_frame(dataset_id: int | None = None, kind: str | None = None, recipes: 
         caveats = results.test_caveats(r.result)
         rows.append({
             "run": r.id, "kind": r.kind, "dataset": r.dataset_name, "status": r.status, "recipe": r.recipe,
-            "group": r.group_name, "progress": round(r.progress_fraction, 3), "device": r.device, "seed": r.seed,
+            "group": r.group_name, "progress": round(_progress(r), 3), "device": r.device, "seed": r.seed,
             "model": r.config.get("model"), "created": r.created_at, "train set": r.train_set_size,
             "train set hash": (r.train_set_hash or "")[:12],
             "decisions hash": (r.train_set_summary.get("decisions_snapshot") or "")[:12],
@@ -112,13 +112,13 @@ def run_status(run_id: int) -> dict[str, Any]:
     checkpoints = runs_db.checkpoints(run_id)
     grids = [c for c in checkpoints if c["grid_path"]]
     return {
-        "id": r.id, "kind": r.kind, "status": r.status, "active": r.active, "progress": r.progress_fraction,
+        "id": r.id, "kind": r.kind, "status": r.status, "active": r.active, "progress": _progress(r),
         "message": r.progress_message, "error": r.error, "device": r.device, "result": r.result,
         "config": r.config, "recipe": r.recipe, "group": r.group_name, "seed": r.seed,
         "train_set_hash": r.train_set_hash, "train_set_size": r.train_set_size,
         "train_set_summary": r.train_set_summary, "heartbeat_at": r.heartbeat_at, "started_at": r.started_at,
         "finished_at": r.finished_at, "started_by": r.started_by, "cancelled_by": r.cancelled_by,
-        "live": _live(r) if r.kind == "classifier" else {},
+        "live": _live(r) if r.kind == "classifier" else _gan_live(r) if r.kind == "gan" else {},
         "group_active": bool(r.group_name) and any(
             x.active for x in runs_db.list_runs(dataset_id=r.dataset_id, kind=r.kind) if x.group_name == r.group_name),
         "latest_grid": str(current().home / grids[-1]["grid_path"]) if grids else None,
@@ -127,6 +127,55 @@ def run_status(run_id: int) -> dict[str, Any]:
                          "grid": str(current().home / c["grid_path"]) if c["grid_path"] else None}
                         for c in checkpoints],
     }
+
+
+def _progress(r: runs_db.RunInfo) -> float:
+    """The run's progress fraction; a run that succeeded is done, whatever its last progress event said."""
+    return 1.0 if r.status == "succeeded" else min(1.0, r.progress_fraction)
+
+
+GAN_RATE_WINDOW = 5  # ETA of a GAN run: mean seconds per step over its last this many logged windows
+
+
+def _gan_live(r: runs_db.RunInfo) -> dict[str, Any]:
+    """Steps done, seconds per step (from the run's metrics) and the ETA of a GAN run."""
+    total = int(r.config.get("steps") or 0)
+    rates = runs_db.metrics([r.id], ["sec_per_step"])
+    done = max((row["step"] for row in rates), default=0)
+    if r.status == "succeeded":
+        done = max(done, int(r.result.get("steps_done") or total))
+    recent = [row["value"] for row in rates[-GAN_RATE_WINDOW:]]
+    sec_per_step = statistics.fmean(recent) if recent else None
+    eta = (total - done) * sec_per_step if r.active and sec_per_step is not None and total > done else None
+    return {"steps_done": done, "steps": total, "sec_per_step": sec_per_step, "eta_seconds": eta}
+
+
+def grid_row_labels(run_id: int) -> list[str]:
+    """Class names in the row order of a GAN run's sample grids (one row per class, in the dataset's order)."""
+    r = runs_db.get_run(run_id)
+    from db.datasets import get_dataset
+
+    return list(r.config.get("class_names") or (get_dataset(r.dataset_id).class_names if r.dataset_id else []))
+
+
+def labelled_grid(path: str, labels: Sequence[str], pad: int = 2) -> Any:  # noqa: ANN401 - a PIL image
+    """A sample grid PNG with each row's class written once, in a white column on its left."""
+    from PIL import Image, ImageDraw
+
+    grid = Image.open(path).convert("RGB")
+    rows = len(labels)
+    if not rows:
+        return grid
+    row_h = (grid.height - pad) / rows
+    draw_probe = ImageDraw.Draw(grid)
+    width = max(int(draw_probe.textlength(str(name))) for name in labels) + 10
+    out = Image.new("RGB", (grid.width + width, grid.height), "white")
+    out.paste(grid, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for i, name in enumerate(labels):
+        y = pad + i * row_h + row_h / 2
+        draw.text((width - 6, y), str(name), fill=(20, 20, 20), anchor="rm")
+    return out
 
 
 def _live(r: runs_db.RunInfo) -> dict[str, Any]:

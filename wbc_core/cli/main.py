@@ -561,6 +561,8 @@ def _runs(args: argparse.Namespace) -> dict[str, Any]:
                 if i["test_macro_f1"] is not None else "")
              + ("  NEAR CHANCE" if i["near_chance"] else "")
              + ("  few test cells in some classes" if any(w.startswith("few test") for w in i["caveats"]) else "")
+             + (f"  started by {i['started_by']}" if i["started_by"] else "")
+             + (f", cancelled by {i['cancelled_by']}" if i["cancelled_by"] else "")
              for i in items]
     return {"runs": items, "_text": "\n".join(lines) or "no runs yet"}
 

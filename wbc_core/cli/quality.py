@@ -7,8 +7,11 @@ each name to handler(args) -> dict (printed as JSON with --json; "_text" is the 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,9 +71,27 @@ def _quality(args: argparse.Namespace) -> dict[str, Any]:
 
     info = get_dataset(args.dataset)
     size = args.size or info.image_size
-    cells = read_folder(Path(args.images), info.class_names, size)
-    ref = dataset_reference(info.id, size)
-    values = compute_metrics(ref, cells.images, cells.labels)
+    # Progress on stderr, one step at a time: the first call for a dataset trains its judge (minutes on a CPU).
+    bar = tqdm(total=5, file=sys.stderr, bar_format="quality {n}/{total} [{elapsed}] {desc}")
+    started = [False]
+
+    def stage(text: str) -> None:
+        if started[0]:
+            bar.update(1)
+        started[0] = True
+        bar.set_description_str(text, refresh=True)
+
+    try:
+        stage(f"reading the cells of {args.images}")
+        cells = read_folder(Path(args.images), info.class_names, size)
+        stage(f"reference: real train/val cells of {info.name!r} and the judge (trained once per dataset and "
+              "size, a few CPU minutes, then cached)")
+        ref = dataset_reference(info.id, size)
+        values = compute_metrics(ref, cells.images, cells.labels, stage=stage)
+        bar.update(bar.total - bar.n)
+        bar.set_description_str("done", refresh=True)
+    finally:
+        bar.close()
     head = f"{len(cells)} cells from {args.images} vs dataset {info.name!r} at {size} px"
     return {"dataset": info.name, "images": str(args.images), "size": size, "cells": len(cells),
             "judge": str(ref.judge_dir), "metrics": values, "verdict": verdict(values),

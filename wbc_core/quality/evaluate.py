@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,18 +134,25 @@ def _group_metrics(ref: Reference, cfg: QualityConfig, scores: CellScores, gen_m
 
 
 def compute_metrics(ref: Reference, images: torch.Tensor, labels: torch.Tensor,
-                    config: QualityConfig = QualityConfig(), scores: CellScores | None = None) -> dict[str, float]:
-    """Flat {"quality/<metric>[/<class>]": value} for uint8 cells with intended class labels; nan values dropped."""
+                    config: QualityConfig = QualityConfig(), scores: CellScores | None = None,
+                    stage: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Flat {"quality/<metric>[/<class>]": value} for uint8 cells with intended class labels; nan values dropped.
+    stage(text), when given, is called as each step starts (the CLI's progress bar)."""
     if images.shape[0] == 0:
         raise ValueError("no cells to measure")
+    stage = stage or (lambda _text: None)
     with torch_threads(config.num_threads):
+        stage(f"judge features of {images.shape[0]:,} cells")
         scores = scores or score_cells(ref, images, labels)
         half_a, _ = _val_halves(ref.val_labels, config.seed)
         out: dict[str, float] = {}
-        for suffix, g, v, t in _groups(ref, labels):
+        groups = _groups(ref, labels)
+        stage(f"distribution metrics for all cells and {len(groups) - 1} classes")
+        for suffix, g, v, t in groups:
             for name, value in _group_metrics(ref, config, scores, g, v, t, half_a, labels).items():
                 out[f"{PREFIX}{name}{suffix}"] = value
         if config.tstr_epochs > 0:
+            stage(f"train-on-synthetic accuracy ({config.tstr_epochs} short epochs of a small CNN)")
             out[f"{PREFIX}tstr_accuracy"] = tstr_accuracy(ref, images, labels, config)
     return {k: float(v) for k, v in out.items() if not math.isnan(v)}
 
