@@ -45,13 +45,18 @@ choices = shown["run"].tolist()
 picked = st.multiselect("Runs to compare", choices, default=choices[: min(3, len(choices))], format_func=labels.get)
 done = table[table["status"] == "succeeded"]
 baselines = done[done["recipe"] == "real"]["run"].tolist()
+# Default: the picked run's own group's real arm, else the newest real run of the same model; never silently a
+# real run of another model or group (its Δ would mean nothing). "none" stays available.
 suggested, why = results.default_baseline(picked)
-baseline = st.selectbox("Baseline (real only)", baselines or [None],
-                        index=baselines.index(suggested) if suggested in baselines else 0,
+options = [None, *baselines]
+baseline = st.selectbox("Baseline (real only)", options, index=options.index(suggested) if suggested in options else 0,
                         key=f"baseline_for_{picked[0] if picked else 'none'}",
-                        format_func=lambda r: "none yet" if r is None else labels[r])
-st.caption(f"Baseline in use: {why}." if baseline == suggested else
-           f"Baseline in use: run {baseline}, picked by hand (the suggested one is {why}).")
+                        format_func=lambda r: "none" if r is None else labels[r])
+if baseline == suggested:
+    st.caption(f"Baseline in use: {why}." if baseline is not None else f"No baseline: {why}.")
+else:
+    st.caption(f"Baseline in use: {'none' if baseline is None else labels[baseline]}, chosen by hand "
+               f"(suggested: {why}).")
 for run_id in picked:
     caveats = views.run_caveats(run_id)
     if caveats["headline"]:

@@ -26,8 +26,9 @@ def _reviewer(k: int, dataset_id: int, start, results, me) -> None:  # noqa: ANN
     name = f"rev{k}"
     out = {"who": name, "decisions": 0, "undos": 0, "latencies": [], "error": None}
     try:
-        from wbc_core import review_model
+        from wbc_core import context, review_model
 
+        context.current("worker")  # a new process builds its own context (the home comes from WBC_HOME)
         rng = random.Random(k)
         start.wait(60)
         for n in range(1, DECISIONS_EACH + 1):
@@ -53,7 +54,9 @@ def _trainer(run_id: int, start, stop, results) -> None:  # noqa: ANN001
     out = {"who": "trainer", "steps": 0, "error": None}
     try:
         from db import runs
+        from wbc_core import context
 
+        context.current("worker")
         start.wait(60)
         # At least MIN_TRAINER_STEPS even if the reviewers finish first, so the count check means something.
         while not stop.is_set() or out["steps"] < MIN_TRAINER_STEPS:
