@@ -35,7 +35,8 @@ def _as_admin(action, *args, **kwargs) -> bool:  # noqa: ANN001
 
 def _adjudicate(image_id: int, verdict: str, new_class: str | None = None, reason: str | None = None) -> None:
     try:
-        review_model.adjudicate([image_id], st.session_state[signin.USER_KEY], verdict, new_class=new_class, reason=reason)
+        review_model.adjudicate([image_id], st.session_state[signin.USER_KEY], verdict, new_class=new_class,
+                                reason=reason)
     except (PermissionError, ValueError) as exc:
         _fail(exc)
         return
@@ -86,6 +87,12 @@ with users_tab:
     if cols[2].button(toggle, key="toggle_user") and _as_admin(auth.disable_user, who, not target.disabled):
         _flash(f"{who!r} {'disabled' if not target.disabled else 'enabled'}")
         st.rerun()
+    locked = auth.locked_until(who)
+    if locked is not None:
+        st.warning(f"{widgets.plain(who)} is locked out after failed sign-ins until {locked:%H:%M:%S} UTC.", icon="🔒")
+        if st.button("Unlock now", key="unlock_user") and _as_admin(auth.unlock_user, who):
+            _flash(f"unlocked {who!r}")
+            st.rerun()
     if target.source == "local":
         with st.form("reset_password", clear_on_submit=True):
             password = st.text_input(f"New password for {who}", type="password", key="reset_password_value")
@@ -135,8 +142,8 @@ with blind_tab:
     with st.form("blind_test"):
         cols = st.columns(3)
         blind_reviewer = cols[0].selectbox("Reviewer", reviewers, key="blind_reviewer")
-        fraction = cols[1].slider("Share of real cells in their queue", 0.05, review_model.MAX_BLIND_FRACTION, 0.1, 0.05,
-                                  key="blind_fraction")
+        fraction = cols[1].slider("Share of real cells in their queue", 0.05, review_model.MAX_BLIND_FRACTION, 0.1,
+                                  0.05, key="blind_fraction")
         seed = cols[2].number_input("Seed", 0, 10**6, 0, key="blind_seed")
         if st.form_submit_button("Start or top up the blind test") and blind_reviewer:
             try:
@@ -170,7 +177,8 @@ with adjudication_tab:
                 row = st.container(horizontal=True, gap="small")
                 row.button("Accept", key=f"adj_accept_{image_id}", type="primary", on_click=_adjudicate,
                            args=(image_id, "accept"))
-                reason = st.selectbox("Reject reason", [None, *review_model.REJECT_REASONS], key=f"adj_reason_{image_id}",
+                reason = st.selectbox("Reject reason", [None, *review_model.REJECT_REASONS],
+                                      key=f"adj_reason_{image_id}",
                                       format_func=lambda r: "no reason" if r is None else r)
                 row.button("Reject", key=f"adj_reject_{image_id}", on_click=_adjudicate,
                            args=(image_id, "reject"), kwargs={"reason": reason})

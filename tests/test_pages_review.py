@@ -483,6 +483,22 @@ def test_admin_creates_a_user_changes_role_and_disables(home):
     assert "already exists" in texts(at.error)
 
 
+def test_admin_sees_a_locked_out_account_and_unlocks_it(home):
+    for _ in range(8):  # past the free failures: the account is locked
+        try:
+            auth.authenticate("rita", "wrong password!", client="test")
+        except auth.SignInLocked:
+            break
+    assert auth.locked_until("rita") is not None
+    at = app("pages/admin.py", "ada")
+    at.selectbox(key="manage_user").set_value("rita")
+    ok(at.run())
+    assert "locked out after failed sign-ins" in texts(at.warning)
+    click(at, "unlock_user")
+    assert auth.locked_until("rita") is None
+    assert auth.authenticate("rita", PASSWORD, client="test").username == "rita"
+
+
 def test_admin_user_actions_are_refused_when_the_admin_was_demoted_meanwhile(home):
     auth.create_user("ada2", PASSWORD, "admin", user=account())
     at = app("pages/admin.py", "ada")
