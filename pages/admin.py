@@ -227,13 +227,13 @@ with manage_tab:
         if (cols[0].button("Rename dataset", key="rename_dataset", disabled=not new_name.strip())
                 and _as_admin(archive.rename_dataset, target, new_name)):
             frame.select_dataset(new_name.strip())
-            _flash(f"dataset {target!r} is now {new_name.strip()!r}")
+            _flash(widgets.plain(f"dataset {target!r} is now {new_name.strip()!r}"))
             st.rerun()
-        typed = cols[1].text_input(f"Type {target!r} to delete it", key="delete_dataset_confirm")
+        typed = cols[1].text_input(f"Type {widgets.plain(repr(target))} to delete it", key="delete_dataset_confirm")
         if (cols[1].button("Delete dataset", key="delete_dataset", type="primary", disabled=typed != target,
                            help="archives the dataset and its runs; its review decisions are kept")
                 and _as_admin(archive.delete_dataset, target)):
-            _flash(f"deleted dataset {target!r} (archived; its decisions are kept)")
+            _flash(widgets.plain(f"deleted dataset {target!r} (archived; its decisions are kept)"))
             st.rerun()
         runs_table = views.runs_frame(catalog.get_dataset(target).id) if target else None
         if runs_table is not None and not runs_table.empty:

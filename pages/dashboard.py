@@ -62,7 +62,7 @@ for run_id in picked:
     if caveats["headline"]:
         st.markdown(f"**Run {run_id}:** {caveats['headline']}")
     for warning in caveats["warnings"]:
-        st.warning(f"Run {run_id}: {warning}.", icon="⚠️")
+        st.warning(f"Run {run_id}: {widgets.plain(warning)}.", icon="⚠️")
 
 
 @st.fragment(run_every=2 if any_active else None)

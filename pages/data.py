@@ -95,11 +95,11 @@ if "import_error" in st.session_state:
 if "last_import" in st.session_state:
     # Green only for what was imported; skipped and unsafe entries are a warning beside it.
     first, _, rest = st.session_state.pop("last_import").partition("\n")
-    st.success(first)
+    st.success(widgets.plain(first))
     if rest.strip():
-        st.warning(rest)
+        st.warning(widgets.plain(rest))
 if "last_import_warning" in st.session_state:
-    st.warning(st.session_state.pop("last_import_warning"), icon="⚠️")
+    st.warning(widgets.plain(st.session_state.pop("last_import_warning")), icon="⚠️")
 
 if frame.current_dataset() is None:
     st.info("No dataset yet: import a folder above, or create the demo dataset in the **Demo** tab.")

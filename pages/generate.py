@@ -116,7 +116,7 @@ step = cols[0].select_slider("Checkpoint (step)", steps_saved, value=steps_saved
 grid = next((c["grid"] for c in state["checkpoints"] if c["step"] == step and c["grid"]), None)
 if grid and not (state["active"] and step == state["latest_grid_step"]):  # the live panel shows that one
     st.image(views.labelled_grid(grid, row_labels), caption=f"fixed-noise samples at step {step}, one row per class "
-             f"(top to bottom: {', '.join(row_labels)})", width=560)
+             f"(top to bottom: {widgets.plain(', '.join(row_labels))})", width=560)
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
 if cols[2].button("Generate candidates", type="primary", key="generate", disabled=not can_train):
     try:  # only queues the job: sampling and scoring run in their own process

@@ -154,7 +154,7 @@ def live_panel(run_id: int, was_active: bool) -> None:
         st.metric("Test macro-F1 (real test cells)", f"{test['macro_f1']:.4f}", help=span)
         st.caption(caveats["headline"])
         for warning in caveats["warnings"]:
-            st.warning(f"{warning[0].upper()}{warning[1:]}.", icon="⚠️")
+            st.warning(widgets.plain(f"{warning[0].upper()}{warning[1:]}."), icon="⚠️")
         support = test.get("per_class_support") or {}
         st.dataframe({"class": list(test["per_class_f1"]), "F1": list(test["per_class_f1"].values()),
                       "test cells": [support.get(c) for c in test["per_class_f1"]]}, hide_index=True)

@@ -68,11 +68,14 @@ def test_full_loop_from_the_cli(tiny_folder, tmp_path, db_url):
     assert set(test) >= {"accuracy", "macro_f1", "per_class_f1"}
     assert set(test["per_class_f1"]) == {"lymphocyte", "neutrophil", "platelet"}
     assert trained["test_size"] == sum(v["test"] for v in imported["classes"].values())
+    # Caveats beside the numbers: about 2 test cells per class is far below the small-class threshold.
+    assert trained["test_cells"] == trained["test_size"] and any("few test cells" in w for w in trained["caveats"])
 
     listed = wbc(home, "runs")["runs"]
     assert [(r["id"], r["kind"], r["status"]) for r in listed] == [
         (trained["run_id"], "classifier", "succeeded"), (gan["run_id"], "gan", "succeeded")]
     assert listed[0]["test_macro_f1"] == pytest.approx(test["macro_f1"])
+    assert listed[0]["test_cells"] == trained["test_size"] and listed[0]["caveats"] == trained["caveats"]
     assert {(r["started_by"], r["cancelled_by"]) for r in listed} == {("local", None)}
 
     # The database agrees with what the CLI printed.

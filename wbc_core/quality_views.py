@@ -25,7 +25,7 @@ def verdict(values: dict[str, float]) -> str:
         return "No verdict: the FD ratio could not be measured (too few cells in a class?)."
     scale = f"FD ratio {ratio:.1f}; 1 = as close as two halves of the real cells, close ≤ {FD_RATIO_CLOSE:g}"
     if ratio <= FD_RATIO_CLOSE:
-        line = f"Close to real: these cells are about as varied and placed as real ones ({scale})."
+        line = f"Close to real: to the judge they differ from real cells about as much as real cells do ({scale})."
     elif ratio <= FD_RATIO_FAR:
         line = f"Noticeably different from the real cells: usable with care, review closely ({scale})."
     else:
