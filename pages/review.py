@@ -295,8 +295,9 @@ def work_area() -> None:
     if s.get("rv_msg"):
         st.toast(s.pop("rv_msg"))
     page = s.get("rv_page", 0)
-    items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page, page_size=PAGE_SIZE,
-                                     order=order, gan_run_id=gan_run_id, checkpoint_step=step)
+    items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page,
+                                           page_size=PAGE_SIZE, order=order, gan_run_id=gan_run_id,
+                                           checkpoint_step=step)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     if page >= pages:  # decided the last cells of the last page: show the page before it
         page = s["rv_page"] = pages - 1
@@ -315,9 +316,11 @@ def work_area() -> None:
     # the cursor steps on by itself.
     advance = 0 if state == "pending" else 1
 
-    _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds), SUMMARY_MAX_AGE_S))
-    st.markdown(f"**{total}** {state} candidates of **{widgets.plain(class_name)}** for **{widgets.plain(user.label)}** · page {page + 1} of "
-                f"{pages} · {review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
+    _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds),
+                          SUMMARY_MAX_AGE_S))
+    st.markdown(f"**{total}** {state} candidates of **{widgets.plain(class_name)}** for "
+                f"**{widgets.plain(user.label)}** · page {page + 1} of {pages} · "
+                f"{review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
 
     _highlight(cursor, [i for i, item in enumerate(items) if item["id"] in chosen])
     grid_col, detail_col = st.columns([3, 2])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import account
 import torch
 from PIL import Image
+from support import account
 
 from db import datasets as ds_db
 from wbc_core import store
