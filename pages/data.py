@@ -16,10 +16,11 @@ can_import = signin.require_permission("import", "import datasets")
 def _queue(source_kind: str, name: str, **options) -> None:
     """Queue an import job (the page never imports in its own process); errors about the request show at once."""
     try:
-        import_jobs.start_import(source_kind, name, user=user, **options)
+        job_id = import_jobs.start_import(source_kind, name, user=user, **options)
     except (ValueError, LookupError, OSError, PermissionError) as exc:
         widgets.show_error(exc, "Check the folder (a path on the server, inside its import folders) and the name.")
     else:
+        st.session_state["import_job"] = job_id  # this session follows its own import, not other people's
         st.toast("Import started in the background; you may leave this page.")
 
 
@@ -66,19 +67,21 @@ with st.expander("Import cells", expanded=frame.current_dataset() is None):
             _queue("demo", "demo", size=int(demo_size))
 
 
-@st.fragment(run_every=1)
+# Polls only while this session follows an import: an idle Data page sends nothing.
+@st.fragment(run_every=1 if st.session_state.get("import_job") is not None else None)
 def import_panel() -> None:
-    """The newest import of this user: live progress while it runs, its report once done (polled)."""
-    job = import_jobs.latest_import(user.username)
-    if job is None or job.id in st.session_state.get("seen_imports", set()):
+    """The import this session started: live progress while it runs, its report once done (polled)."""
+    job_id = st.session_state.get("import_job")
+    if job_id is None:
         return
+    job = import_jobs.get_job(job_id)
     state = views.job_summary(job.id)
     if state["active"]:
         st.progress(state["progress"], text=f"Importing {job.config['name']!r}: {state['message'] or 'starting'}")
         if st.button("Cancel import", key=f"cancel_import_{job.id}"):
             jobs.cancel(job.id, user)
         return
-    st.session_state.setdefault("seen_imports", set()).add(job.id)
+    del st.session_state["import_job"]  # shown once
     if state["status"] == "succeeded" and "summary" in state["result"]:
         frame.select_dataset(state["result"]["name"])
         st.session_state["last_import"] = state["result"]["summary"]

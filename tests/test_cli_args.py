@@ -202,8 +202,8 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_named_log(w
     def broken(_args):  # noqa: ANN001, ANN202
         raise ZeroDivisionError("something deep went wrong")
 
-    monkeypatch.setitem(cli_main.COMMANDS, "datasets", broken)
-    code, out, err = run(capsys, "datasets")
+    monkeypatch.setitem(cli_main.COMMANDS, "runs", broken)
+    code, out, err = run(capsys, "runs")
     assert code == cli_main.EXIT_ERROR and out == []
     assert len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith("error: unexpected ZeroDivisionError: something deep went wrong (traceback in ")
@@ -211,8 +211,8 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_named_log(w
     assert log.parent == wbc_home / "logs" and log.name.startswith("cli-") and log.suffix == ".log"
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "def broken" not in text and "broken" in text
-    assert '"datasets"' in text  # the command line that failed
-    code, out, _ = run(capsys, "datasets", "--json")
+    assert '"runs"' in text  # the command line that failed
+    code, out, _ = run(capsys, "runs", "--json")
     payload = json.loads(out[0])
     assert payload["error"].startswith("unexpected ZeroDivisionError") and Path(payload["log"]).is_file()
 
@@ -227,8 +227,8 @@ def test_the_log_falls_back_to_a_temp_folder_when_the_home_is_unwritable(wbc_hom
     def broken(_args):  # noqa: ANN001, ANN202
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(cli_main.COMMANDS, "datasets", broken)
-    code, _, err = run(capsys, "datasets")
+    monkeypatch.setitem(cli_main.COMMANDS, "runs", broken)
+    code, _, err = run(capsys, "runs")
     assert code == cli_main.EXIT_ERROR
     log = Path(err[0].rsplit("(traceback in ", 1)[1].rstrip(")"))
     assert log.parent == tmp_path / "tmp" / "wbc-logs" and "RuntimeError: boom" in log.read_text()
@@ -255,8 +255,8 @@ def test_ctrl_c_exits_130(wbc_home, capsys, monkeypatch):
     def interrupted(_args):  # noqa: ANN001, ANN202
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli_main.COMMANDS, "datasets", interrupted)
-    code, out, _ = run(capsys, "datasets", "--json")
+    monkeypatch.setitem(cli_main.COMMANDS, "runs", interrupted)
+    code, out, _ = run(capsys, "runs", "--json")
     assert code == 130 and json.loads(out[0]) == {"error": "interrupted"}
 
 

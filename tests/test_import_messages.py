@@ -74,7 +74,9 @@ def test_data_page_shows_unsafe_entries_as_a_warning_not_in_the_green_box(wbc_ho
     worker.main(run_id)
     root = Path(__file__).resolve().parent.parent
     with use_settings(auth_off=True):
-        at = AppTest.from_file(str(root / "pages/data.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(root / "pages/data.py"), default_timeout=60)
+        at.session_state["import_job"] = run_id  # as if this session had queued it
+        at.run()
         for _ in range(3):  # the polling panel sees the finished job and asks for a rerun, which shows the outcome
             if at.success:
                 break

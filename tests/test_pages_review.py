@@ -160,7 +160,8 @@ def test_app_frame_shows_review_agreement_and_admin_only_to_admins(home):
     at = app("app.py", "ada")
     assert "Signed in as **ada** · admin" in texts(at.sidebar.caption)
     ok(at.switch_page("pages/admin.py").run())
-    assert [t.label for t in at.tabs] == ["Users", "Review settings", "Blind test", "Adjudication", "Export"]
+    assert [t.label for t in at.tabs] == ["Users", "Review settings", "Blind test", "Adjudication", "Export",
+                                          "Datasets & runs"]
     at = app("pages/admin.py", "rita")
     assert "cannot open the admin page" in texts(at.info)
     assert not at.tabs

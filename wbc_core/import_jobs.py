@@ -184,9 +184,10 @@ def _all_unsafe(config: dict[str, Any]) -> str:
             "with paths such as neutrophil/cell1.jpg")
 
 
-def latest_import(started_by: str | None = None) -> runs_db.RunInfo | None:
-    """The newest import job (of a user, when given), for the Data page's status panel."""
-    for r in runs_db.list_runs(kind="import", limit=20):
-        if started_by is None or r.started_by == started_by:
-            return r
-    return None
+
+def get_job(run_id: int) -> runs_db.RunInfo:
+    """An import job by id (the Data page follows the one its session started)."""
+    run = runs_db.get_run(run_id)
+    if run.kind != "import":
+        raise ValueError(f"run {run_id} is a {run.kind} run, not an import")
+    return run

@@ -28,8 +28,8 @@ from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
-EXTENSION_MODULES: list[str] = ["wbc_core.cli.review_admin", "wbc_core.cli.quality", "wbc_core.cli.results",
-                            "wbc_core.cli.doctor", "wbc_core.cli.manage"]
+EXTENSION_MODULES: list[str] = ["wbc_core.cli.data", "wbc_core.cli.review_admin", "wbc_core.cli.quality",
+                                "wbc_core.cli.results", "wbc_core.cli.doctor", "wbc_core.cli.manage"]
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"
@@ -72,31 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--as", dest="acting_as", metavar="NAME", default=None, help=AS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("import", help="import a folder or zip with one subfolder per class")
-    s.add_argument("source")
-    s.add_argument("--name", required=True)
-    s.add_argument("--size", type=int, default=64, help="working image size: 32, 64 or 128")
-    s.add_argument("--seed", type=int, default=0, help="seed of the stratified train/val/test split")
-    s.add_argument("--val", type=float, default=0.15, help="fraction of each class for validation")
-    s.add_argument("--test", type=float, default=0.15, help="fraction of each class for testing")
-
-    s = sub.add_parser("import-npz", help="import a BloodMNIST .npz keeping its official split")
-    s.add_argument("file")
-    s.add_argument("--name", required=True)
-    s.add_argument("--size", type=int, default=64)
-
-    s = sub.add_parser("download", help="download a public dataset (needs internet)")
-    s.add_argument("dataset", choices=["bloodmnist"])
-    s.add_argument("--size", type=int, default=64, choices=[28, 64, 128, 224])
-    s.add_argument("--name", default=None)
-
-    s = sub.add_parser("demo", help="create the built-in demo dataset (drawn cell-like images, not real cells)")
-    s.add_argument("--name", default="demo")
-    s.add_argument("--per-class", type=int, default=60)
-    s.add_argument("--size", type=int, default=64)
-
-    sub.add_parser("datasets", help="list datasets with class counts")
 
     s = sub.add_parser("train-gan", help="train a class-conditional GAN on a dataset's train split")
     s.add_argument("--dataset", required=True)
@@ -313,65 +288,6 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str | None, stream: Any)
 
 # -- commands ----------------------------------------------------------------------------------------
 
-def _import(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.data import SplitConfig
-    from wbc_core.importing import import_folder
-
-    bar = tqdm(desc="importing", unit="file", disable=None, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        result = import_folder(args.source, args.name, size=args.size,
-                               split=SplitConfig(val_fraction=args.val, test_fraction=args.test, seed=args.seed),
-                               progress=progress, user=acting_user(args))
-    finally:
-        bar.close()
-    return {**_import_payload(result), "_text": result.summary}
-
-
-def _import_payload(result) -> dict[str, Any]:  # noqa: ANN001
-    return {"dataset_id": result.dataset_id, "name": result.name, "kind": result.kind,
-            "classes": result.class_counts, "skipped": result.report["skipped"],
-            "converted": result.report["converted"], "empty_classes": result.report["empty_classes"],
-            "seconds": result.seconds}
-
-
-def _import_npz(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.importing import import_bloodmnist
-
-    result = import_bloodmnist(args.file, args.name, size=args.size, user=acting_user(args))
-    return {**_import_payload(result), "_text": result.summary}
-
-
-def _download(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.importing import download_bloodmnist
-
-    result = download_bloodmnist(args.name or f"bloodmnist-{args.size}", size=args.size, user=acting_user(args))
-    return {**_import_payload(result), "_text": result.summary}
-
-
-def _demo(args: argparse.Namespace) -> dict[str, Any]:
-    from wbc_core.importing import import_demo
-
-    result = import_demo(args.name, per_class=args.per_class, size=args.size, user=acting_user(args))
-    text = f"Created demo dataset {result.name!r} (procedurally drawn cell-like images, NOT real cells).\n"
-    return {**_import_payload(result), "demo": True, "_text": text + result.summary}
-
-
-def _datasets(_args: argparse.Namespace) -> dict[str, Any]:
-    from db.datasets import list_datasets
-    from wbc_core.importing import class_split_counts
-
-    items = [{"id": d.id, "name": d.name, "kind": d.kind, "image_size": d.image_size,
-              "classes": class_split_counts(d.id)} for d in list_datasets()]
-    text = "\n".join(f"{d['id']:>4}  {d['name']:<24} {d['kind']:<10} {len(d['classes'])} classes" for d in items)
-    return {"datasets": items, "_text": text or "no datasets yet: try `python -m wbc_core demo`"}
-
-
 def _follow(run_id: int, detach: bool, label: str, user: Any = None) -> dict[str, Any]:  # noqa: ANN401
     """Follow a run with a progress bar; Ctrl-C asks it to stop, as user (the acting account) when given."""
     from db import runs
@@ -576,7 +492,6 @@ def _cancel(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS = {
-    "import": _import, "import-npz": _import_npz, "download": _download, "demo": _demo, "datasets": _datasets,
     "train-gan": _train_gan, "resume-gan": _resume_gan, "generate": _generate, "review": _review, "train": _train,
     "runs": _runs, "cancel": _cancel,
 }
