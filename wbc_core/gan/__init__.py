@@ -5,8 +5,9 @@ Names are loaded on first use (PEP 562), so `from wbc_core.gan import GanConfig`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wbc_core.lazy import lazy_attributes
 
 # name -> submodule that defines it
 _WHERE = {
@@ -29,17 +30,7 @@ __all__ = [  # the same names the package always exported (tests check they matc
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, __all__)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
