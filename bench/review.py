@@ -122,7 +122,7 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
             batch = chosen[start:start + 500]
             decisions_db.record_decisions(batch[:400], reviewer, "accept")
             decisions_db.record_decisions(batch[400:], reviewer, "reject", reason="GAN texture artefact")
-    auth.create_user(REVIEWER, PASSWORD, "reviewer", user=auth.claim_local_account("bench"))
+    auth.create_user(REVIEWER, PASSWORD, "reviewer", user=auth.claim_local_account("bench-admin"))
     return {"dataset_id": dataset_id, "candidates": len(ids), "other_decisions": per * len(OTHER_REVIEWERS),
             "setup_s": round(time.perf_counter() - t0, 1)}
 
@@ -314,16 +314,16 @@ def main() -> int:
         print(f"needs Chromium at {CHROMIUM}", file=sys.stderr)
         return 2
     home = Path(tempfile.mkdtemp(prefix="wbc-bench-review-"))
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
+    from wbc_core import context
+
+    ctx = context.build("bench", home=home, db_url=f"sqlite:///{home / 'wbc.db'}")  # the server gets the same home
+    context.activate(ctx)
     proc = None
     try:
         setup = populate(home, args.candidates, args.other_decisions)
         print(f"populated in {setup['setup_s']} s", flush=True)
         calls = server_calls(setup["dataset_id"])
-        from db.engine import dispose_all
-
-        dispose_all()
+        ctx.database.dispose()  # the server process opens its own connections
         proc, url = start_server(home, home / "streamlit.log")
         browser = measure(url, home / "wbc.db", args.decisions, args.opens, home / "review.png")
         met = {"queue_open": browser["open_review"]["p95_ms"] < TARGETS["queue_open_ms"]

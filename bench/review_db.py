@@ -80,12 +80,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "review_db.json"))
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="wbc_bench_review_"))
-    os.environ["WBC_HOME"] = str(home)
-    os.environ.pop("WBC_DB_URL", None)
-    from db.migrate import ensure_schema
-    from wbc_core import review_model
+    from wbc_core import context, review_model
 
-    ensure_schema()
+    ctx = context.build("bench", home=home, db_url=f"sqlite:///{home / 'wbc.db'}")  # this run's own database
+    context.activate(ctx)
     t0 = time.perf_counter()
     dataset_id, ids = populate(args.candidates)
     setup_s = time.perf_counter() - t0
@@ -133,9 +131,7 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"worst queue p95 {worst:.1f} ms (target < 2000 ms); wrote {path}")
-    from db.engine import dispose_all
-
-    dispose_all()
+    ctx.close()
     shutil.rmtree(home, ignore_errors=True)  # ~100 MB of throwaway database
     return 0 if worst < 2000 else 1
 
