@@ -63,22 +63,22 @@ def db_url(request: pytest.FixtureRequest, db_backend: str) -> Iterator[str | No
 
     The PostgreSQL database is already migrated to head (a copy of one migrated at the session's start), like the
     SQLite file that wbc_home's context migrates; `pg_cluster.fresh_database()` gives an empty one."""
-    if db_backend == "sqlite":
-        yield None
-        return
-    cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    with cluster.fresh_database(migrated=True) as url:
-        yield url
+    yield from _database_url(request, db_backend, migrated=True)
 
 
 @pytest.fixture()
 def empty_db_url(request: pytest.FixtureRequest, db_backend: str) -> Iterator[str | None]:
     """Like db_url, but with no schema at all (a new home's SQLite file is None here too): for migration tests."""
+    yield from _database_url(request, db_backend, migrated=False)
+
+
+def _database_url(request: pytest.FixtureRequest, db_backend: str, migrated: bool) -> Iterator[str | None]:
+    """None for SQLite; else a fresh PostgreSQL database (migrated to head or empty), dropped after the test."""
     if db_backend == "sqlite":
         yield None
         return
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    with cluster.fresh_database(migrated=False) as url:
+    with cluster.fresh_database(migrated=migrated) as url:
         yield url
 
 

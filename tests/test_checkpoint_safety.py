@@ -4,14 +4,11 @@ and a disk that fills while one is written."""
 from __future__ import annotations
 
 import errno
-import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from support import small_disk
 
 from wbc_core.classifier import checkpoint as classifier_checkpoint
 from wbc_core.diskspace import DiskFull
@@ -126,18 +123,6 @@ def test_an_empty_or_cut_off_classifier_checkpoint_gets_a_plain_message(tmp_path
 # --- a full disk ------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
-    """A real tmpfs of that size (root only); skips where the machine allows no mount."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
-                             capture_output=True, text=True) if os.geteuid() == 0 else None
-    if mounted is None or mounted.returncode != 0:
-        pytest.skip("no tmpfs mount here (needs root); the injected-ENOSPC twin of this test still runs")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def payload(megabytes: int) -> dict[str, object]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import account, context_on, wait_for
+from support import account, context_on, small_disk, wait_for
 
 from db import datasets as ds_db
 from wbc_core import context, importing
@@ -223,18 +223,6 @@ def test_the_import_keeps_at_most_two_images_in_memory(wbc_home: Path, tmp_path:
 # --- a full disk ------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
-    """A real tmpfs of that size (root only); skips the test where the machine allows no mount."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
-                             capture_output=True, text=True) if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    if mounted is None or mounted.returncode != 0:
-        pytest.skip("no tmpfs mount here (needs root); the injected-ENOSPC twin of this test still runs")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @contextmanager

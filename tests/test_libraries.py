@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from support import skip_unless_ci
 
 from wbc_core import agreement, embedding
 from wbc_core.classifier import metrics
@@ -324,7 +325,7 @@ def test_gain_chart_png_is_rendered_by_kaleido(tmp_path):
     from bench import gain_report as gr
 
     if not (shutil.which("chromium") or shutil.which("google-chrome")):
-        pytest.skip("kaleido needs a Chromium (Debian package 'chromium'); CI installs it")
+        skip_unless_ci("kaleido needs a Chromium (Debian package 'chromium'); CI installs it")
     path = gr.chart(_gain_results(), tmp_path / "augmentation_gain.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width >= 520 and im.height >= 440

@@ -257,23 +257,22 @@ def checkpoint_path(run_id: int) -> Path:
 
 def torchscript_path(run_id: int) -> Path:
     """The run's TorchScript export (uint8 images in, probabilities out); the classifier job writes it."""
-    source = checkpoint_path(run_id)
-    target = source.with_name(TORCHSCRIPT_FILE)
-    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:  # a run from before exports
-        from wbc_core.classifier import export_torchscript
-
-        export_torchscript(source, target)
-    return target
+    return _export(run_id, TORCHSCRIPT_FILE, "export_torchscript")
 
 
 def onnx_path(run_id: int) -> Path:
-    """The run's ONNX export (uint8 images in, probabilities out); the classifier job writes it."""
-    source = checkpoint_path(run_id)
-    target = source.with_name(ONNX_FILE)
-    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:  # a run from before exports
-        from wbc_core.classifier import export_onnx
+    """The run's ONNX export (uint8 images in, probabilities out); written on request (export-model)."""
+    return _export(run_id, ONNX_FILE, "export_onnx")
 
-        export_onnx(source, target)
+
+def _export(run_id: int, filename: str, exporter: str) -> Path:
+    """The export next to a run's checkpoint, (re)written by wbc_core.classifier.<exporter> when missing or older."""
+    source = checkpoint_path(run_id)
+    target = source.with_name(filename)
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        import wbc_core.classifier as classifier  # torch only here, in the process that exports
+
+        getattr(classifier, exporter)(source, target)
     return target
 
 
