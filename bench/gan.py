@@ -34,6 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ceiling import achieved, gan_step_flops, measure_ceiling  # noqa: E402
 from bench.cells import load_cells  # noqa: E402
 from wbc_core import options  # noqa: E402
 from wbc_core.context import current  # noqa: E402
@@ -178,6 +179,11 @@ def markdown(result: dict) -> str:
              f"| compute limit (bare G/D step, preloaded; mean of before/after) | "
              f"{s['compute_limit_sec_per_step']:.3f} |",
              f"| ratio (goal <= {SPEED_GOAL}) | {s['ratio']:.2f} {'✅' if s['ratio'] <= SPEED_GOAL else '❌'} |", "",
+             *([f"machine ceiling in the same run (bench/ceiling.py): matmul fp32 {s['ceiling']['matmul_fp32']} "
+                f"GFLOP/s; {s['gflop_per_step']} GFLOP per step; trainer {s['achieved_trainer']['gflops']} GFLOP/s "
+                f"= {s['achieved_trainer']['of_matmul_fp32']:.0%}, compute limit {s['achieved_limit']['gflops']} "
+                f"GFLOP/s = {s['achieved_limit']['of_matmul_fp32']:.0%} of matmul fp32", ""]
+               if s.get("achieved_trainer") else []),
              f"quality of {result['per_class']} cells per class from the final checkpoint "
              f"({judges_line(result)}; TSTR accuracy "
              f"{result['metrics'].get('quality/tstr_accuracy', float('nan')):.3f}):", ""]
@@ -328,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     # The box is shared, so the compute limit is measured before and after training and averaged.
     limit = (limit + compute_limit_sec_per_step(data["train"], config, steps=5 if args.quick else 15)) / 2
+    ceiling = measure_ceiling() if config.device == "cpu" or not torch.cuda.is_available() else None
+    step_flops = gan_step_flops(config, len(classes))
     values = score_checkpoint(result.last_checkpoint, judges, classes, per_class, qcfg, args.device)
     curve = score_curve(out_dir, judges, classes, per_class, qcfg, args.device,
                         {result.last_checkpoint: values}) if args.score_checkpoints else []
@@ -341,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         "steps_done": result.steps_done, "train_seconds": train_s, "budget_seconds": budget_s, "judge_seconds": judge_s,
         "speed": {"trainer_sec_per_step": result.sec_per_step, "compute_limit_sec_per_step": limit,
                   "ratio": result.sec_per_step / limit,
-                  "trainer_steady_sec_per_step": float(torch.tensor(windows[1:-1] or windows).nanmedian())},
+                  "trainer_steady_sec_per_step": float(torch.tensor(windows[1:-1] or windows).nanmedian()),
+                  "gflop_per_step": round(step_flops / 1e9, 3), "ceiling": ceiling,
+                  **({"achieved_limit": achieved(step_flops / limit, ceiling),
+                      "achieved_trainer": achieved(step_flops / result.sec_per_step, ceiling)} if ceiling else {})},
         "metrics": values, "table": table, "goals": {g: goal_row(table, g) for g in ["all", *classes]},
     }
     write_result(results, f"gan_{args.tag}" if args.tag else ("gan_quick" if args.quick else "gan"), out,

@@ -11,8 +11,15 @@ Targets: queue < 2 s, decision p95 < 300 ms. The server starts as the README's Q
 folder, so `.streamlit/config.toml` applies (no file watcher, no usage statistics); only the port, the address and
 headless mode are given on the command line.
 
+With --database postgresql the database is a throw-away PostgreSQL cluster on 127.0.0.1 (tests/pg_support.py) and
+the server gets it as WBC_DB_URL, as the README's "Several machines" set-up does; the candidate rows are then loaded
+with COPY (executemany on SQLite) and the table is VACUUM ANALYZEd, as autovacuum leaves it after a bulk load.
+Candidates share DISTINCT_IMAGES small image files round-robin (rows are what scales, not files).
+
 Run: .venv/bin/python bench/review.py [--candidates 100000] [--other-decisions 20000] [--decisions 30]
-Prints and writes bench/results/review.json and bench/results/review.md. Needs /usr/bin/chromium.
+                                      [--database sqlite|postgresql]
+Prints and writes bench/results/review.json and .md (review_<database>_<N>.json/.md when not the defaults).
+Needs /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 CLASSES = [f"class_{i}" for i in range(8)]
 OTHER_REVIEWERS = ("ann", "bob", "cem", "dee")
@@ -105,14 +113,7 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
                      for _ in range(n))]
     dataset_id = datasets.create_dataset("bench", "real", "bench", CLASSES, {}, "h", {}, real)
     pick = random.Random(seed)
-    ids: list[int] = []
-    for start in range(0, n_candidates, 10_000):
-        end = min(start + 10_000, n_candidates)
-        rows = [dict(origin="synthetic", class_name=CLASSES[i % len(CLASSES)], split=None, sha256=files[f][1],
-                     path=files[f][0], width=64, height=64, checkpoint_step=1000 * (i % 5), seed=i,
-                     judge_prob=pick.random(), nearest_real_distance=pick.random() * 30)
-                for i in range(start, end) for f in [i % DISTINCT_IMAGES]]
-        ids += datasets.add_images(dataset_id, rows)
+    ids = _bulk_candidates(dataset_id, n_candidates, files, pick)
     # Other reviewers' verdicts on the second half of the queue, so consensus and progress have real work.
     pool = ids[len(ids) // 2:]
     per = other_decisions // len(OTHER_REVIEWERS)
@@ -123,8 +124,76 @@ def populate(home: Path, n_candidates: int, other_decisions: int, seed: int = 0)
             decisions_db.record_decisions(batch[:400], reviewer, "accept")
             decisions_db.record_decisions(batch[400:], reviewer, "reject", reason="GAN texture artefact")
     auth.create_user(REVIEWER, PASSWORD, "reviewer", user=auth.claim_local_account("bench-admin"))
+    _settle()
     return {"dataset_id": dataset_id, "candidates": len(ids), "other_decisions": per * len(OTHER_REVIEWERS),
             "setup_s": round(time.perf_counter() - t0, 1)}
+
+
+COLUMNS = ("dataset_id", "origin", "class_name", "split", "sha256", "path", "width", "height", "source",
+           "checkpoint_step", "seed", "judge_prob", "nearest_real_distance", "created_at")
+CHUNK = 50_000
+
+
+def _bulk_candidates(dataset_id: int, n: int, files: list[tuple[str, str]], pick: random.Random) -> list[int]:
+    """Candidate rows in chunks: COPY on PostgreSQL, executemany on SQLite, with progress and an ETA."""
+    from datetime import UTC, datetime
+
+    from db.engine import get_engine
+
+    engine = get_engine()
+    pg = engine.dialect.name == "postgresql"
+    now = datetime.now(UTC).replace(tzinfo=None)
+    t0 = time.perf_counter()
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        for start in range(0, n, CHUNK):
+            rows = [(dataset_id, "synthetic", CLASSES[i % len(CLASSES)], None, files[i % DISTINCT_IMAGES][1],
+                     files[i % DISTINCT_IMAGES][0], 64, 64, "bench", 1000 * (i % 5), i, pick.random(),
+                     pick.random() * 30, now) for i in range(start, min(start + CHUNK, n))]
+            if pg:
+                with cur.copy(f"COPY images ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cur.executemany(f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                                rows)
+            raw.commit()
+            done = start + len(rows)
+            rate = done / (time.perf_counter() - t0)
+            print(f"  inserted {done:>9,} / {n:,} candidates, {rate:,.0f} rows/s, ETA {(n - done) / rate:5.0f} s",
+                  end="\r" if done < n else "\n", flush=True)
+        mark = "%s" if pg else "?"
+        cur.execute(f"SELECT id FROM images WHERE dataset_id = {mark} AND origin = 'synthetic' ORDER BY id",
+                    (dataset_id,))
+        ids = [row[0] for row in cur.fetchall()]
+        raw.commit()
+    finally:
+        raw.close()
+    return ids
+
+
+def _settle() -> None:
+    """VACUUM ANALYZE on PostgreSQL (as autovacuum leaves a table after a bulk load); SQLite stays as the app has it."""
+    from db.engine import get_engine
+
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+
+
+def decision_counter(db_url: str):  # noqa: ANN201 - (count(reviewer) -> int, close())
+    """A separate read connection that counts a reviewer's decision rows (polled while a key press is handled)."""
+    if db_url.startswith("sqlite"):
+        db = sqlite3.connect(f"file:{db_url.partition(':///')[2]}?mode=ro", uri=True, isolation_level=None)
+        query = "SELECT count(*) FROM decisions WHERE reviewer = ?"
+    else:
+        import psycopg
+
+        db = psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        query = "SELECT count(*) FROM decisions WHERE reviewer = %s"
+    return (lambda who: db.execute(query, (who,)).fetchone()[0]), db.close
 
 
 def server_calls(dataset_id: int, calls: int = 10) -> dict[str, dict[str, float]]:
@@ -161,11 +230,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, log: Path, db_url: str | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "WBC_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     for key in ("WBC_DB_URL", "WBC_AUTH", "WBC_USER"):
         env.pop(key, None)
+    if db_url:
+        env["WBC_DB_URL"] = db_url
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1"],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -214,7 +285,7 @@ def idle(page) -> None:  # noqa: ANN001
     page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=30_000)
 
 
-def measure(url: str, db_path: Path, n_decisions: int, opens: int, screenshot: Path) -> dict:
+def measure(url: str, db_url: str, n_decisions: int, opens: int, screenshot: Path) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
     out: dict = {}
@@ -257,16 +328,15 @@ def measure(url: str, db_path: Path, n_decisions: int, opens: int, screenshot: P
 
         # (b) decisions from the keyboard, cursor on the first cell of the pending queue
         page.get_by_role("heading", name="Review", level=1).click()
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
-        count = "SELECT count(*) FROM decisions WHERE reviewer = ?"
+        count, close = decision_counter(db_url)
         to_db, to_grid, server_side = [], [], []
         for k in range(n_decisions):
             idle(page)
             time.sleep(0.3)  # a reviewer looks at the cell before deciding
-            before = db.execute(count, (REVIEWER,)).fetchone()[0]
+            before = count(REVIEWER)
             page.evaluate(ARM, first_src(page))
             page.keyboard.press("3" if k % 3 == 2 else "a")
-            while db.execute(count, (REVIEWER,)).fetchone()[0] == before:
+            while count(REVIEWER) == before:
                 time.sleep(0.002)
             t_db = time.time() * 1000
             t_grid = page.evaluate("() => window.__grid")
@@ -274,7 +344,7 @@ def measure(url: str, db_path: Path, n_decisions: int, opens: int, screenshot: P
             to_db.append(t_db - t_key)
             to_grid.append(t_grid - t_key)
             server_side.append(t_grid - t_db)
-        db.close()
+        close()
         out["decision_key_to_db"] = _stats(to_db)
         out["decision_key_to_grid"] = _stats(to_grid)
         out["decision_db_to_grid"] = _stats(server_side)
@@ -291,7 +361,8 @@ def markdown(result: dict) -> str:
             ("decision: key -> grid updated", m["decision_key_to_grid"]),
             ("decision: DB row -> grid updated", m["decision_db_to_grid"])]
     lines = [f"# Review page benchmark ({result['candidates']:,} candidates, {result['other_decisions']:,} other "
-             f"decisions)", "", f"{result['machine']}; load average at start {result['load_average']}.", "",
+             f"decisions, {result.get('database', 'sqlite')})", "",
+             f"{result['machine']}; load average at start {result['load_average']}.", "",
              "| measure | n | p50 ms | p95 ms |", "|---|---|---|---|"]
     lines += [f"| {name} | {s.get('n', '')} | {s['p50_ms']} | {s['p95_ms']} |" for name, s in rows]
     lines += ["", f"Targets: queue open < {TARGETS['queue_open_ms']} ms, decision p95 < {TARGETS['decision_p95_ms']} "
@@ -307,6 +378,7 @@ def main() -> int:
     parser.add_argument("--other-decisions", type=int, default=20_000)
     parser.add_argument("--decisions", type=int, default=30)
     parser.add_argument("--opens", type=int, default=5)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary WBC_HOME (with review.png, the page)")
     args = parser.parse_args()
@@ -316,7 +388,14 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="wbc-bench-review-"))
     from wbc_core import context
 
-    ctx = context.build("bench", home=home, db_url=f"sqlite:///{home / 'wbc.db'}")  # the server gets the same home
+    cluster = None
+    db_url = f"sqlite:///{home / 'wbc.db'}"
+    if args.database == "postgresql":
+        import pg_support
+
+        cluster = pg_support.start_cluster()
+        db_url = cluster.create_database()
+    ctx = context.build("bench", home=home, db_url=db_url)  # the server gets the same home and database
     context.activate(ctx)
     proc = None
     try:
@@ -324,12 +403,12 @@ def main() -> int:
         print(f"populated in {setup['setup_s']} s", flush=True)
         calls = server_calls(setup["dataset_id"])
         ctx.database.dispose()  # the server process opens its own connections
-        proc, url = start_server(home, home / "streamlit.log")
-        browser = measure(url, home / "wbc.db", args.decisions, args.opens, home / "review.png")
+        proc, url = start_server(home, home / "streamlit.log", db_url if cluster else None)
+        browser = measure(url, db_url, args.decisions, args.opens, home / "review.png")
         met = {"queue_open": browser["open_review"]["p95_ms"] < TARGETS["queue_open_ms"]
                and browser["switch_class"]["p95_ms"] < TARGETS["queue_open_ms"],
                "decision_p95": browser["decision_key_to_grid"]["p95_ms"] < TARGETS["decision_p95_ms"]}
-        result = {**setup, "decisions_measured": args.decisions, "page_size": 48,
+        result = {**setup, "database": args.database, "decisions_measured": args.decisions, "page_size": 48,
                   "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                              f"Python {platform.python_version()}",
                   "load_average": [round(x, 2) for x in os.getloadavg()], "targets": TARGETS, "targets_met": met,
@@ -338,12 +417,17 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=15)
+        ctx.close()
+        if cluster is not None:
+            cluster.stop()
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "review.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "review.md").write_text(markdown(result))
+    name = ("review" if (args.database, args.candidates) == ("sqlite", 100_000)
+            else f"review_{args.database}_{args.candidates}")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

@@ -91,7 +91,18 @@ class Image(Base):
     nearest_real_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     nearest_real_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
     memorised: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Sampled with steering (kept by predicted acceptance) and by which acceptance model (no FK: see 0007).
+    steered: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    steer_model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# The review queue's scored orders, one index per score and direction, ties by id (migration 0010).
+for _name, _score in (("judge", Image.judge_prob), ("nearest", Image.nearest_real_distance)):
+    Index(f"ix_images_queue_{_name}_asc", Image.dataset_id, Image.origin, Image.class_name, _score, Image.id)
+    Index(f"ix_images_queue_{_name}_desc", Image.dataset_id, Image.origin, Image.class_name, _score.desc(), Image.id)
+Index("ix_images_queue_step", Image.dataset_id, Image.origin, Image.class_name, Image.checkpoint_step, Image.gan_run_id,
+      Image.id)
 
 
 class Run(Base):
@@ -224,6 +235,20 @@ class SignInFailure(Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class SignInSession(Base):
+    """A kept sign-in (the browser holds a signed token naming this row): ends at expires_at, or when revoked
+    (sign-out, the account disabled). wbc_core.auth signs and checks the tokens; this row only says it is live."""
+
+    __tablename__ = "sign_in_sessions"
+    __table_args__ = (Index("ix_sign_in_sessions_user", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class BlindItem(Base):
     """A real val cell shown unannounced in one reviewer's candidate queue (blinded realism test)."""
 
@@ -240,3 +265,33 @@ class BlindItem(Base):
     # Stable hash of (reviewer, image) in [0, 1): where the cell sits among the candidates in any queue order.
     position: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AcceptanceModel(Base):
+    """One trained acceptance model of a dataset: predicts whether a person accepts a candidate. Advisory
+    only (review order, steering); it never decides a cell. The model file lives under WBC_HOME."""
+
+    __tablename__ = "acceptance_models"
+    __table_args__ = (UniqueConstraint("dataset_id", "version", name="uq_acceptance_models_dataset_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per dataset
+    trained_on_decisions: Mapped[int] = mapped_column(Integer)  # consensus-decided candidates it learnt from
+    cv_auc: Mapped[float | None] = mapped_column(Float, nullable=True)  # None when too few of one verdict
+    calibration: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"predicted": [...], "observed": [...]}
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # counts per class, features, folds
+    path: Mapped[str] = mapped_column(Text)  # relative to WBC_HOME
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AcceptanceScore(Base):
+    """One model's predicted probability that a person accepts one candidate."""
+
+    __tablename__ = "acceptance_scores"
+    __table_args__ = (Index("ix_acceptance_scores_model", "model_id", "p_accept"),)
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("acceptance_models.id", ondelete="CASCADE"), primary_key=True)
+    p_accept: Mapped[float] = mapped_column(Float)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from db import validate
 from db.engine import read_session, serialise, write_session
-from db.models import SignInFailure
+from db.models import SignInFailure, SignInSession
 from db.models import User as UserModel
 
 # Every write that checks the users table before changing it (the first user becomes admin, the last enabled
@@ -212,3 +212,54 @@ def clear_sign_in_failures(keys: Iterable[str]) -> int:
     """Forget the failures of the keys (a successful sign-in, an admin's unlock); how many keys had any."""
     with write_session() as s:
         return int(s.execute(delete(SignInFailure).where(SignInFailure.key.in_(list(keys)))).rowcount or 0)
+
+
+# -- kept sign-ins (the rows behind signed session tokens) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A kept sign-in as stored, with its user and that user's password hash (to check the token's fingerprint)."""
+
+    id: int
+    user: User
+    password_hash: str
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+def insert_session(user_id: int, now: datetime, expires_at: datetime) -> int:
+    """Store a new kept sign-in and return its id; sign-ins that ended long ago are removed on the way."""
+    with write_session() as s:
+        s.execute(delete(SignInSession).where(SignInSession.expires_at < now - timedelta(days=1)))
+        row = SignInSession(user_id=user_id, created_at=now, expires_at=expires_at)
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def get_session(session_id: int) -> SessionRecord | None:
+    """The kept sign-in with that id and its user (one read), or None."""
+    with read_session() as s:
+        found = s.execute(select(SignInSession, UserModel).join(UserModel, UserModel.id == SignInSession.user_id)
+                          .where(SignInSession.id == session_id)).first()
+        if found is None:
+            return None
+        row, user = found
+        return SessionRecord(row.id, _user(user), user.password_hash, row.expires_at, row.revoked_at)
+
+
+def revoke_session(session_id: int, now: datetime) -> bool:
+    """End one kept sign-in (sign-out); False when it was unknown or had ended already."""
+    with write_session() as s:
+        return bool(s.execute(update(SignInSession).where(SignInSession.id == session_id,
+                                                          SignInSession.revoked_at.is_(None))
+                              .values(revoked_at=now)).rowcount)
+
+
+def revoke_user_sessions(user_id: int, now: datetime) -> int:
+    """End every kept sign-in of one user (account disabled, sign-out everywhere); how many were live."""
+    with write_session() as s:
+        return int(s.execute(update(SignInSession).where(SignInSession.user_id == user_id,
+                                                         SignInSession.revoked_at.is_(None),
+                                                         SignInSession.expires_at > now)
+                             .values(revoked_at=now)).rowcount or 0)

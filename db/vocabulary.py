@@ -40,6 +40,10 @@ JOB_KINDS = (
     "judge",  # train (or load) a dataset's quality judge
     "embedding",  # the 2-D map of real and synthetic cells on the Dashboard
     "import",  # import a folder, an uploaded zip, the demo or BloodMNIST into a new dataset
+    "feedback",  # train a dataset's acceptance model on the consensus decisions, then score its pending candidates
+    # score a finished classifier run on another dataset's real cells, with the share of cells far from its
+    # training cells (wbc_core.ood): a model trained in one lab answers confidently on another lab's cells
+    "evaluate",
     "selftest",  # a torch-free job for tests of the job machinery
 )
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -122,11 +122,15 @@ with settings_tab:
         quotas = {c: qcols[i % len(qcols)].number_input(c, quota_limit.widget_min, quota_limit.widget_max,
                                                          current.quotas.get(c, 0), key=f"quota_{c}")
                   for i, c in enumerate(info.class_names)}
+        retrain_limit = limits.bound("retrain_every")
+        retrain = st.number_input("Retrain the acceptance model after this many new decisions (0 = never)",
+                                  retrain_limit.widget_min, retrain_limit.widget_max, current.retrain_every,
+                                  key="retrain_every")
         if st.form_submit_button("Save review settings", type="primary"):
             try:
                 saved = review_model.set_review_settings(
                     info.id, review_model.ReviewSettings(review_model.ConsensusRule(int(agreeing), int(votes)),
-                                                   {c: int(n) for c, n in quotas.items()}), user)
+                                                   {c: int(n) for c, n in quotas.items()}, int(retrain)), user)
             except (PermissionError, ValueError) as exc:
                 widgets.show_error(exc)
             else:

@@ -5,7 +5,7 @@ from functools import partial
 import streamlit as st
 
 from pages.ui import frame, widgets
-from wbc_core import embedding_jobs, results, views
+from wbc_core import auth, catalog, embedding_jobs, embedding_selection, ood, results, views
 from wbc_core.vocabulary import ACTIVE_STATUSES, RUN_STATUSES
 
 user = frame.ensure_frame()
@@ -112,19 +112,61 @@ if finished:
         except (ValueError, LookupError, PermissionError) as exc:
             widgets.show_error(exc)
 
-    @st.fragment(run_every=2)
-    def embedding_panel(run_id: int, max_points: int) -> None:
-        """The map once computed; the running job's progress meanwhile (polled, never computed here)."""
+    def clicked_cell(image_id: int) -> None:
+        """The one cell clicked on the map: its image, class and origin."""
+        cell = embedding_selection.cell_summary(image_id)
+        if cell is None:
+            st.info("That cell is no longer in the dataset.")
+            return
+        left, right = st.columns([1, 3])
+        if cell["path"].exists():
+            left.image(str(cell["path"]), width=192)
+        split = f" ({cell['split']})" if cell["split"] else ""
+        right.markdown(f"**Cell {cell['image_id']}** · class **{widgets.plain(cell['class_name'])}** · "
+                       f"{cell['origin']}{split}")
+
+    def review_selection(run_id: int, chosen: embedding_selection.MapSelection) -> None:
+        """Offer the selected candidates to the Review page, filtered to exactly them."""
+        n = len(chosen.candidate_ids)
+        if not n:
+            st.caption(f"{len(chosen.image_ids)} real cells selected; select candidates (×) to review them.")
+            return
+        may_review = auth.can(user, "review")
+        if st.button(f"Review these {n} cells", key="emb_review", type="primary", icon=":material/checklist:",
+                     disabled=not may_review, help=None if may_review else "needs the reviewer role"):
+            st.session_state[embedding_selection.HANDOVER_KEY] = embedding_selection.review_filter(
+                info.id, chosen, f"the embedding map of run {run_id}")
+            st.session_state[embedding_selection.HANDOVER_NEW_KEY] = True
+            st.switch_page("pages/review.py")
+
+    emb_job = views.latest_embedding_job(info.id, emb_run)
+
+    @st.fragment(run_every=2 if emb_job is not None and emb_job["active"] else None)
+    def embedding_panel(run_id: int, max_points: int, was_active: bool) -> None:
+        """The map once computed; the running job's progress meanwhile (polled while it runs, never computed here).
+        Click a cell to see it; draw a box or lasso round candidates to review exactly those."""
         job = views.latest_embedding_job(info.id, run_id)
+        if was_active and not (job is not None and job["active"]):
+            st.rerun()  # the job has ended: redraw once, and stop polling
         if job is not None and job["active"]:
             st.progress(job["progress"], text=f"Embedding map (job {job['id']}): {job['message'] or job['status']}")
         elif job is not None and job["status"] == "failed":
             st.error(f"The embedding map failed: {job['error_line']}", icon="🚫")
-        figure = views.embedding_map_figure(run_id, max_points)
-        if figure is not None:
-            st.plotly_chart(figure, width="stretch", key=f"embedding_{run_id}_{max_points}")
+        shown = views.embedding_map(run_id, max_points)
+        if shown is None:
+            return
+        cells, figure = shown
+        st.caption("Click a cell to see it. To review some candidates (×), pick **Box Select** or **Lasso Select** "
+                   "in the chart's toolbar and draw round them.")
+        event = st.plotly_chart(figure, width="stretch", key=f"embedding_{run_id}_{max_points}", on_select="rerun",
+                                selection_mode=("points", "box", "lasso"))
+        chosen = embedding_selection.map_selection(event, cells)
+        if chosen.clicked is not None:
+            clicked_cell(chosen.clicked)
+        elif chosen:
+            review_selection(run_id, chosen)
 
-    embedding_panel(emb_run, int(max_points))
+    embedding_panel(emb_run, int(max_points), emb_job is not None and emb_job["active"])
 
     st.subheader("Download a model")
     dl_run = st.selectbox("Run to download", finished, format_func=labels.get)
@@ -148,3 +190,56 @@ if finished:
                      "then it can be downloaded here too.")
     st.caption(f"`python -m wbc_core predict --model run_{dl_run}_model.pt IMAGE...` works with any of the three "
                "model files (checkpoint, TorchScript, ONNX).")
+
+
+def _evaluation_panel() -> None:
+    """Evaluate a model on another dataset: pick a finished run and a dataset, queue the job, show its result."""
+    st.subheader("Evaluate a model on another dataset")
+    st.caption("Scores a finished run on another dataset's real cells (its own test cells if you pick the run's "
+               "dataset) and flags cells far from the cells it was trained on: feature distance beyond the 95th "
+               "percentile of its own real val cells. A model from one lab answers confidently on another lab's "
+               "cells; this says when not to trust it. Runs as a job.")
+    cols = st.columns([2, 2, 1, 1])
+    run_id = cols[0].selectbox("Model to evaluate", finished, format_func=labels.get, key="eval_run")
+    names = [d.name for d in catalog.list_datasets()]
+    target = cols[1].selectbox("Dataset to evaluate on", names, key="eval_dataset")
+    abstain = cols[2].number_input("Abstain above (0 = off)", 0.0, 100.0, 0.0, step=0.5, key="eval_abstain",
+                                   help="also score without the cells whose distance exceeds this many times the "
+                                        "far threshold (1 = abstain on every far cell)")
+    if cols[3].button("Evaluate", key="start_evaluation"):
+        try:  # a job: features, predictions and the calibration run in their own process
+            ood.start_evaluation(run_id, target, abstain or None, user=user)
+        except (ValueError, LookupError, PermissionError) as exc:
+            widgets.show_error(exc)
+    jobs_now = ood.evaluation_jobs(run_id, limit=1)
+    active = bool(jobs_now and jobs_now[0]["active"])
+
+    @st.fragment(run_every=2 if active else None)
+    def evaluation_result(run_id: int, was_active: bool) -> None:
+        """The newest evaluation of the run: progress while it runs (polled), then its numbers."""
+        found = ood.evaluation_jobs(run_id, limit=1)
+        if not found:
+            return
+        job = found[0]
+        if job["active"]:
+            st.progress(job["progress"], text=f"Evaluation (job {job['id']}): {job['message'] or job['status']}")
+            return
+        if was_active:
+            st.rerun()  # finished since the page was drawn: redraw without polling
+        if job["status"] != "succeeded":
+            st.error(f"The evaluation failed: {widgets.plain(job['error_line'] or job['status'])}", icon="🚫")
+            return
+        result = job["result"]
+        st.markdown(widgets.plain(ood.evaluation_text({**result, "warnings": []})).replace("\n", "  \n"))
+        for warning in result.get("warnings", []):
+            st.warning(widgets.plain(warning) + ".", icon="⚠️")
+        st.metric("Flagged out-of-distribution", f"{result['far_share']:.0%}",
+                  help="share of the cells beyond the far threshold of the model's real val cells")
+        st.dataframe(result["per_class"], width="stretch", hide_index=True)
+
+    evaluation_result(run_id, active)
+
+
+if finished:
+    _evaluation_panel()
+

@@ -118,9 +118,13 @@ if grid and not (state["active"] and step == state["latest_grid_step"]):  # the 
     st.image(views.labelled_grid(grid, row_labels), caption=f"fixed-noise samples at step {step}, one row per class "
              f"(top to bottom: {widgets.plain(', '.join(row_labels))})", width=560)
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
+steer = cols[1].number_input("Steer: sample K x, keep the best (1 = off)", 1, 50, 1, key="steer",
+                             help="Uses the dataset's acceptance model (learnt from review decisions) to keep the "
+                                  "most likely accepted of K x as many samples, without near-duplicates.")
 if cols[2].button("Generate candidates", type="primary", key="generate", disabled=not can_train):
     try:  # only queues the job: sampling and scoring run in their own process
-        generation.start_generation(run_id, int(per_class), step=int(step), user=user)
+        generation.start_generation(run_id, int(per_class), step=int(step), user=user,
+                                    steer=int(steer) if steer > 1 else None)
     except (ValueError, LookupError, PermissionError) as exc:
         widgets.show_error(exc)
     else:

@@ -4,7 +4,10 @@ Keys (shown on each button): arrows move the cursor, a accepts, x rejects, 1-6 r
 Shift+1..9 relabel to class 1..9, s toggles selection, Shift+A / Shift+X decide the selection,
 Alt+A / Alt+X decide the whole page, n / p next / previous page, u undoes the last action.
 
-The work area (grid, detail, actions, quota gauge) is one st.fragment: a decision reruns only that part.
+The work area (grid, detail, toolbar, quota gauge, progress tables) is one st.fragment: a decision reruns only
+that part. Layout: the grid (cells at the Cell size setting, 96/128/192 px, thumbnails made once per size) with the
+real-cell atlas under it at the same size, and beside it the cursor cell at 320+ px in native pixels (zoom 1x/2x/4x)
+over a compact toolbar; at 1920x1080 all of that shows without scrolling (tests/e2e/test_review_layout.py).
 Blind realism test: real val cells may sit among the candidates unannounced, so nothing here shows image ids
 or provenance to non-admins, and widget keys are grid positions, never image ids (keys end up in the page).
 """
@@ -12,32 +15,12 @@ or provenance to non-admins, and widget keys are grid positions, never image ids
 from __future__ import annotations
 
 import math
-import os
-import time
 
 import streamlit as st
 
 from pages.ui import frame, refresh, signin, widgets
-from wbc_core import auth, catalog, cell_detail, context, importing, review_model
-from wbc_core.thumbnails import thumbnail_path
-
-PAGE_SIZE = 48
-COLUMNS = 8
-ATLAS_SIZE = 12
-DETAIL_NEIGHBOURS = 5  # nearest real train cells shown next to the cursor cell
-# The quota gauge's consensus counts are shared by all sessions and refreshed in the background at most this often:
-# class_summary costs ~0.3 s at 100k candidates and 20k decisions, too much for every key press.
-SUMMARY_MAX_AGE_S = 10.0
-ORDER_LABELS = {
-    "id": "Oldest first",
-    "judge_prob_desc": "Classifier agrees most",
-    "judge_prob_asc": "Classifier agrees least",
-    "nearest_real_desc": "Farthest from real cells",
-    "nearest_real_asc": "Closest to real cells (possible copies)",
-}
-REASON_LABELS = ("morphology", "nucleus/granules", "stain", "GAN texture", "broken", "too close to real")
-VERDICT_MARKS = {"accept": "✓ accepted", "reject": "✗ rejected", "relabel": "↦ relabelled"}
-
+from pages.ui import review_look as look
+from wbc_core import auth, catalog, cell_detail, context, embedding_selection, feedback, importing, review_model
 
 # -- callbacks (run before the rerun they trigger, so the grid drawn after them is already up to date) ------------
 
@@ -89,7 +72,7 @@ def _move(delta: int, n_items: int, pages: int) -> None:
             target = n_items - 1
     elif target < 0:
         if page > 0:
-            s["rv_page"], target = page - 1, PAGE_SIZE - 1
+            s["rv_page"], target = page - 1, look.PAGE_SIZE - 1
         else:
             target = 0
     s["rv_cursor"] = max(target, 0)  # clamped to the page's cells when the grid is drawn
@@ -124,13 +107,25 @@ info = frame.require_dataset()
 may_review = auth.can(user, "review")
 is_admin = auth.can(user, "configure_review")  # sees ids and provenance; the blind test is theirs to run
 
-head = st.columns([2, 2, 2, 1, 1] if is_admin else [2, 2, 2])
+look.page_css()
+# Candidates handed over from the Dashboard's embedding map (box or lasso): the queue shows exactly those.
+handed = embedding_selection.handed_over(st.session_state.get(embedding_selection.HANDOVER_KEY), info.id)
+filter_ids = handed.image_ids if handed is not None else None
+if handed is not None:
+    if st.session_state.pop(embedding_selection.HANDOVER_NEW_KEY, False):  # just arrived: open a class it has
+        st.session_state["review_class"] = handed.first_class(info.class_names) or info.class_names[0]
+    handed_bar = st.container(horizontal=True, vertical_alignment="center", key="rv_handed")
+    handed_bar.info(f"Showing only the {widgets.plain(handed.describe())}.", icon=":material/filter_alt:")
+    handed_bar.button("Show the whole queue", key="rv_clear_filter", on_click=st.session_state.pop,
+                      args=(embedding_selection.HANDOVER_KEY, None))
+head = st.columns([2, 2, 2, 1, 1, 2, 1] if is_admin else [2, 2, 2, 2, 1], vertical_alignment="bottom")
 # Plain class names as options: a label that carries live counts changes after every decision, and
 # Streamlit then treats the selectbox as a new widget and jumps back to the first class.
 class_name = head[0].selectbox("Class", info.class_names, key="review_class")
 state = head[1].segmented_control("Show", list(review_model.QUEUE_STATES), default="pending", key="review_state") \
     or "pending"
-order = head[2].selectbox("Order", list(review_model.QUEUE_ORDERS), format_func=ORDER_LABELS.get, key="review_order")
+order = head[2].selectbox("Order", list(review_model.QUEUE_ORDERS), format_func=look.ORDER_LABELS.get,
+                          key="review_order")
 gan_run_id = step = None
 if is_admin:
     # Filters by generator run are admin-only: a filtered queue leaves the blind real cells out, so comparing
@@ -142,56 +137,29 @@ if is_admin:
     step = head[4].selectbox("Checkpoint", [None, *steps], format_func=lambda s: "all" if s is None else str(s),
                              key="review_step", disabled=gan_run_id is None)
 
-queue_key = (info.id, class_name, state, order, gan_run_id, step, user.username)
+cell_px = head[-2].segmented_control("Cell size", look.CELL_SIZES, default=look.DEFAULT_CELL_SIZE, key="review_cell_px",
+                                     format_func=lambda px: f"{px} px") or look.DEFAULT_CELL_SIZE
+columns = look.GRID_COLUMNS[cell_px]
+with head[-1].popover("Keys", icon=":material/keyboard:", help="keyboard shortcuts"):
+    st.markdown(look.KEY_LEGEND)
+
+queue_key = (info.id, class_name, state, order, gan_run_id, step, user.username, filter_ids)
 if st.session_state.get("rv_qkey") != queue_key:  # another queue: start at its top
     st.session_state.update(rv_qkey=queue_key, rv_page=0, rv_cursor=0, rv_selected=[], rv_focus=None)
 
 
-@st.cache_resource
-def _thumb_paths() -> dict:
-    return {}
+def _atlas(home: str) -> None:
+    """Real cells of the class (train split) at the grid's cell size, in one row under the grid."""
+    atlas = [t for t in (look.thumb(p, cell_px, home) for p in importing.sample_paths(info.id, class_name, n=columns))
+             if t]
+    if atlas:
+        st.caption(f"Real **{widgets.plain(class_name)}** cells (train split), for comparison, at the same size")
+        with st.container(key="rv_atlas", gap=None):  # one element (a list), not 8: each rerun sends less
+            st.image(atlas, width=cell_px, output_format="PNG")
 
 
-def _thumb(item, size: int, home: str | None = None) -> str | None:  # noqa: ANN001
-    """The cached thumbnail file of an image (queue row or path), or None when its file is missing.
-
-    Thumbnails are named by content hash and never change, so their paths are remembered per server process:
-    looking them up again costs ~1 ms per cell (WBC_HOME is resolved on every call), 48 times per click.
-    """
-    key = (home or str(context.current().home), str(item["path"] if isinstance(item, dict) else item),
-           item.get("sha256") if isinstance(item, dict) else None, size)
-    known = _thumb_paths()
-    path, checked = known.get(key, (None, 0.0))
-    # Re-checked once a minute: a cleared thumbnail cache then heals without a server restart.
-    if path is None or (time.monotonic() - checked > 60 and not os.path.isfile(path)):
-        try:
-            path = str(thumbnail_path(item, size))
-        except (OSError, ValueError):  # a missing or unreadable file: show the rest
-            return None
-        if len(known) > 200_000:
-            known.clear()
-    if path is not None and (time.monotonic() - checked > 60):
-        known[key] = (path, time.monotonic())
-    return path
-
-
-atlas = [t for t in (_thumb(p, 96) for p in importing.sample_paths(info.id, class_name, n=ATLAS_SIZE)) if t]
-if atlas:
-    st.caption(f"Real **{widgets.plain(class_name)}** cells (train split), for comparison")
-    st.image(atlas, width=56, output_format="PNG")
 if not may_review:
     signin.require_permission("review", "record decisions (read-only view)")
-
-
-def _mark(item: dict) -> str:
-    verdict = item.get("verdict")
-    if verdict in (None, "undo"):
-        return ""
-    if verdict == "relabel":
-        return f"↦ {item['new_class']}"
-    if verdict == "reject" and item.get("reason"):
-        return f"✗ {item['reason']}"
-    return VERDICT_MARKS[verdict]
 
 
 def _quota(summary: list[dict]) -> None:
@@ -202,6 +170,7 @@ def _quota(summary: list[dict]) -> None:
     done, quota = row["accepted_final"], row["quota"]
     st.progress(min(done / quota, 1.0), text=f"Quota {class_name}: **{done} / {quota}** accepted "
                 "(consensus of all reviewers; refreshed every few seconds)")
+    st.caption(feedback.quota_estimate_text(row))
     if row["quota_met"]:
         open_classes = [r["class_name"] for r in summary if r["quota"] and not r["quota_met"]]
         st.success(f"Quota met for **{widgets.plain(class_name)}**: {done} of {quota} accepted. "
@@ -209,59 +178,72 @@ def _quota(summary: list[dict]) -> None:
                    icon="🎯")
 
 
-def _highlight(cursor: int, chosen_positions: list[int]) -> None:
-    """Outline the cursor cell (solid) and the selected cells (dashed) by their position keys."""
-    rules = [f".st-key-rv_cell_{cursor} img {{outline: 4px solid #ff4b4b; outline-offset: 2px;}}"]
-    rules += [f".st-key-rv_cell_{i} img {{box-shadow: 0 0 0 4px #1c83e1;}}" for i in chosen_positions]
-    st.html("<style>" + "\n".join(rules) + "</style>")
-
-
-def _actions(current: dict | None, ids: list[int], selected: list[int], advance: int) -> None:
-    """Decision buttons for the cursor cell, the selection and the page (reviewers and admins only)."""
-    one = [current["id"]] if current else []
-    none = current is None
-    row = st.container(horizontal=True, gap="small")
-    row.button("Accept", key="rv_accept", shortcut="a", type="primary", disabled=none, on_click=_decide,
-               args=(user, one, "accept"), kwargs={"advance": advance})
-    row.button("Reject", key="rv_reject", shortcut="x", disabled=none, on_click=_decide,
-               args=(user, one, "reject"), kwargs={"advance": advance})
-    row.button("Undo", key="rv_undo", shortcut="u", on_click=_undo, args=(user, info.id), icon=":material/undo:")
-    st.caption("Reject because")
-    reasons = st.container(horizontal=True, gap="small")
-    for n, short in enumerate(REASON_LABELS, start=1):
-        reasons.button(f"{n} {short}", key=f"rv_reason_{n}", shortcut=str(n), disabled=none,
-                       help=f"reject: {review_model.reject_reason(n)}", on_click=_decide, args=(user, one, "reject"),
-                       kwargs={"reason": review_model.reject_reason(n), "advance": advance})
-    st.caption("Relabel to")
-    relabel = st.container(horizontal=True, gap="small")
-    for n, other in enumerate(info.class_names, start=1):
-        if other != class_name:
-            relabel.button(f"↦ {other}", key=f"rv_relabel_{n}", shortcut=f"Shift+{n}" if n <= 9 else None,
-                           disabled=none, on_click=_decide, args=(user, one, "relabel"),
-                           kwargs={"new_class": other, "advance": advance})
-    st.caption(f"Selection ({len(selected)}) and page")
-    bulk = st.container(horizontal=True, gap="small")
-    bulk.button("Select", key="rv_select", shortcut="s", disabled=none, on_click=_toggle,
-                args=(current["id"] if current else None,), help="toggle selection of the cursor cell")
-    bulk.button("Accept selected", key="rv_accept_sel", shortcut="Shift+A", disabled=not selected,
-                on_click=_decide, args=(user, selected, "accept"))
-    bulk_reason = st.session_state.get("rv_bulk_reason")
-    bulk.button("Reject selected", key="rv_reject_sel", shortcut="Shift+X", disabled=not selected,
-                on_click=_decide, args=(user, selected, "reject"), kwargs={"reason": bulk_reason})
-    bulk.button("Clear", key="rv_clear_sel", shortcut="Shift+S", disabled=not selected, on_click=_clear_selection,
-                help="clear the selection")
-    bulk.button("Accept page", key="rv_accept_page", shortcut="Alt+A", disabled=not ids,
-                on_click=_decide, args=(user, ids, "accept"))
-    bulk.button("Reject page", key="rv_reject_page", shortcut="Alt+X", disabled=not ids,
-                on_click=_decide, args=(user, ids, "reject"), kwargs={"reason": bulk_reason})
-    st.selectbox("Reason for bulk rejects", [None, *review_model.REJECT_REASONS], key="rv_bulk_reason",
-                 format_func=lambda r: "no reason" if r is None else r)
+def _toolbar(current: dict | None, ids: list[int], selected: list[int], advance: int, page: int, pages: int) -> None:
+    """The compact toolbar: cursor and page moves for everyone, then (reviewers and admins) decisions on the cursor
+    cell, reject reasons, relabels, and the selection and page. Each button carries its key (shown on it)."""
+    n_items, none, one = len(ids), current is None, [current["id"]] if current else []
+    with st.container(key="rv_toolbar", gap="xsmall"):
+        row = st.container(horizontal=True, gap="xsmall")
+        if may_review:
+            row.button("Accept", key="rv_accept", shortcut="a", type="primary", disabled=none, on_click=_decide,
+                       args=(user, one, "accept"), kwargs={"advance": advance})
+            row.button("Reject", key="rv_reject", shortcut="x", disabled=none, on_click=_decide,
+                       args=(user, one, "reject"), kwargs={"advance": advance})
+            row.button("Undo", key="rv_undo", shortcut="u", on_click=_undo, args=(user, info.id),
+                       icon=":material/undo:")
+        row.button("←", key="rv_left", shortcut="Left", on_click=_move, args=(-1, n_items, pages),
+                   help="previous cell")
+        row.button("→", key="rv_right", shortcut="Right", on_click=_move, args=(1, n_items, pages), help="next cell")
+        row.button("↑", key="rv_up", shortcut="Up", on_click=_move, args=(-columns, n_items, pages), help="row up")
+        row.button("↓", key="rv_down", shortcut="Down", on_click=_move, args=(columns, n_items, pages),
+                   help="row down")
+        row.button("Prev", key="rv_prev_page", shortcut="p", on_click=_turn, args=(-1, pages), disabled=page == 0,
+                   help="previous page")
+        row.button("Next", key="rv_next_page", shortcut="n", on_click=_turn, args=(1, pages),
+                   disabled=page + 1 >= pages, help="next page")
+        if not may_review:
+            return
+        reasons = st.container(horizontal=True, gap="xsmall", vertical_alignment="center")
+        reasons.caption("Reject:", width="content")
+        for n, short in enumerate(look.REASON_LABELS, start=1):
+            reasons.button(short, key=f"rv_reason_{n}", shortcut=str(n), disabled=none,
+                           help=f"reject: {review_model.reject_reason(n)}", on_click=_decide,
+                           args=(user, one, "reject"),
+                           kwargs={"reason": review_model.reject_reason(n), "advance": advance})
+        relabel = st.container(horizontal=True, gap="xsmall", vertical_alignment="center")
+        relabel.caption("Relabel:", width="content")
+        for n, other in enumerate(info.class_names, start=1):
+            if other != class_name:
+                relabel.button(f"↦ {other}", key=f"rv_relabel_{n}", shortcut=f"Shift+{n}" if n <= 9 else None,
+                               disabled=none, on_click=_decide, args=(user, one, "relabel"),
+                               kwargs={"new_class": other, "advance": advance})
+        bulk = st.container(horizontal=True, gap="xsmall", vertical_alignment="center")
+        bulk.caption(f"Selection ({len(selected)}):", width="content")
+        bulk.button("Select", key="rv_select", shortcut="s", disabled=none, on_click=_toggle,
+                    args=(current["id"] if current else None,), help="toggle selection of the cursor cell")
+        bulk.button("Clear", key="rv_clear_sel", shortcut="Shift+S", disabled=not selected,
+                    on_click=_clear_selection, help="clear the selection")
+        bulk.button("Accept sel.", key="rv_accept_sel", shortcut="Shift+A", disabled=not selected,
+                    on_click=_decide, args=(user, selected, "accept"), help="accept the selected cells")
+        bulk_reason = st.session_state.get("rv_bulk_reason")
+        bulk.button("Reject sel.", key="rv_reject_sel", shortcut="Shift+X", disabled=not selected,
+                    on_click=_decide, args=(user, selected, "reject"), kwargs={"reason": bulk_reason},
+                    help="reject the selected cells")
+        page_row = st.container(horizontal=True, gap="xsmall", vertical_alignment="center")
+        page_row.caption("Page:", width="content")
+        page_row.button("Accept page", key="rv_accept_page", shortcut="Alt+A", disabled=not ids,
+                        on_click=_decide, args=(user, ids, "accept"))
+        page_row.button("Reject page", key="rv_reject_page", shortcut="Alt+X", disabled=not ids,
+                        on_click=_decide, args=(user, ids, "reject"), kwargs={"reason": bulk_reason})
+        page_row.selectbox("Reason for bulk rejects", [None, *review_model.REJECT_REASONS], key="rv_bulk_reason",
+                           format_func=lambda r: "bulk rejects: no reason" if r is None else r,
+                           label_visibility="collapsed", width=220)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=2000)
 def _cell_detail(home: str, image_id: int) -> dict | None:
     """Judge probabilities and nearest real train cells of one cell (None until a judge is cached)."""
-    return cell_detail.candidate_detail(image_id, k=DETAIL_NEIGHBOURS)
+    return cell_detail.candidate_detail(image_id, k=look.DETAIL_NEIGHBOURS)
 
 
 def _detail_view(current: dict, home: str) -> None:
@@ -278,7 +260,7 @@ def _detail_view(current: dict, home: str) -> None:
         st.caption("Real-only classifier: class probabilities")
         st.plotly_chart(cell_detail.probabilities_figure(detail["probabilities"]), key="rv_probs",
                         config={"displayModeBar": False, "staticPlot": True}, width="stretch")
-        shown = [(t, n) for t, n in ((_thumb(n["path"], 96, home), n) for n in detail["neighbours"]) if t]
+        shown = [(t, n) for t, n in ((look.thumb(n["path"], 96, home), n) for n in detail["neighbours"]) if t]
         if shown:
             st.caption("Nearest real train cells (classifier feature distance)")
             st.image([t for t, _ in shown], width=72, output_format="PNG",
@@ -296,14 +278,14 @@ def work_area() -> None:
         st.toast(s.pop("rv_msg"))
     page = s.get("rv_page", 0)
     items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page,
-                                           page_size=PAGE_SIZE, order=order, gan_run_id=gan_run_id,
-                                           checkpoint_step=step)
-    pages = max(1, math.ceil(total / PAGE_SIZE))
+                                           page_size=look.PAGE_SIZE, order=order, gan_run_id=gan_run_id,
+                                           checkpoint_step=step, image_ids=filter_ids)
+    pages = max(1, math.ceil(total / look.PAGE_SIZE))
     if page >= pages:  # decided the last cells of the last page: show the page before it
         page = s["rv_page"] = pages - 1
         items, total = review_model.queue_page(info.id, class_name, user.username, state=state, page=page,
-                                         page_size=PAGE_SIZE, order=order, gan_run_id=gan_run_id,
-                                         checkpoint_step=step)
+                                         page_size=look.PAGE_SIZE, order=order, gan_run_id=gan_run_id,
+                                         checkpoint_step=step, image_ids=filter_ids)
     ids = [item["id"] for item in items]
     focus = s.pop("rv_focus", None)
     if focus in ids:
@@ -316,91 +298,120 @@ def work_area() -> None:
     # the cursor steps on by itself.
     advance = 0 if state == "pending" else 1
 
-    _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds),
-                          SUMMARY_MAX_AGE_S))
-    st.markdown(f"**{total}** {state} candidates of **{widgets.plain(class_name)}** for "
-                f"**{widgets.plain(user.label)}** · page {page + 1} of {pages} · "
-                f"{review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
+    marks = {i: look.mark(item) for i, item in enumerate(items)}
+    look.highlight(cursor if items else None, [i for i, item in enumerate(items) if item["id"] in chosen],
+               {i: item["verdict"] for i, item in enumerate(items) if marks[i]})
+    with st.container(horizontal=True, gap="medium", key="rv_work"):
+        with st.container(key="rv_grid_col", gap="small", width=columns * cell_px + (columns - 1) * look.GRID_GAP_PX):
+            with st.container(key="review_grid", gap=look.GRID_GAP_PX):
+                for start in range(0, len(items), columns):
+                    row = st.container(horizontal=True, gap=look.GRID_GAP_PX, key=f"rv_row_{start // columns}")
+                    for i, item in enumerate(items[start:start + columns], start=start):
+                        with row.container(key=f"rv_cell_{i}", gap=None, width=cell_px):
+                            thumb = look.thumb(item, cell_px, home)
+                            # PNG as stored: "auto" would re-encode every thumbnail as JPEG on every rerun; "stretch"
+                            # fills the cell_px-wide cell without Streamlit opening each PNG to compare its width.
+                            if thumb:
+                                st.image(thumb, width="stretch", output_format="PNG")
+                            else:
+                                st.caption("image file missing")
+                            label = ["▶" if i == cursor else "", "☑" if item["id"] in chosen else "", marks[i]]
+                            if is_admin:
+                                label.append(f"#{item['id']}")
+                            st.button(" ".join(m for m in label if m) or "·", key=f"rv_go_{i}", on_click=_goto,
+                                      args=(i,), help="put the cursor here", type="tertiary")
+                if not items:
+                    st.success(f"Nothing {state} here for you. Pick another class"
+                               + (", or generate more candidates on the Generate page." if state == "pending" else "."))
+            _atlas(home)
 
-    _highlight(cursor, [i for i, item in enumerate(items) if item["id"] in chosen])
-    grid_col, detail_col = st.columns([3, 2])
-    with grid_col, st.container(key="review_grid"):
-        for start in range(0, len(items), COLUMNS):
-            row = st.columns(COLUMNS, gap="small")
-            for col, (i, item) in zip(row, enumerate(items[start:start + COLUMNS], start=start), strict=False):
-                with col, st.container(key=f"rv_cell_{i}", gap=None):
-                    thumb = _thumb(item, 96, home)
-                    if thumb:  # PNG as stored: "auto" would re-encode every thumbnail as JPEG on every rerun
-                        st.image(thumb, width="stretch", output_format="PNG")
-                    else:
-                        st.caption("image file missing")
-                    marks = ["▶" if i == cursor else "", "☑" if item["id"] in chosen else "", _mark(item)]
-                    if is_admin:
-                        marks.append(f"#{item['id']}")
-                    st.button(" ".join(m for m in marks if m) or "·", key=f"rv_go_{i}", on_click=_goto, args=(i,),
-                              help="put the cursor here", width="stretch", type="tertiary")
-        if not items:
-            st.success(f"Nothing {state} here for you. Pick another class"
-                       + (", or generate more candidates on the Generate page." if state == "pending" else "."))
+        with st.container(key="rv_side", gap="small"):
+            st.markdown(f"**{total}** {state} candidates of **{widgets.plain(class_name)}** for "
+                        f"**{widgets.plain(user.label)}** · page {page + 1} of {pages} · "
+                        f"{review_model.decision_rate(user.username):.0f} cells/min in the last 5 minutes")
+            if current is not None:
+                _detail_image(current, home)
+                st.caption(f"Cell {cursor + 1} of {len(items)} on page {page + 1}"
+                           + (" · selected" if current["id"] in chosen else "")
+                           + (f" · your verdict: {look.mark(current)}" if look.mark(current) else ""))
+                scores = []
+                if current.get("judge_prob") is not None:
+                    scores.append(f"Real-only classifier: P({class_name}) **{current['judge_prob']:.2f}**")
+                if current.get("nearest_real_distance") is not None:
+                    scores.append(f"nearest real train cell at distance **{current['nearest_real_distance']:.2f}**")
+                st.caption(" · ".join(scores) if scores else "No classifier scores for this cell.")
+            _toolbar(current, ids, selected, advance, page, pages)
+            _quota(refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds),
+                                  look.SUMMARY_MAX_AGE_S))
+            if current is not None:
+                _detail_view(current, home)
+                if is_admin:
+                    st.caption(f"id {current['id']} · GAN run {current.get('gan_run_id')} · "
+                               f"step {current.get('checkpoint_step')}")
+    _progress(total if state == "pending" and gan_run_id is None and filter_ids is None else None)
 
-    with detail_col:
-        if current is not None:
-            big = _thumb(current, 256, home)
-            if big:
-                st.image(big, width=256, output_format="PNG")
-            st.caption(f"Cell {cursor + 1} of {len(items)} on page {page + 1}"
-                       + (" · selected" if current["id"] in chosen else "")
-                       + (f" · your verdict: {_mark(current)}" if _mark(current) else ""))
-            scores = []
-            if current.get("judge_prob") is not None:
-                scores.append(f"Real-only classifier: P({class_name}) **{current['judge_prob']:.2f}**")
-            if current.get("nearest_real_distance") is not None:
-                scores.append(f"nearest real train cell at distance **{current['nearest_real_distance']:.2f}**")
-            st.caption(" · ".join(scores) if scores else "No classifier scores for this cell.")
-            _detail_view(current, home)
-            if is_admin:
-                st.caption(f"id {current['id']} · GAN run {current.get('gan_run_id')} · "
-                           f"step {current.get('checkpoint_step')}")
-        nav = st.container(horizontal=True, gap="small")
-        nav.button("←", key="rv_left", shortcut="Left", on_click=_move, args=(-1, len(items), pages),
-                   help="previous cell")
-        nav.button("→", key="rv_right", shortcut="Right", on_click=_move, args=(1, len(items), pages), help="next cell")
-        nav.button("↑", key="rv_up", shortcut="Up", on_click=_move, args=(-COLUMNS, len(items), pages), help="row up")
-        nav.button("↓", key="rv_down", shortcut="Down", on_click=_move, args=(COLUMNS, len(items), pages),
-                   help="row down")
-        nav.button("Prev page", key="rv_prev_page", shortcut="p", on_click=_turn, args=(-1, pages),
-                   disabled=page == 0)
-        nav.button("Next page", key="rv_next_page", shortcut="n", on_click=_turn, args=(1, pages),
-                   disabled=page + 1 >= pages)
-        if may_review:
-            _actions(current, ids, selected, advance)
+
+def _detail_image(current: dict, home: str) -> None:
+    """The cursor cell large: its stored pixels scaled by a whole number to at least look.DETAIL_MIN_PX, unsmoothed
+    (CSS image-rendering: pixelated, the browser's nearest-neighbour), then zoomed 1x/2x/4x inside a fixed frame
+    that scrolls, so a zoomed cell shows native pixels without pushing the toolbar down."""
+    found = look.native(current, home)
+    if found is None:
+        st.caption("image file missing")
+        return
+    path, native = found
+    base = native * max(1, math.ceil(look.DETAIL_MIN_PX / native))
+    if base > look.DETAIL_MAX_PX:
+        base = max(look.DETAIL_MAX_PX, min(native, look.DETAIL_MAX_PX))
+    zoom = st.session_state.get("rv_zoom") or 1
+    frame_px = base + 4
+    with st.container(key="rv_detail_img", width=frame_px, height=frame_px if zoom > 1 else "content", gap=None):
+        st.image(path, width=base * zoom, output_format="PNG")
+    st.segmented_control("Zoom", look.ZOOMS, default=1, key="rv_zoom", format_func=lambda z: f"{z}×",
+                         label_visibility="collapsed",
+                         help=f"stored at {native} px; shown at {base} px ({base // native}× native pixels) times this")
+
+
+def _progress(grid_pending: int | None) -> None:
+    """Progress per class and reviewer, computed in the same run as the grid (the grid's pending count and the
+    table's are one number), and only while the expander is open: the tables cost ~50 ms at 100k candidates."""
+    box = st.expander("Progress per class and reviewer", key="rv_progress", on_change="rerun")
+    if not box.open:
+        return
+    with box:
+        progress = review_model.reviewer_progress(info.id)
+        mine = next((r for r in progress if r["reviewer"] == user.username and r["class_name"] == class_name), None)
+        if grid_pending is not None and mine is not None and mine["pending"] != grid_pending:
+            # Should not happen (both are counted now, from the same decisions); said plainly if it does.
+            st.warning(f"The table counts {mine['pending']} pending for you in {class_name}, the grid "
+                       f"{grid_pending}: reload the page.")
+        keep = ("reviewer", "class_name", "queue", "decided", "accepted", "rejected", "relabelled", "pending")
+        if not is_admin:  # queue sizes would let a blind-mode reviewer size the real cells mixed into their queue
+            keep = ("reviewer", "class_name", "decided", "accepted", "rejected", "relabelled")
+        st.caption("Per reviewer and class, counted now: *pending* is what that reviewer has not decided yet "
+                   "(yours is the grid's number).")
+        st.dataframe([{k: r[k] for k in keep} for r in progress], width="stretch", hide_index=True)
+        summary = refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds),
+                                 look.SUMMARY_MAX_AGE_S)
+        st.caption("Per class, by consensus of all reviewers (refreshed every few seconds): *no consensus yet* "
+                   "counts candidates that lack the votes the consensus rule needs.")
+        columns_shown = ("class_name", "candidates", "accepted", "rejected", "disputed", "pending", "accepted_final",
+                         "quota", "quota_met") if is_admin else ("class_name", "accepted_final", "quota", "quota_met")
+        # candidate counts would let a blind-mode reviewer size the real cells mixed into their queue
+        st.dataframe([{("no consensus yet" if k == "pending" else k): r[k] for k in columns_shown} for r in summary],
+                     width="stretch", hide_index=True)
 
 
 work_area()
 
-with st.expander("Keyboard"):
-    st.markdown(
-        "| key | action |\n|---|---|\n"
-        "| ← → ↑ ↓ | move the cursor (past the page edge turns the page) |\n"
-        "| a / x | accept / reject the cursor cell |\n"
-        "| 1 - 6 | reject the cursor cell with reason 1-6 |\n"
-        "| Shift+1..9 | relabel the cursor cell to class 1..9 |\n"
-        "| s / Shift+S | toggle selection of the cursor cell / clear the selection |\n"
-        "| Shift+A / Shift+X | accept / reject the selected cells |\n"
-        "| Alt+A / Alt+X | accept / reject every cell on the page |\n"
-        "| n / p | next / previous page |\n"
-        "| u | undo the last action (a whole bulk action at once) |\n"
-        "\nShortcuts pause while a text field or select box has the focus: click the page background first."
-    )
-
-with st.expander("Progress per class and reviewer"):
-    summary = refresh.recent(f"class_summary:{info.id}", lambda ds=info.id: review_model.class_summary(ds))
-    if is_admin:
-        st.dataframe(summary, width="stretch", hide_index=True)
-    else:  # counts of candidates would let a blind-mode reviewer size the real cells mixed into their queue
-        st.dataframe([{k: r[k] for k in ("class_name", "accepted_final", "quota", "quota_met")} for r in summary],
-                     width="stretch", hide_index=True)
-    progress = refresh.recent(f"reviewer_progress:{info.id}", lambda ds=info.id: review_model.reviewer_progress(ds))
-    keep = ("reviewer", "class_name", "decided", "accepted", "rejected", "relabelled")
-    st.dataframe(progress if is_admin else [{k: r[k] for k in keep} for r in progress], width="stretch",
-                 hide_index=True)
+with st.expander("Acceptance model (orders \"most likely accepted\" and \"most uncertain\")"):
+    model = refresh.recent(f"acceptance_model:{info.id}", lambda ds=info.id: feedback.model_status(ds))
+    if model["version"] is None:
+        st.caption("No acceptance model yet: it trains itself after enough decisions (see the Admin page's review "
+                   "settings), or with `python -m wbc_core feedback train`. Until then those orders are by id.")
+    else:
+        auc = "not enough decisions of each verdict" if model["cv_auc"] is None else f"{model['cv_auc']:.2f}"
+        st.caption(f"Version {model['version']}, trained on {model['trained_on']} decided candidates; "
+                   f"cross-validated AUC {auc}; {model['scored']} candidates scored. Advisory only: it orders the "
+                   "queue and never decides a cell.")
+        st.plotly_chart(feedback.calibration_figure(model), width="stretch")

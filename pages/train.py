@@ -68,13 +68,18 @@ with st.form("train_classifier"):
         threads = d[1].number_input("CPU threads (0 = default)", 0, 256, 0)
         pretrained = d[2].text_input("Pretrained weights (local file)", "", help="a state dict or model.pt on this "
                                      "machine; nothing is downloaded")
+        workers_limit = limits.bound("classifier_workers")
+        workers = d[3].number_input("Workers (DDP)", workers_limit.widget_min, workers_limit.widget_max,
+                                    defaults["workers"],
+                                    help="data-parallel training processes: one GPU each on CUDA, a share of the "
+                                    "cores each on CPU; the batch is split between them")
     if st.form_submit_button("Retrain", type="primary", disabled=not can_train):
         overrides = {"model": other_model.strip() or model, "epochs": int(epochs), "batch_size": int(batch),
                      "optimizer": optimizer, "lr": float(lr), "weight_decay": float(weight_decay),
                      "label_smoothing": float(smoothing), "schedule": schedule, "augment": augment,
                      "balanced_sampling": bool(balanced), "early_stopping_patience": int(patience),
                      "device": device, "amp": bool(amp), "num_threads": int(threads),
-                     "pretrained_path": pretrained.strip() or None}
+                     "pretrained_path": pretrained.strip() or None, "workers": int(workers)}
         try:
             mix = mixing.mix_from_options(strategy, float(share), int(target), float(weight), int(finetune),
                                           drop_unused=True)

@@ -330,6 +330,12 @@ def test_buttons_carry_the_keyboard_shortcuts(home):
     # relabel to class n (1-based) is Shift+n; the class under review has no relabel button
     assert {k: v for k, v in shortcuts.items() if k.startswith("rv_relabel_")} == {
         f"rv_relabel_{n}": f"shift+{n}" for n in range(2, len(CLASSES) + 1)}
+    assert shortcuts["rv_clear_sel"] == "shift+s"
+    # The compact toolbar's legend, shown and hidden with the Keys popover, lists every key.
+    legend = texts(at.markdown)
+    for key in ("← → ↑ ↓", "a / x", "1 - 6", "Shift+1..9", "s / Shift+S", "Shift+A / Shift+X", "Alt+A / Alt+X",
+                "n / p", "| u |"):
+        assert key in legend, key
 
 
 def test_accept_reject_with_reason_relabel_and_undo(home):
@@ -367,7 +373,7 @@ def test_select_several_then_accept_selected_and_undo_them_at_once(home):
     click(at, "rv_select")
     assert at.session_state["rv_selected"] == [ids[0], ids[2]]
     assert "☑" in at.button(key="rv_go_0").label and "☑" in at.button(key="rv_go_2").label
-    assert "Selection (2) and page" in texts(at.caption)
+    assert "Selection (2):" in texts(at.caption)
     click(at, "rv_accept_sel")
     assert mine("rita") == {ids[0]: ("accept", None, None), ids[2]: ("accept", None, None)}
     assert at.session_state["rv_selected"] == []
@@ -410,6 +416,73 @@ def test_relabel_and_decided_view_show_the_verdicts(home):
     assert [b.label for b in at.button if b.key and b.key.startswith("rv_go_")][:2] == ["▶ ✓ accepted", "✓ accepted"]
     click(at, "rv_relabel_1")  # in the decided view the cursor steps on after a decision
     assert mine("rita")[ids[0]] == ("relabel", None, "eosinophil") and at.session_state["rv_cursor"] == 1
+
+
+def test_decided_view_marks_are_coloured_badges_on_the_cells(home):
+    """Issue 16: verdicts were small text under the cells; now each decided cell carries a coloured mark on it
+    (the position's style rule), with the reason of a reject and the new class of a relabel."""
+    ids = pending("rita")
+    at = app("pages/review.py", "rita")
+    click(at, "rv_accept")
+    click(at, "rv_reason_4")
+    click(at, "rv_relabel_3")
+    at.segmented_control(key="review_state").set_value("decided")
+    ok(at.run())
+    labels = [b.label for b in at.button if b.key and b.key.startswith("rv_go_")]
+    assert labels == ["▶ ✓ accepted", f"✗ {review_model.reject_reason(4)}", "↦ monocyte"]
+    assert [i for i, _ in sorted(mine("rita").items())] == ids[:3]
+    [style] = [h.proto.body for h in at.get("html") if "rv-highlight" in h.proto.body]
+    for position, colour in enumerate(("#1e7e34", "#c62828", "#1565c0")):
+        assert f".st-key-rv_go_{position} button p {{visibility: visible; background: {colour};" in style
+    assert style.count("outline: 4px solid") == 1  # one cursor
+
+
+def progress_tables(at: AppTest) -> list:
+    """The Progress expander's two tables (per reviewer and class, per class), when it is open."""
+    return [d.value for d in at.dataframe if "class_name" in d.value.columns]
+
+
+def test_progress_table_and_grid_show_one_pending_number(home):
+    """Issue 16: "Progress per class and reviewer" said 52 pending while the grid said 49 (a summary kept for
+    seconds, outside the work area that a decision reruns). Now the table is counted in the same run as the grid."""
+    at = app("pages/review.py", "ada")
+    assert not progress_tables(at)  # closed: nothing computed
+    at.session_state["rv_progress"] = True  # open the expander
+    ok(at.run())
+    for _ in range(3):
+        click(at, "rv_accept")
+    review_model.decide(pending("rob")[:5], "rob", "accept", user=account("reviewer", "rob"))  # another session
+    click(at, "rv_right")
+    assert f"**{BIG - 3}** pending candidates" in texts(at.markdown)
+    reviewers, classes = progress_tables(at)
+    rows = {(r["reviewer"], r["class_name"]): r for r in reviewers.to_dict("records")}
+    assert rows[("ada", BIG_CLASS)]["pending"] == BIG - 3
+    assert rows[("rob", BIG_CLASS)]["pending"] == BIG - 5  # counted now, not seconds ago
+    assert "pending" not in classes.columns and "no consensus yet" in classes.columns  # another quantity, named
+
+
+def test_cell_size_makes_grid_and_atlas_thumbnails_at_that_size(home):
+    from wbc_core import importing
+
+    def made(size: int) -> set[str]:
+        return {f.name.split("_")[0] for f in (home / "cache" / "thumbs").rglob(f"*_{size}px.png")}
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    at = app("pages/review.py", "rita")
+    assert at.segmented_control(key="review_cell_px").value == 128
+    items, _ = review_model.queue_page(dataset_id(), BIG_CLASS, "rita")
+    atlas = {sha(p) for p in importing.sample_paths(dataset_id(), BIG_CLASS, n=8)}
+    assert atlas and {i["sha256"] for i in items} | atlas <= made(128)
+    assert not made(192)
+    at.segmented_control(key="review_cell_px").set_value(192)
+    ok(at.run())
+    assert {i["sha256"] for i in items} | atlas <= made(192)  # the atlas at the candidates' size
+    assert len(keys(at, "rv_go_")) == 48
+    click(at, "rv_down")  # 6 columns at 192 px: a row down is 6 cells on
+    assert at.session_state["rv_cursor"] == 6
+    assert made(32)  # the detail view: the stored 32 px cell as a lossless PNG, enlarged unsmoothed by the browser
 
 
 def test_order_by_classifier_agreement(home):
@@ -570,3 +643,24 @@ def test_review_settings_stored_out_of_range_still_render_admin_and_review(home)
     assert (at.number_input(key="min_agreeing").value, at.number_input(key="min_votes").value) == (20, 20)
     for user in ("rita", "ada"):  # the quota gauge, and the class table (admins see every column)
         app("pages/review.py", user)
+
+
+def test_acceptance_model_orders_quota_estimate_and_calibration_plot(home):
+    from db import acceptance as acc_db
+
+    ds = dataset_id()
+    review_model.set_review_settings(ds, review_model.ReviewSettings(quotas={BIG_CLASS: 4}), account())
+    ids = pending("rita")
+    review_model.decide(ids[:1], "rita", "accept", user=account("reviewer", "rita"))
+    review_model.decide(ids[1:4], "rita", "reject", user=account("reviewer", "rita"))
+    model = acc_db.add_model(ds, trained_on=4, cv_auc=0.75, summary={}, path="none",
+                             calibration={"predicted": [0.2, 0.8], "observed": [0.1, 0.9], "bins": 2})
+    acc_db.set_scores(model["id"], {ids[-1]: 0.99})
+    refresh.forget_recent()
+    at = app("pages/review.py", "rob")
+    assert "About 12 more decisions to reach the quota" in texts(at.caption)  # 3 to go at 25%
+    assert "Version 1, trained on 4 decided candidates; cross-validated AUC 0.75" in texts(at.caption)
+    assert len(at.get("plotly_chart")) == 1
+    at.selectbox(key="review_order").set_value("p_accept_desc")
+    ok(at.run())
+    assert "Most likely accepted (acceptance model)" in [o for o in at.selectbox(key="review_order").options]

@@ -10,11 +10,14 @@ able to hand out roles); every later first login creates a viewer, whom an admin
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import os
 import re
 import secrets
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from db import users as users_db
 from db.models import utcnow
@@ -23,8 +26,8 @@ from db.vocabulary import ROLE_ORDER, ROLES
 
 __all__ = ["PERMISSIONS", "AlreadySetUp", "PermissionDenied", "SignInLocked", "User", "UserExists", "UserNotFound",
            "authenticate", "authorize", "can", "create_first_admin", "create_user", "disable_user",
-           "ensure_oidc_user", "get_user", "has_users", "list_users", "locked_until", "set_password", "set_role",
-           "unlock_user"]
+           "ensure_oidc_user", "get_user", "has_users", "issue_session", "list_users", "locked_until",
+           "revoke_session", "revoke_sessions", "session_user", "set_password", "set_role", "unlock_user"]
 
 # OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256 (~0.2 s here); the count is stored with each hash,
 # so raising it later upgrades old hashes at their next successful login.
@@ -207,7 +210,10 @@ def disable_user(username: str, disabled: bool = True, *, user: User) -> User:
 
     The acting user needs the manage_users permission."""
     authorize(user, "manage_users")
-    return users_db.update_user(username, disabled=disabled)
+    changed = users_db.update_user(username, disabled=disabled)
+    if disabled:  # its kept sign-ins end now, and re-enabling the account does not bring them back
+        users_db.revoke_user_sessions(changed.id, _now())
+    return changed
 
 
 def unlock_user(username: str, *, user: User) -> User:
@@ -299,3 +305,137 @@ def ensure_local_admin(username: str) -> User:
     """
     name = validate_username(username)
     return users_db.insert_first_admin_or(name, "admin", None, "local")
+
+
+# -- kept sign-ins: signed, expiring session tokens ------------------------------------------------------------
+# A token is "v1.<session id>.<expiry, unix s>.<signature>": HMAC-SHA256, under a secret made once into WBC_HOME
+# (mode 0600), over the session id, the user id, the expiry and a fingerprint of the user's password hash. It is
+# accepted while its sign_in_sessions row is neither expired nor revoked (sign-out, the account disabled), the
+# account is enabled and its password is unchanged (a new password changes the fingerprint).
+
+SESSION_SECRET_FILE = "session_secret"
+_TOKEN_VERSION = "v1"
+
+
+def _session_secret() -> bytes:
+    from wbc_core.context import current
+
+    ctx = current()
+    return ctx.caches.get("session_secret", lambda: load_or_create_secret(ctx.home / SESSION_SECRET_FILE))
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The 32-byte signing secret in path, created there once (owner read/write only) when missing.
+
+    Created under a temporary name and linked into place, so two processes starting at once agree on one secret
+    and nobody reads a half-written file."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+            with contextlib.suppress(FileExistsError):  # another process was first: use its secret
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    secret = bytes.fromhex(path.read_text().strip())
+    if len(secret) < 32:
+        raise ValueError(f"the sign-in secret {path} is damaged: delete it (everyone then signs in again)")
+    return secret
+
+
+def _fingerprint(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:32]
+
+
+def _signature(secret: bytes, session_id: int, user_id: int, expires: int, password_hash: str) -> str:
+    message = f"{_TOKEN_VERSION}|{session_id}|{user_id}|{expires}|{_fingerprint(password_hash)}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _unix(moment: datetime) -> int:
+    return int((moment - datetime(1970, 1, 1)).total_seconds())
+
+
+def issue_session(user: User, hours: float | None = None) -> str:
+    """A signed token that keeps this user signed in for `hours` (default: the WBC_SESSION_HOURS setting).
+
+    The caller has just checked the password (authenticate) or created the account; the browser keeps the token
+    in a cookie and hands it back on a reload (session_user)."""
+    from wbc_core.context import current
+    from wbc_core.limits import bound
+
+    hours = float(bound("session_hours").check(current().settings.session_hours if hours is None else hours))
+    found = users_db.get_credentials(user.username)
+    if found is None or found[0].disabled or found[0].id != user.id:
+        raise PermissionDenied(f"the account {user.username!r} is disabled or gone; ask an admin")
+    now = _now().replace(microsecond=0)
+    expires_at = now + timedelta(hours=hours)
+    session_id = users_db.insert_session(user.id, now, expires_at)
+    expires = _unix(expires_at)
+    signature = _signature(_session_secret(), session_id, user.id, expires, found[1])
+    return f"{_TOKEN_VERSION}.{session_id}.{expires}.{signature}"
+
+
+def _parse_token(token: str) -> tuple[int, int, str] | None:
+    parts = (token or "").strip().split(".")
+    if len(parts) != 4 or parts[0] != _TOKEN_VERSION or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    if len(parts[1]) > 18 or len(parts[2]) > 12 or len(parts[3]) > 64:
+        return None
+    return int(parts[1]), int(parts[2]), parts[3]
+
+
+def session_user(token: str | None) -> User | None:
+    """The user a session token keeps signed in, fresh from the database; None when the token is missing,
+    malformed, tampered with, signed under another secret, expired, signed out, or its account is disabled, gone
+    or has a new password since."""
+    parsed = _parse_token(token or "")
+    if parsed is None:
+        return None
+    session_id, expires, signature = parsed
+    record = users_db.get_session(session_id)
+    if record is None:
+        return None
+    expected = _signature(_session_secret(), session_id, record.user.id, expires, record.password_hash)
+    if not hmac.compare_digest(expected, signature):
+        return None
+    now = _now()
+    if record.revoked_at is not None or expires != _unix(record.expires_at) or record.expires_at <= now:
+        return None
+    if record.user.disabled:
+        return None
+    return record.user
+
+
+def revoke_session(token: str | None) -> bool:
+    """Sign-out: end the kept sign-in this token names (only with a valid signature); True if one ended."""
+    parsed = _parse_token(token or "")
+    if parsed is None:
+        return False
+    session_id, expires, signature = parsed
+    record = users_db.get_session(session_id)
+    if record is None:
+        return False
+    expected = _signature(_session_secret(), session_id, record.user.id, expires, record.password_hash)
+    if not hmac.compare_digest(expected, signature):
+        return False
+    return users_db.revoke_session(session_id, _now())
+
+
+def revoke_sessions(username: str, *, user: User) -> int:
+    """End every kept sign-in of an account (sign out everywhere): one's own, or anyone's for an admin.
+
+    Returns how many were live."""
+    acting = authorize(user, "view")
+    if acting.username != (username or "").strip():
+        authorize(acting, "manage_users")
+    target = users_db.get_user((username or "").strip())
+    if target is None:
+        raise UserNotFound(f"no user {username!r}")
+    return users_db.revoke_user_sessions(target.id, _now())

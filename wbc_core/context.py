@@ -41,6 +41,7 @@ class Settings:
     mlflow_tracking_uri: str | None = None  # MLFLOW_TRACKING_URI: finished runs are also logged there (optional)
     ray_address: str | None = None  # WBC_RAY_ADDRESS: jobs become Ray jobs on this cluster's dashboard (optional)
     sentinel_token: str | None = None  # WBC_SENTINEL: a Ray worker's proof that it sees the app's WBC_HOME
+    session_hours: float = 12.0  # WBC_SESSION_HOURS: how long a local sign-in is kept across reloads
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
@@ -61,7 +62,8 @@ class Settings:
                    cuda_amp_dtype=(env.get("WBC_CUDA_AMP_DTYPE") or "").strip().lower(),
                    mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None,
                    ray_address=(env.get("WBC_RAY_ADDRESS") or "").strip() or None,
-                   sentinel_token=(env.get(SENTINEL_VARIABLE) or "").strip() or None)
+                   sentinel_token=(env.get(SENTINEL_VARIABLE) or "").strip() or None,
+                   session_hours=_session_hours(env.get("WBC_SESSION_HOURS")))
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""
@@ -76,6 +78,19 @@ class Settings:
         if self.ray_address:  # a chain process launches its runs on the same cluster
             env["WBC_RAY_ADDRESS"] = self.ray_address
         return env
+
+
+def _session_hours(text: str | None) -> float:
+    """WBC_SESSION_HOURS as a number of hours (12 when unset); ValueError in plain words when it is not allowed."""
+    from wbc_core.limits import bound
+
+    if not (text or "").strip():
+        return 12.0
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text.strip()
+    return float(bound("session_hours").check(value, "WBC_SESSION_HOURS"))
 
 
 @dataclass(frozen=True)

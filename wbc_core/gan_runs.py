@@ -154,10 +154,11 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
 
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                         classes: list[str] | None = None, progress=None,  # noqa: ANN001
-                        score: bool = True, should_stop=None) -> dict[str, Any]:  # noqa: ANN001
+                        score: bool = True, should_stop=None, steer: int | None = None) -> dict[str, Any]:  # noqa: ANN001
     """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them.
 
     Runs inside a "generate" job (wbc_core.generation.start_generation); should_stop() is asked between classes.
+    steer=K: oversample K x per class and keep the best by the dataset's acceptance model (wbc_core.steering).
     """
     from wbc_core.gan import load_generator, sample_cells
 
@@ -176,11 +177,20 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
     folder = current().paths.images / f"dataset_{run.dataset_id}" / "synthetic" / f"run_{run_id:05d}"
     rows: list[dict[str, Any]] = []
     generated: list[Any] = []
+    steering = _steering(run.dataset_id, steer) if steer else None
+    reports: dict[str, Any] = {}
     for done, class_name in enumerate(wanted):
         if should_stop is not None and should_stop():
             break
         class_index = loaded.class_names.index(class_name)
-        cells = sample_cells(loaded, class_index, per_class, seed=candidate_seed(seed, class_index))
+        if steering is not None:
+            from wbc_core.steering import steer_class
+
+            chosen = steer_class(loaded, class_index, per_class, int(steer), candidate_seed(seed, class_index),
+                                 steering[1], steering[2])
+            cells, reports[class_name] = chosen.cells, chosen.report
+        else:
+            cells = sample_cells(loaded, class_index, per_class, seed=candidate_seed(seed, class_index))
         generated.append(cells)
         (folder / class_name).mkdir(parents=True, exist_ok=True)
         for i, cell in enumerate(cells):
@@ -191,12 +201,18 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
             rows.append({"origin": "synthetic", "class_name": class_name, "split": None, "sha256": sha,
                          "path": str(target.relative_to(current().home)), "width": cell.shape[2],
                          "height": cell.shape[1], "source": f"gan:run_{run_id}/step_{step}/seed_{seed}#{i}",
-                         "gan_run_id": run_id, "checkpoint_step": step, "seed": seed})
+                         "gan_run_id": run_id, "checkpoint_step": step, "seed": seed,
+                         "steered": steering is not None, "steer_model_id": steering[0]["id"] if steering else None})
         if progress is not None:
             progress(done + 1, len(wanted))
     ids = ds_db.add_images(run.dataset_id, rows)
     out = {"run_id": run_id, "checkpoint_step": step, "seed": seed, "per_class": per_class,
            "classes": wanted, "candidates": len(ids), "first_id": ids[0] if ids else None}
+    if steering is not None:
+        from wbc_core.steering import overall_report
+
+        out["steering"] = {"factor": int(steer), "model_id": steering[0]["id"], "model_version": steering[0]["version"],
+                           **overall_report(reports, steering[2])}
     if score and ids:
         import torch
 
@@ -204,6 +220,20 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
         labels = [r["class_name"] for r in rows]
         out["scoring"] = _score_or_reason(run.dataset_id, loaded.config.image_size, ids, images, labels)
     return out
+
+
+def _steering(dataset_id: int, factor: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(model row, saved model, judge Reference) of the dataset's latest acceptance model, for steer_class."""
+    from db import acceptance as acc_db
+    from wbc_core.feedback import FeedbackError, load_model
+
+    limits.check("steer_factor", factor)
+    model = acc_db.latest_model(dataset_id)
+    if model is None:
+        raise FeedbackError("steering needs the dataset's acceptance model, and it has none yet: review some "
+                            "candidates, then train it (python -m wbc_core feedback train)")
+    blob = load_model(model)
+    return model, blob, quality_reference(dataset_id, int(blob["image_size"]))
 
 
 def _next_seed(run_id: int) -> int:

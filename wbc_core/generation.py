@@ -35,16 +35,30 @@ def _gan_run(run_id: int) -> runs_db.RunInfo:
 
 
 def start_generation(gan_run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
-                     classes: list[str] | None = None, *, user: User, launch: bool = True) -> int:
-    """Queue a job that samples per_class candidates per class from a checkpoint, then scores them."""
+                     classes: list[str] | None = None, *, user: User, launch: bool = True,
+                     steer: int | None = None) -> int:
+    """Queue a job that samples per_class candidates per class from a checkpoint, then scores them.
+
+    steer=K keeps the best per_class of K x per_class samples by the dataset's acceptance model (wbc_core.steering).
+    """
     from wbc_core.gan_runs import checkpoint_path
 
     who = _actor(user)
     limits.check("candidates_per_class", per_class)
     run = _gan_run(gan_run_id)
     _, step = checkpoint_path(gan_run_id, step)  # a plain error now if that checkpoint does not exist
+    if steer:
+        from db import acceptance as acc_db
+        from wbc_core.feedback import FeedbackError
+
+        limits.check("steer_factor", steer)
+        if acc_db.latest_model(run.dataset_id) is None:
+            raise FeedbackError("steering needs the dataset's acceptance model, and it has none yet: review some "
+                                "candidates, then train it (python -m wbc_core feedback train)")
     config = {"gan_run_id": gan_run_id, "per_class": int(per_class), "step": step, "seed": seed,
               "classes": classes}
+    if steer:
+        config["steer"] = int(steer)
     return jobs.submit("generate", run.dataset_id, config, seed=int(seed or 0), started_by=who, launch=launch)
 
 
@@ -58,7 +72,8 @@ def run_generate_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN0
         ctx.progress(ProgressEvent(step=done, total=total + 1, message=f"sampled {done} of {total} classes"))
 
     return generate_candidates(int(c["gan_run_id"]), int(c["per_class"]), step=c.get("step"), seed=c.get("seed"),
-                               classes=c.get("classes"), progress=progress, should_stop=ctx.should_stop)
+                               classes=c.get("classes"), progress=progress, should_stop=ctx.should_stop,
+                               steer=c.get("steer"))
 
 
 def start_scoring(dataset: str | int, gan_run_id: int | None = None, *, user: User, launch: bool = True) -> int:

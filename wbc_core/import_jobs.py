@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,11 @@ def _save_upload(data: bytes, filename: str) -> Path:
 
 def start_import(source_kind: str, name: str, *, folder: str | None = None, upload: bytes | None = None,
                  upload_name: str | None = None, size: int = 64, split: SplitConfig = SplitConfig(),
-                 per_class: int = 60, user: User, restrict_to_roots: bool = True, launch: bool = True) -> int:
-    """Queue an import job and return its run id (errors about the request itself are raised here)."""
+                 per_class: int = 60, user: User, restrict_to_roots: bool = True, launch: bool = True,
+                 reference: str | None = None) -> int:
+    """Queue an import job and return its run id (errors about the request itself are raised here).
+
+    reference: the dataset the new cells are compared with after the import (default: the biggest real one)."""
     from wbc_core.importing import SIZES
 
     if source_kind not in SOURCE_KINDS:
@@ -90,6 +94,8 @@ def start_import(source_kind: str, name: str, *, folder: str | None = None, uplo
     name = _check_name(name)
     config: dict[str, Any] = {"source_kind": source_kind, "name": name, "size": int(size), "split": asdict(split),
                               "per_class": int(per_class)}
+    if reference:
+        config["reference"] = ds_db.get_dataset(reference).name  # DatasetNotFound at once, not in the job
     if source_kind == "folder":
         path = allowed_folder(folder or "") if restrict_to_roots else Path(folder or "").expanduser()
         config.update(source=str(path), shown_source=(folder or "").strip())
@@ -149,11 +155,30 @@ def run_import_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
                    "and were not imported: "
                    + "; ".join(f"{s['source']} ({s['message']})" for s in unsafe[:5])
                    + (f"; and {len(unsafe) - 5:,} more" if len(unsafe) > 5 else ""))
+    # The demo is drawn, not imported, and labelled "not real cells" everywhere: nothing to compare.
+    shift = ({"checked": False, "reference": None, "message": "the demo dataset is drawn, not compared"}
+             if c["source_kind"] == "demo" else compare_with_reference(
+                 result.dataset_id, c.get("reference"),
+                 lambda message: ctx.progress(ProgressEvent(step=1, total=1, message=message))))
+    if shift.get("looks_different"):
+        warning = f"{warning}\n\n{shift['message']}" if warning else shift["message"]
     return {"dataset_id": result.dataset_id, "name": result.name, "kind": result.kind,
             "classes": result.class_counts, "skipped": skipped,
             "converted": result.report["converted"], "empty_classes": result.report["empty_classes"],
             "seconds": result.seconds, "summary": _shown(result.summary, c), "unsafe": len(unsafe),
-            "warning": warning}
+            "warning": warning, "distribution": shift}
+
+
+def compare_with_reference(dataset_id: int, reference: str | None = None,
+                           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """wbc_core.ood.dataset_shift after an import (job or CLI); a failure here never fails the import itself."""
+    from wbc_core import ood
+
+    try:
+        return ood.dataset_shift(dataset_id, reference, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - the cells are imported; only the comparison is missing
+        return {"checked": False, "reference": reference,
+                "message": f"the cells could not be compared with a reference dataset: {exc}"}
 
 
 def _shown(text: str, config: dict[str, Any]) -> str:

@@ -143,6 +143,8 @@ _ALL = (
     Limit("classifier_weight_decay", 0, 1, False, "weight decay", max_open=True),
     Limit("classifier_label_smoothing", 0, 1, False, "label smoothing", max_open=True),
     Limit("classifier_patience", 0, 1000, True, "early stopping patience in epochs"),
+    # Data-parallel training processes (DDP): one per GPU on CUDA, one per core share on CPU (gloo)
+    Limit("classifier_workers", 1, 64, True, "classifier training processes"),
     Limit("progress_every_s", 0, 3600, False, "seconds between progress reports", min_open=True),
     Limit("synthetic_cap", 0, 100, False, "synthetic cap (times the real cells per class)"),
     Limit("mix_target", 1, 1_000_000, True, "fill target (cells per class)"),
@@ -154,6 +156,8 @@ _ALL = (
     Limit("quota", 0, 1_000_000, True, "quota (accepted candidates wanted for a class)"),
     Limit("consensus_votes", 1, 20, True, "number of reviewers in the consensus rule"),
     Limit("blind_fraction", 0, 0.5, False, "share of real cells in the blind test", min_open=True),
+    Limit("retrain_every", 0, 100_000, True, "new decisions between acceptance-model retrains (0 = never)"),
+    Limit("steer_factor", 1, 50, True, "steering oversampling factor (latent codes per kept candidate)"),
     # Import and demo
     Limit("split_fraction", 0, 0.5, False, "val or test fraction"),
     Limit("demo_per_class", 1, 5000, True, "demo cells per class"),
@@ -161,6 +165,8 @@ _ALL = (
     Limit("review_page_size", 8, 200, True, "candidates per review page"),
     Limit("thumbnail_size", 8, 512, True, "thumbnail size in pixels"),
     Limit("embedding_points", 3, 3000, True, "cells in the embedding map"),
+    # Sign-in (WBC_SESSION_HOURS): how long a local sign-in is kept across reloads
+    Limit("session_hours", 0, 24 * 90, False, "hours a sign-in is kept", min_open=True),
 )
 LIMITS: dict[str, Limit] = {limit.name: limit for limit in _ALL}
 

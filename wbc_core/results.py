@@ -330,11 +330,15 @@ def export_model(run_id: int, out_dir: str | Path) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"checkpoint": out / f"run_{run_id}_model.pt", "torchscript": out / f"run_{run_id}_model.torchscript.pt",
-             "onnx": out / f"run_{run_id}_model.onnx", "card": out / f"run_{run_id}_classes.json"}
+             "onnx": out / f"run_{run_id}_model.onnx", "card": out / f"run_{run_id}_classes.json",
+             "ood": out / f"run_{run_id}_ood.npz"}  # wbc_core.ood's calibration: predict finds it by this name
     shutil.copyfile(checkpoint_path(run_id), files["checkpoint"])
     shutil.copyfile(torchscript_path(run_id), files["torchscript"])
     shutil.copyfile(onnx_path(run_id), files["onnx"])
     files["card"].write_text(json.dumps(model_card(run_id), indent=2))
+    from wbc_core import ood
+
+    ood.export_calibration(run_id, files["ood"])
     return {k: str(v) for k, v in files.items()}
 
 
@@ -348,14 +352,19 @@ def load_any_model(path: str | Path) -> tuple[Callable[[Any], Any], list[str], i
     return model.predict, model.class_names, model.image_size, model.format
 
 
-def predict_images(model_path: str | Path, image_paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Top class and probabilities per image, decoded and resized exactly as training data is."""
+def predict_images(model_path: str | Path, image_paths: Sequence[str | Path],
+                   abstain_above: float | None = None) -> dict[str, Any]:
+    """Top class and probabilities per image, decoded and resized exactly as training data is, with an
+    out-of-distribution score per image (wbc_core.ood; checkpoints only) and, given abstain_above, "abstain" as
+    the prediction of images whose ood_ratio exceeds it (1.0 = the far threshold calibrated on real val cells)."""
     import torch
 
+    from wbc_core import ood
     from wbc_core.store import decode_cell
 
     if not image_paths:
         raise ValueError("give at least one image")
+    abstain_above = ood.check_abstain_above(abstain_above)
     run, class_names, size, fmt = load_any_model(model_path)
     arrays = []
     for p in image_paths:
@@ -363,11 +372,43 @@ def predict_images(model_path: str | Path, image_paths: Sequence[str | Path]) ->
             arrays.append(decode_cell(Path(p), size))
         except (OSError, ValueError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for non-images
             raise ValueError(f"cannot read image {str(p)!r}: {exc}") from exc
-    probs = run(torch.from_numpy(np.stack(arrays))).float().numpy()
+    batch = torch.from_numpy(np.stack(arrays))
+    probs = run(batch).float().numpy()
+    scored, ood_note, calibration = _ood_scores(model_path, fmt, batch)
+    if abstain_above is not None and scored is None:
+        raise ValueError(f"cannot abstain: {ood_note}")
     items = []
-    for p, row in zip(image_paths, probs, strict=True):
+    for k, (p, row) in enumerate(zip(image_paths, probs, strict=True)):
         top = int(row.argmax())
-        items.append({"image": str(p), "top_class": class_names[top], "top_probability": float(row[top]),
-                      "probabilities": {c: float(v) for c, v in zip(class_names, row, strict=True)}})
+        item: dict[str, Any] = {"image": str(p), "top_class": class_names[top], "top_probability": float(row[top]),
+                                "probabilities": {c: float(v) for c, v in zip(class_names, row, strict=True)},
+                                "prediction": class_names[top], "abstained": False}
+        if scored is not None:
+            ratio = float(scored["ratio"][k])
+            item.update(ood_score=float(scored["score"][k]), ood_ratio=ratio,
+                        ood_val_percentile=float(scored["val_percentile"][k]), far=bool(scored["far"][k]))
+            if abstain_above is not None and ratio > abstain_above:
+                item.update(prediction="abstain", abstained=True)
+        items.append(item)
     return {"model": str(model_path), "format": fmt, "image_size": size, "class_names": class_names,
-            "predictions": items}
+            "abstain_above": abstain_above, "ood": calibration, "ood_note": ood_note, "predictions": items}
+
+
+def _ood_scores(model_path: str | Path, fmt: str, batch: Any) -> tuple[dict[str, Any] | None, str,  # noqa: ANN401
+                                                                        dict[str, Any] | None]:
+    """(per-image OOD scores, a note, the calibration's description); scores None when they cannot be computed."""
+    from wbc_core import ood
+
+    if fmt != "checkpoint":
+        return None, (f"the out-of-distribution score needs the classifier's features, which a {fmt} file does not "
+                      "give; use the checkpoint (model.pt)"), None
+    from wbc_core.classifier import load_classifier
+
+    loaded = load_classifier(model_path)
+    try:
+        calibration = ood.calibration_for_model_file(model_path, loaded)
+    except ood.OODUnavailable as exc:
+        return None, str(exc), None
+    note = (f"far = Mahalanobis distance of the features above the {calibration.percentile:.0f}th percentile of the "
+            "model's real val cells (ood_ratio > 1)")
+    return ood.score_images(loaded, batch, calibration), note, calibration.describe()

@@ -181,6 +181,7 @@ def run_classifier_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: AN
                                "stopped": result.stopped, "early_stopped": result.early_stopped,
                                "train_seconds": round(result.seconds, 2),
                                "images_per_sec": round(result.images_per_sec, 1), "device": result.device,
+                               "world_size": result.world_size,
                                "model_path": ctx.relative(result.checkpoint), "val": _headline(result.val)}
     if stages:
         summary["stages"] = stages

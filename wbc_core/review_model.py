@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,11 +61,12 @@ class ReviewSettings:
 
     rule: ConsensusRule = ConsensusRule()  # consensus rule used by default everywhere for this dataset
     quotas: dict[str, int] = field(default_factory=dict)  # class -> target number of accepted candidates
+    retrain_every: int = 50  # new decisions between automatic acceptance-model retrains (0 = never)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON form."""
         return {"min_agreeing": self.rule.min_agreeing, "min_votes": self.rule.min_votes,
-                "quotas": dict(self.quotas)}
+                "quotas": dict(self.quotas), "retrain_every": self.retrain_every}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ReviewSettings:
@@ -72,7 +74,8 @@ class ReviewSettings:
         quota of 10**20, NaN, text) are brought into range or dropped, so reading never fails and widgets fit."""
         votes = [limits.clamp("consensus_votes", raw.get(k, 1)) or 1 for k in ("min_agreeing", "min_votes")]
         quotas = {str(k): limits.clamp("quota", v) for k, v in (raw.get("quotas") or {}).items()}
-        return cls(ConsensusRule(*votes), {k: v for k, v in quotas.items() if v})
+        every = limits.clamp("retrain_every", raw.get("retrain_every", 50))
+        return cls(ConsensusRule(*votes), {k: v for k, v in quotas.items() if v}, 50 if every is None else int(every))
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,26 @@ def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | N
     _acting(user, "review", reviewer)
     if reason is not None and verdict != "reject":
         reason = None  # reasons explain rejections only
-    return decisions_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
+    ids = decisions_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
+    _retrain_if_due(image_ids, reviewer.strip())
+    return ids
+
+
+def _retrain_if_due(image_ids: list[int], reviewer: str) -> None:
+    """Enqueue an acceptance-model retrain after every N new decisions (the dataset's retrain_every setting).
+
+    The decisions are recorded already: a failure here (e.g. no worker can start) is logged, never raised.
+    """
+    import logging
+
+    from wbc_core import feedback
+
+    try:
+        datasets = set(decisions_db.dataset_of_images(list(image_ids)[:1]).values())
+        for dataset_id in datasets:
+            feedback.maybe_retrain(dataset_id, get_review_settings(dataset_id).retrain_every, started_by=reviewer)
+    except Exception:  # noqa: BLE001 - advisory work must never undo or block a person's decision
+        logging.getLogger(__name__).warning("could not enqueue the acceptance-model retrain", exc_info=True)
 
 
 def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User) -> list[int]:
@@ -212,15 +234,17 @@ def class_summary(dataset_id: int, rule: ConsensusRule | None = None) -> list[di
 
 def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pending", page: int = 0,
                page_size: int = 48, order: str = "id", gan_run_id: int | None = None,
-               checkpoint_step: int | None = None) -> tuple[list[dict[str, Any]], int]:
+               checkpoint_step: int | None = None, image_ids: Sequence[int] | None = None
+               ) -> tuple[list[dict[str, Any]], int]:
     """One page of a reviewer's queue for a class, and the total number of matching items.
 
+    image_ids (a selection from the embedding map, see wbc_core.embedding_selection) keeps only those candidates.
     Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
     verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
     """
     return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
-                                  checkpoint_step=checkpoint_step)
+                                  checkpoint_step=checkpoint_step, image_ids=image_ids)
 
 
 # -- settings and quotas -------------------------------------------------------------------------------------
@@ -241,7 +265,8 @@ def set_review_settings(dataset_id: int, settings: ReviewSettings, user: User) -
     for what, value in (("reviewers who must agree", settings.rule.min_agreeing),
                         ("votes needed", settings.rule.min_votes)):
         limits.check("consensus_votes", value, what)
-    clean = ReviewSettings(settings.rule, {c: v for c, v in quotas.items() if v > 0})
+    every = limits.check("retrain_every", settings.retrain_every, "new decisions between acceptance-model retrains")
+    clean = ReviewSettings(settings.rule, {c: v for c, v in quotas.items() if v > 0}, every)
     decisions_db.set_review_settings(dataset_id, clean.to_dict())
     return clean
 

@@ -298,8 +298,15 @@ def confusion_figure(run_id: int, normalised: bool = False) -> go.Figure | None:
 
 
 def embedding_figure(frame: pd.DataFrame, run_id: int) -> go.Figure:
-    """Scatter of an embedding map: colour = class, symbol = origin (real train, real test, synthetic)."""
+    """Scatter of an embedding map: colour = class, symbol = origin (real train, real test, synthetic).
+
+    Every point carries its image id and origin as customdata (wbc_core.embedding_selection.CUSTOM_DATA), so a
+    click or a box/lasso selection maps back to cells. No dragmode is set: Streamlit then lets a click select one
+    point (a drag pans), and the chart's toolbar switches to box or lasso selection (where a click only hovers)."""
+    from wbc_core.embedding_selection import CUSTOM_DATA
+
     fig = px.scatter(frame, x="x", y="y", color="class", symbol="origin", hover_data=["image_id", "in_train_set"],
+                     custom_data=list(CUSTOM_DATA),
                      symbol_map={"real train": "circle", "real test": "diamond", "synthetic": "x"},
                      title=f"run {run_id}: t-SNE of classifier features ({len(frame)} cells)")
     fig.update_traces(marker={"size": 6, "opacity": 0.75})
@@ -313,6 +320,14 @@ def embedding_map_figure(run_id: int, max_points: int = 1500) -> go.Figure | Non
 
     frame = cached_embedding(run_id, max_points)
     return None if frame is None else embedding_figure(frame, run_id)
+
+
+def embedding_map(run_id: int, max_points: int = 1500) -> tuple[pd.DataFrame, go.Figure] | None:
+    """The run's cached embedding map (its table, to map a selection back to cells, and its figure), or None."""
+    from wbc_core.embedding_cache import cached_embedding
+
+    frame = cached_embedding(run_id, max_points)
+    return None if frame is None else (frame, embedding_figure(frame, run_id))
 
 
 def latest_embedding_job(dataset_id: int, classifier_run_id: int) -> dict[str, Any] | None:

@@ -8,10 +8,17 @@ Sign-in, in this order:
 - otherwise local accounts (wbc_core.auth.authenticate); with no user at all, a first-run form creates the admin.
 The signed-in wbc_core.auth.User lives in st.session_state["user"] and is re-read on every run, so a role
 change or a disabled account applies at once. Tests may set that key directly.
+
+A local sign-in is kept across reloads for WBC_SESSION_HOURS (default 12): the sign-in stores a signed, expiring
+token (wbc_core.auth.issue_session) in the cookie `wbc_session`, written by a one-line script on the next run
+(Streamlit can read cookies, st.context.cookies, but has no call that sets one). A new browser session that
+brings a valid token is signed in again (auth.session_user, re-checked on every run, so signing out in one tab
+ends the others at their next run too); sign-out ends the token on the server and removes the cookie.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import streamlit as st
@@ -25,6 +32,11 @@ from wbc_core.vocabulary import ROLE_ORDER
 USER_KEY = "user"  # the signed-in wbc_core.auth.User
 AUTH_ENV = "WBC_AUTH"  # "off": no sign-in, everyone is the local admin WBC_USER
 _NOTICE_KEY = "_auth_notice"  # why someone was signed out, shown on the sign-in form
+COOKIE_NAME = "wbc_session"  # the browser's kept sign-in (a token from auth.issue_session)
+_TOKEN_KEY = "_session_token"  # this browser session's token, ended on sign-out
+_COOKIE_WRITE_KEY = "_session_cookie_write"  # a token to write into the cookie on the next run; "" removes it
+_COOKIE_TRIED_KEY = "_session_cookie_tried"  # the cookie value this session already tried (tried once only)
+_COOKIE_BOX = "wbc_session_cookie"  # the hidden container of the cookie script
 
 
 def auth_off() -> bool:
@@ -59,14 +71,75 @@ def _local_user() -> User:
 
 
 def sign_out(notice: str | None = None) -> None:
+    """Sign this browser out: its kept sign-in ends on the server and its cookie is removed on the next run."""
     st.session_state.pop(USER_KEY, None)
+    token = st.session_state.pop(_TOKEN_KEY, None)
+    if token:
+        auth.revoke_session(token)
+    if token or _browser_token():
+        st.session_state[_COOKIE_WRITE_KEY] = ""
     if notice:
         st.session_state[_NOTICE_KEY] = notice
 
 
+def _browser_token() -> str | None:
+    """The kept sign-in the browser sent when this session connected (None in AppTest, which has no cookies)."""
+    try:
+        value = st.context.cookies.get(COOKIE_NAME)
+    except Exception:  # no browser context (a bare script run)
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _keep_signed_in(user: User) -> None:
+    """After a password check: a token that keeps the sign-in across reloads, written to the cookie next run."""
+    token = auth.issue_session(user)
+    st.session_state[_TOKEN_KEY] = token
+    st.session_state[_COOKIE_WRITE_KEY] = token
+
+
+def _write_cookie() -> None:
+    """Write (or remove) the sign-in cookie when a sign-in, a sign-out or a stale cookie asked for it.
+
+    A script in the page itself (st.html, not an iframe): the cookie belongs to the app's own origin, lives for
+    the token's lifetime, is sent only by same-site requests, and only over HTTPS when the app is served so."""
+    token = st.session_state.pop(_COOKIE_WRITE_KEY, None)
+    if token is None:
+        return
+    max_age = int(ensure_ready().settings.session_hours * 3600) if token else 0
+    script = (f"<style>.st-key-{_COOKIE_BOX}{{display:none}}</style>"
+              "<script>(function(){var c=" + json.dumps(f"{COOKIE_NAME}={token}") +
+              f"+'; Path=/; Max-Age={max_age}; SameSite=Strict'" +
+              "+(window.location.protocol==='https:'?'; Secure':'');document.cookie=c;})();</script>")
+    with st.container(key=_COOKIE_BOX):  # hidden: it only carries the script
+        st.html(script, unsafe_allow_javascript=True)
+
+
+def _restore_from_cookie() -> User | None:
+    """The user a valid cookie keeps signed in (a reload, a new tab); each cookie value is tried once."""
+    token = _browser_token()
+    if not token or st.session_state.get(_COOKIE_TRIED_KEY) == token:
+        return None
+    st.session_state[_COOKIE_TRIED_KEY] = token
+    user = auth.session_user(token)
+    if user is None:
+        st.session_state[_COOKIE_WRITE_KEY] = ""  # expired or signed out elsewhere: remove it
+        return None
+    st.session_state[_TOKEN_KEY] = token
+    return user
+
+
 def signed_in_user() -> User | None:
-    """The signed-in user, re-read from the database; None when nobody is signed in (no UI drawn)."""
+    """The signed-in user, re-read from the database; None when nobody is signed in (draws nothing but the
+    invisible script that writes or removes the sign-in cookie after a sign-in or sign-out)."""
     ensure_ready()
+    try:
+        return _signed_in_user()
+    finally:
+        _write_cookie()  # once per call, after every decision above (a sign-in, a sign-out, a stale cookie)
+
+
+def _signed_in_user() -> User | None:
     if auth_off():
         user = _local_user()
         st.session_state[USER_KEY] = user
@@ -86,8 +159,22 @@ def signed_in_user() -> User | None:
         except (auth.PermissionDenied, ValueError) as exc:
             st.session_state[_NOTICE_KEY] = str(exc)
             return None
+    if user is None and not oidc:
+        user = _restore_from_cookie()  # checked just now: fresh from the database
+        if user is not None:
+            st.session_state[USER_KEY] = user
+        return user
     if user is None:
         return None
+    token = None if oidc else st.session_state.get(_TOKEN_KEY)
+    if token:
+        fresh = auth.session_user(token)
+        if fresh is None or fresh.id != user.id:
+            sign_out("Your sign-in has ended (signed out elsewhere, expired, a new password, or the account was "
+                     "disabled): sign in again, or ask an admin.")
+            return None
+        st.session_state[USER_KEY] = fresh
+        return fresh
     fresh = auth.get_user(user.username)
     if fresh is None or fresh.disabled:
         sign_out(f"The account {user.username!r} is disabled or gone; ask an admin.")
@@ -182,6 +269,7 @@ def login_page() -> None:
             st.error("Wrong user name or password (or the account is disabled).", icon="🚫")
         else:
             st.session_state[USER_KEY] = user
+            _keep_signed_in(user)
             st.rerun()
 
 
@@ -205,4 +293,5 @@ def _first_admin_form() -> None:
         st.error(str(exc), icon="🚫")
         return
     st.session_state[USER_KEY] = user
+    _keep_signed_in(user)
     st.rerun()

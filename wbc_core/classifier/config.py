@@ -53,6 +53,9 @@ class ClassifierConfig:
     pretrained_path: str | None = None  # optional local state-dict / wbc checkpoint to start from; never downloaded
     num_threads: int = 0  # torch CPU threads during training; 0 = leave torch's default
     progress_every_s: float = 1.0  # seconds between within-epoch progress events (UI wants one at least every 2 s)
+    # Data-parallel processes (DistributedDataParallel; gloo on CPU, nccl on CUDA with one GPU each). The global batch
+    # stays batch_size (each process takes its shard), so 1 and N workers follow the same lr schedule.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.pretrained_path, Path):
@@ -74,6 +77,12 @@ class ClassifierConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.pretrained_path is not None and not self.pretrained_path:
             raise ValueError("pretrained_path must be None or a non-empty path")
+        if self.workers > 1 and self.device.startswith(("mps", "cuda:")):
+            raise ValueError(f"several workers train on the CPU or on one CUDA GPU each: give device 'auto', 'cpu' "
+                             f"or 'cuda' with workers {self.workers}, not {self.device!r}")
+        if self.workers > 1 and self.batch_size < 2 * self.workers:
+            raise ValueError(f"a batch of {self.batch_size} cannot be split over {self.workers} workers (batch norm "
+                             f"needs at least 2 cells each): choose a batch of at least {2 * self.workers}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict of every field."""
@@ -95,6 +104,7 @@ _BOUNDED = (
     ("lr", "classifier_lr"), ("weight_decay", "classifier_weight_decay"),
     ("label_smoothing", "classifier_label_smoothing"), ("early_stopping_patience", "classifier_patience"),
     ("seed", "seed"), ("num_threads", "threads"), ("progress_every_s", "progress_every_s"),
+    ("workers", "classifier_workers"),
 )
 
 
@@ -105,7 +115,7 @@ def _check_types(cfg: ClassifierConfig) -> None:
         "lr": (int, float), "weight_decay": (int, float), "label_smoothing": (int, float), "schedule": (str,),
         "augment": (str,), "balanced_sampling": (bool,), "early_stopping_patience": (int,), "seed": (int,),
         "device": (str,), "amp": (bool,), "pretrained_path": (str, type(None)), "num_threads": (int,),
-        "progress_every_s": (int, float),
+        "progress_every_s": (int, float), "workers": (int,),
     }
     for name, types in expected.items():
         value = getattr(cfg, name)

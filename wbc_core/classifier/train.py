@@ -33,6 +33,8 @@ from wbc_core.classifier.models import (
 )
 from wbc_core.classifier.presets import compute_mean_std, get_train_transform
 from wbc_core.classifier.sampling import check_train_weights, epoch_batches, sampling_weights, steps_per_epoch
+from wbc_core.compile import Guarded, run_guarded
+from wbc_core.compile import plan as compile_plan
 from wbc_core.precision import precision_label
 from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn, never_stop, no_progress
@@ -58,6 +60,8 @@ class ClassifierResult:
     images_per_sec: float  # training throughput (optimiser steps only, evaluation excluded)
     device: str  # device the model trained on, e.g. "cpu" or "cuda:0"
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics as sent to progress
+    world_size: int = 1  # data-parallel processes that trained it (config.workers; DDP when above 1)
+    speed: dict[str, Any] = field(default_factory=dict)  # wbc_core.compile plan: compiled or eager, and why
 
 
 def validate_data(data: LabelledImages, image_size: int, num_classes: int, name: str) -> None:
@@ -113,9 +117,13 @@ def train_classifier(train: LabelledImages, val: LabelledImages, class_names: li
     if len(train) < 2:
         raise ValueError("train set needs at least 2 images (batch norm cannot train on one)")
     weights = check_train_weights(train_weights, len(train))
-    device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.workers > 1:
+        from wbc_core.classifier.distributed import train_distributed  # DDP: this process is rank 0
+
+        return train_distributed(train, val, list(class_names), config, out_dir, progress, should_stop, weights)
+    device = resolve_device(config.device)
     with torch_threads(config.num_threads):
         # fork_rng: seeding must not change the caller's global RNG streams (e.g. a GAN job in the same process).
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
@@ -125,13 +133,23 @@ def train_classifier(train: LabelledImages, val: LabelledImages, class_names: li
             return run.fit()
 
 
+def _precision(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
 class _Run:
-    """State of one training run; split out of train_classifier to keep each step readable."""
+    """State of one training run; split out of train_classifier to keep each step readable.
+
+    With world > 1 it is one rank of a DistributedDataParallel group (wbc_core.classifier.distributed): every rank
+    draws the same global batches of the same frozen set and trains on its shard of each; rank 0 alone validates,
+    writes checkpoints and progress, and decides stopping (broadcast to the others).
+    """
 
     def __init__(self, train: LabelledImages, val: LabelledImages, class_names: list[str], config: ClassifierConfig,
                  out_dir: Path, device: torch.device, progress: ProgressFn, should_stop: ShouldStopFn,
-                 train_weights: torch.Tensor | None) -> None:
+                 train_weights: torch.Tensor | None, rank: int = 0, world: int = 1) -> None:
         self.cfg, self.device, self.class_names = config, device, class_names
+        self.rank, self.world = rank, world
         self.progress, self.should_stop = progress, should_stop
         self.path = out_dir / CHECKPOINT_NAME
         self.start = time.perf_counter()
@@ -143,13 +161,34 @@ class _Run:
         self.model = WBCClassifier(net, self.mean, self.std, k, config.image_size).to(device)
         # Mixed precision on CUDA, and bf16 on CPUs that run it natively (1.7x faster steps on AVX512-BF16).
         self.use_amp = config.amp and amp_dtype(device) is not None
-        if self.use_amp:
+        # Compiled or eager, NHWC or NCHW: decided once per device from measurements (wbc_core.compile).
+        steps_planned = steps_per_epoch(len(train), config.batch_size) * config.epochs
+        # Measured on ResNet-18 at 64 px, batch 128: other models are not compiled, other sizes scale the saving.
+        scale = config.batch_size / 128 * (config.image_size / 64) ** 2 if config.model == "resnet18" else 0.0
+        self.speed = compile_plan("classifier", device.type, _precision(amp_dtype(device) if self.use_amp else None),
+                                  steps_planned, amp=self.use_amp, work_scale=scale)
+        if self.speed.channels_last:
             self.model.to(memory_format=torch.channels_last)  # tensor cores and oneDNN's bf16 kernels want NHWC
         # uint8 data lives on the device for the whole run: 8.5k 64-px cells are ~100 MB; batches are index gathers.
         self.x_train, self.y_train = train.images.to(device), train.labels.to(device)
         self.x_val, self.y_val = val.images.to(device), val.labels.to(device)
         self.sample_w = sampling_weights(train.labels, k, config.balanced_sampling, train_weights)
         self.generator = torch.Generator().manual_seed(config.seed)  # sampling + augmentation, device-independent
+        # Under DDP every rank samples the same global batches (same seed) but augments its shard with its own stream.
+        self.augment_generator = self.generator if world == 1 else torch.Generator().manual_seed(
+            config.seed + 1 + rank)
+        self.train_module: nn.Module = self.model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_module = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if self.speed.compiled:  # DDP ranks stay eager: compiling was not measured with DDP
+                self.speed.compiled, self.speed.reason = False, "eager: data-parallel workers run eager"
+        elif self.speed.compiled:
+            # Only the training forward is compiled; validation and the checkpoint use self.model itself, so saved
+            # keys never carry torch.compile's "_orig_mod." prefix.
+            self.train_module = Guarded(self.model, self.speed)
         self.augment = get_train_transform(config.augment)
         self.steps = steps_per_epoch(len(train), config.batch_size)
         self.optimizer = make_optimizer(self.model, config, device)
@@ -160,6 +199,7 @@ class _Run:
         self.train_images, self.train_seconds = 0, 0.0
         self.history: list[dict[str, float]] = []
         self.last_emit = time.perf_counter()
+        self.epoch = 1  # the epoch being trained (a fall-back message is reported against it)
 
     def fit(self) -> ClassifierResult:
         cfg = self.cfg
@@ -167,14 +207,22 @@ class _Run:
         epochs_done = since_best = 0
         loaded = f", {self.pretrained_tensors} tensors from {cfg.pretrained_path}" if self.pretrained_tensors else ""
         # An immediate event so the UI shows life before the first (possibly slow) batches finish.
-        self._emit(0, {"epoch_fraction": 0.0}, f"training {cfg.model} on {len(self.x_train)} cells, "
-                   f"{self.steps} batches/epoch, {precision_label(self.device, self.use_amp)}{loaded}")
+        start = {"epoch_fraction": 0.0, **({"world_size": float(self.world)} if self.world > 1 else {})}
+        ranks = f", {self.world} DDP workers" if self.world > 1 else ""
+        self._emit(0, start, f"training {cfg.model} on {len(self.x_train)} cells, "
+                   f"{self.steps} batches/epoch, {precision_label(self.device, self.use_amp)}{loaded}{ranks}; "
+                   f"{self.speed.reason}")
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             train_loss, ips, stopped = self._train_epoch(epoch)
             if stopped:
                 break
             epochs_done = epoch
+            if self.rank > 0:  # rank 0 validates and decides; the others wait for its word
+                if self._agreed(False):
+                    early = True
+                    break
+                continue
             self._emit(epoch - 1, {"epoch_fraction": 1.0}, f"epoch {epoch}/{cfg.epochs}: validating")
             report = self._validate()
             improved = report["macro_f1"] > self.best_f1
@@ -186,56 +234,91 @@ class _Run:
             metrics = {"train_loss": train_loss, "val_loss": report["loss"], "val_accuracy": report["accuracy"],
                        "val_macro_f1": report["macro_f1"], "images_per_sec": ips,
                        "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": time.perf_counter() - t0,
-                       "best_val_macro_f1": self.best_f1}
+                       "best_val_macro_f1": self.best_f1, "compiled": float(self.speed.compiled)}
             self.history.append({"epoch": float(epoch), **metrics})
             note = " (best)" if improved else f" (best {self.best_f1:.3f} @ {self.best_epoch})"
             self._emit(epoch, metrics, f"epoch {epoch}/{cfg.epochs}: loss {train_loss:.3f}, val acc "
                        f"{report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}{note}")
-            if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+            if self._agreed(bool(cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience)):
                 early = True
                 break
-        if not self.saved:
+        if not self.saved and self.rank == 0:
             # Stopped before any epoch finished: still leave a usable, evaluated checkpoint behind.
             self._save_best(0, self._validate())
         return ClassifierResult(
             checkpoint=self.path, best_epoch=self.best_epoch, epochs_done=epochs_done, stopped=stopped,
             early_stopped=early, val=self.best_report, seconds=time.perf_counter() - self.start,
             images_per_sec=self.train_images / self.train_seconds if self.train_seconds > 0 else 0.0,
-            device=str(self.device), history=self.history,
+            device=str(self.device), history=self.history, world_size=self.world, speed=self.speed.describe(),
         )
+
+    def _agreed(self, flag: bool) -> bool:
+        """Rank 0's flag (stop now, early stop) on every rank; just the flag in a single process."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag and self.rank == 0 else 0], dtype=torch.int32, device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def _shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch: every world-th index from its rank on (all of it in one process).
+
+        The DistributedSampler rule (indices[rank::world]) applied per batch rather than per epoch, so weighted and
+        balanced sampling keep working and each step's global batch is the one a single process would draw."""
+        return idx if self.world == 1 else idx[self.rank::self.world]
 
     def _train_epoch(self, epoch: int) -> tuple[float, float, bool]:
         """One pass over the sampled epoch; returns (mean train loss, images/s, stopped)."""
         cfg, dev = self.cfg, self.device
+        self.epoch = epoch
         self.model.train()
         batches = epoch_batches(len(self.x_train), cfg.batch_size, self.sample_w, self.generator)
         loss_sum = torch.zeros((), device=dev)
         seen, t0 = 0, time.perf_counter()
+        mine = 0  # cells this rank trained on (seen counts the global batches)
         for i, idx in enumerate(batches):
-            if self.should_stop():
+            if self._agreed(self.rank == 0 and self.should_stop()):  # rank 0 reads the cancel flag for all
                 self._account(seen, t0)
-                return (float(loss_sum) / seen if seen else 0.0), 0.0, True
-            loss = self._step(idx.to(dev, non_blocking=True))
-            loss_sum += loss * idx.numel()
+                return (float(loss_sum) / mine if mine else 0.0), 0.0, True
+            part = self._shard(idx)
+            loss = self._step(part.to(dev, non_blocking=True))
+            loss_sum += loss * part.numel()
+            mine += part.numel()
             seen += idx.numel()
             if time.perf_counter() - self.last_emit >= cfg.progress_every_s:
-                running = float(loss_sum) / seen  # .item() syncs the GPU, so elapsed time below is honest
+                running = float(loss_sum) / mine  # .item() syncs the GPU, so elapsed time below is honest
                 metrics = {"train_loss_running": running, "images_per_sec": seen / (time.perf_counter() - t0),
                            "epoch_fraction": (i + 1) / len(batches), "lr": float(self.optimizer.param_groups[0]["lr"])}
                 self._emit(epoch - 1, metrics, f"epoch {epoch}/{cfg.epochs}: batch {i + 1}/{len(batches)}, "
                            f"loss {running:.3f}")
-        mean_loss = float(loss_sum) / seen
+        mean_loss = float(loss_sum) / mine if self.world == 1 else self._mean_over_ranks(loss_sum, mine)
         elapsed = self._account(seen, t0)
         return mean_loss, seen / elapsed if elapsed > 0 else 0.0, False
 
+    def _mean_over_ranks(self, loss_sum: torch.Tensor, count: int) -> float:
+        import torch.distributed as dist
+
+        total = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
+        dist.all_reduce(total)
+        return float(total[0]) / float(total[1])
+
     def _step(self, idx: torch.Tensor) -> torch.Tensor:
+        guards = [self.train_module] if isinstance(self.train_module, Guarded) else []
+        return run_guarded(guards, lambda: self._step_once(idx), self._fell_back)
+
+    def _fell_back(self, message: str) -> None:
+        self._emit(self.epoch - 1, {"compiled": 0.0}, message)
+
+    def _step_once(self, idx: torch.Tensor) -> torch.Tensor:
         # Gather uint8 on device, convert to 0..1 float, augment per sample; the model normalises itself.
-        x = self.augment(self.x_train[idx].float().div_(255.0), generator=self.generator)
-        if self.use_amp:
+        x = self.augment(self.x_train[idx].float().div_(255.0), generator=self.augment_generator)
+        if self.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.y_train[idx]
         with autocast(self.device, self.use_amp):
-            logits = self.model(x)
+            logits = self.train_module(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -260,6 +343,7 @@ class _Run:
         self.best_f1, self.best_epoch, self.best_report, self.saved = report["macro_f1"], epoch, report, True
         ckpt = make_checkpoint(self.cfg, self.class_names, epoch, self.best_f1, cpu_state_dict(self.model.net),
                                self.mean, self.std, report)
+        ckpt["speed"] = self.speed.describe()  # compiled or eager, and why: the run describes itself
         atomic_save(ckpt, self.path)
 
     def _emit(self, step: int, metrics: dict[str, float], message: str) -> None:

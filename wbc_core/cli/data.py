@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the stratified train/val/test split")
     s.add_argument("--val", type=float, default=0.15, help="fraction of each class for validation")
     s.add_argument("--test", type=float, default=0.15, help="fraction of each class for testing")
+    s.add_argument("--reference", default=None, metavar="DATASET",
+                   help="dataset the new cells are compared with after the import (default: the biggest real one)")
 
     s = sub.add_parser("import-npz", help="import a BloodMNIST .npz keeping its official split")
     s.add_argument("file")
@@ -47,6 +49,10 @@ def _import(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.data import SplitConfig
     from wbc_core.importing import import_folder
 
+    if args.reference:
+        from wbc_core.catalog import get_dataset
+
+        get_dataset(args.reference)  # an unknown reference is refused before anything is imported
     bar = tqdm(desc="importing", unit="file", disable=None, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -60,7 +66,12 @@ def _import(args: argparse.Namespace) -> dict[str, Any]:
                                progress=progress, user=acting_user(args))
     finally:
         bar.close()
-    return {**_import_payload(result), "_text": result.summary}
+    from wbc_core.import_jobs import compare_with_reference
+
+    # Like the import job: compare the new cells with the biggest real dataset (or --reference) in plain words.
+    shift = compare_with_reference(result.dataset_id, args.reference, lambda m: print(m, file=sys.stderr))
+    text = result.summary + (f"\n\nWARNING: {shift['message']}" if shift.get("looks_different") else "")
+    return {**_import_payload(result), "distribution": shift, "_text": text}
 
 
 def _import_payload(result) -> dict[str, Any]:  # noqa: ANN001

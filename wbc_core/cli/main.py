@@ -29,7 +29,8 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
 EXTENSION_MODULES: list[str] = ["wbc_core.cli.data", "wbc_core.cli.review_admin", "wbc_core.cli.quality",
-                                "wbc_core.cli.results", "wbc_core.cli.doctor", "wbc_core.cli.manage"]
+                                "wbc_core.cli.results", "wbc_core.cli.doctor", "wbc_core.cli.manage",
+                                "wbc_core.cli.feedback"]
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, required=True)
     s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--steer", type=int, default=None, metavar="K",
+                   help="sample K times as many and keep the best by the dataset's acceptance model")
     s.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
     s = sub.add_parser("review", help="record decisions on candidates")
@@ -120,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count "
                    "(the same as --mix share --mix-share X)")
+    s.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    s.add_argument("--workers", type=int, default=None, help="data-parallel training processes (DDP; default 1): "
+                   "one GPU each on cuda, shares of the cores on cpu")
     add_mix_arguments(s)
     s.add_argument("--detach", action="store_true")
 
@@ -343,7 +349,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.generation import start_generation
 
     user = acting_user(args)
-    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed, user=user)
+    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed, user=user, steer=args.steer)
     out = _follow(job, args.detach, "generating", user)
     if out.get("status") == "succeeded":
         out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "
@@ -429,7 +435,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core import options
     from wbc_core.retrain import start_classifier_run
 
-    given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed}
+    given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed,
+             "device": args.device, "workers": args.workers}
     config = options.classifier_config(get_dataset(args.dataset).image_size, given)
     mix = mix_from_args(args)
     user = acting_user(args)

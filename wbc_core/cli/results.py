@@ -54,7 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("predict", help="classify image files with a model.pt, an exported TorchScript or ONNX file")
     s.add_argument("--model", required=True)
+    s.add_argument("--abstain-above", type=float, default=None, metavar="X",
+                   help="answer 'abstain' for images whose out-of-distribution ratio exceeds X (1 = the far threshold "
+                        "calibrated on the model's real val cells; checkpoints only)")
     s.add_argument("images", nargs="+")
+
+    s = sub.add_parser("evaluate", help="score a finished classifier run on another dataset's real cells, with the "
+                                        "share of cells far from its training cells (a job)")
+    s.add_argument("--run", type=int, required=True, help="a finished classifier run")
+    s.add_argument("--dataset", required=True, help="the dataset to evaluate it on")
+    s.add_argument("--abstain-above", type=float, default=None, metavar="X",
+                   help="also report the scores without the cells whose out-of-distribution ratio exceeds X")
+    s.add_argument("--detach", action="store_true", help="start the job and return at once")
 
     s = sub.add_parser("export-model", help="write a run's checkpoint, TorchScript file, ONNX file and class map")
     s.add_argument("--run", type=int, required=True)
@@ -191,14 +202,56 @@ def _compare(args: argparse.Namespace) -> dict[str, Any]:
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.results import predict_images
 
-    out = predict_images(args.model, args.images)
+    out = predict_images(args.model, args.images, abstain_above=args.abstain_above)
     lines = []
     for p in out["predictions"]:
         ranked = sorted(p["probabilities"].items(), key=lambda kv: -kv[1])
-        lines.append(f"{p['image']}: {p['top_class']} ({p['top_probability']:.3f})  "
-                     + ", ".join(f"{c} {v:.3f}" for c, v in ranked))
+        head = (f"abstain (far from the training cells; the model's top: {p['top_class']} {p['top_probability']:.3f})"
+                if p["abstained"] else f"{p['top_class']} ({p['top_probability']:.3f})")
+        flag = ""
+        if "ood_ratio" in p:
+            flag = f"  [FAR from the training cells, ood {p['ood_ratio']:.2f}]" if p["far"] else \
+                f"  [ood {p['ood_ratio']:.2f}]"
+        lines.append(f"{p['image']}: {head}{flag}  " + ", ".join(f"{c} {v:.3f}" for c, v in ranked))
+    far = sum(1 for p in out["predictions"] if p.get("far"))
+    if out["ood"] is not None:
+        lines.append(f"{far} of {len(out['predictions'])} image{'s' if len(out['predictions']) != 1 else ''} far "
+                     f"from the training cells (ood > 1: beyond the {out['ood']['percentile']:.0f}th percentile of "
+                     "the model's real val cells)" + (": their predictions may be unreliable" if far else ""))
+    else:
+        lines.append(f"no out-of-distribution check: {out['ood_note']}")
     out["_text"] = "\n".join(lines)
     return out
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from db import runs
+    from wbc_core import jobs, ood
+    from wbc_core.cli.main import acting_user
+
+    user = acting_user(args)
+    run_id = ood.start_evaluation(args.run, args.dataset, args.abstain_above, user=user)
+    if args.detach:
+        return {"job_id": run_id, "status": "queued",
+                "_text": f"evaluation job {run_id} started; follow it with `python -m wbc_core runs`"}
+    bar = tqdm(total=1000, desc=f"evaluate run {args.run}", disable=None, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {postfix}")
+
+    def on_poll(info: runs.RunInfo) -> None:
+        bar.n = int(info.progress_fraction * 1000)
+        bar.set_postfix_str(info.progress_message[:60], refresh=True)
+
+    try:
+        info = jobs.wait(run_id, on_poll=on_poll)
+    except KeyboardInterrupt:
+        jobs.cancel(run_id, user)
+        info = jobs.wait(run_id, timeout=60)
+    finally:
+        bar.close()
+    if info.status != "succeeded":
+        last = (info.error or "").strip().splitlines()[-1:] or ["no error recorded"]
+        raise ValueError(f"evaluation job {run_id} {info.status}: {last[0]}")
+    return {"job_id": run_id, "status": info.status, **info.result, "_text": ood.evaluation_text(info.result)}
 
 
 def _export_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,4 +263,4 @@ def _export_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS = {"ablation": _ablation, "train-seeds": _train_seeds, "compare": _compare, "predict": _predict,
-            "export-model": _export_model, "cancel-group": _cancel_group}
+            "evaluate": _evaluate, "export-model": _export_model, "cancel-group": _cancel_group}

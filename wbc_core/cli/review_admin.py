@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--min-votes", type=int, default=None)
     s.add_argument("--quota", action="append", default=[], metavar="CLASS=N",
                    help="target accepted candidates for a class (repeatable; 0 removes it)")
+    s.add_argument("--retrain-every", type=int, default=None, metavar="N",
+                   help="new decisions between automatic acceptance-model retrains (0 = never; default 50)")
 
     s = sub.add_parser("blind-test", help="mix real val cells unannounced into a reviewer's queue")
     s.add_argument("--dataset", required=True)
@@ -182,7 +184,8 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     info = get_dataset(args.dataset)
     current = review_model.get_review_settings(info.id)
-    changed = args.min_agreeing is not None or args.min_votes is not None or args.quota
+    changed = (args.min_agreeing is not None or args.min_votes is not None or args.quota
+               or args.retrain_every is not None)
     if changed:
         quotas = dict(current.quotas)
         for item in args.quota:
@@ -193,7 +196,8 @@ def _review_settings(args: argparse.Namespace) -> dict[str, Any]:
         rule = review_model.ConsensusRule(
             args.min_agreeing if args.min_agreeing is not None else current.rule.min_agreeing,
             args.min_votes if args.min_votes is not None else current.rule.min_votes)
-        current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas),
+        every = args.retrain_every if args.retrain_every is not None else current.retrain_every
+        current = review_model.set_review_settings(info.id, review_model.ReviewSettings(rule, quotas, every),
                                                     acting_user(args))
     out = current.to_dict()
     quota_text = ", ".join(f"{c}={n}" for c, n in out["quotas"].items()) or "none"

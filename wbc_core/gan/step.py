@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from wbc_core.compile import CompilePlan, Guarded, run_guarded
 from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.diffaug import diff_augment
 from wbc_core.gan.models import Discriminator, Generator, build_networks
@@ -44,6 +45,11 @@ class GanStepper:
         self.sn_modules = [m for m in d.modules() if parametrize.is_parametrized(m, "weight")]
         self.opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas)
         self.opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
+        # What step() calls: the modules themselves, or guarded torch.compile'd versions (wbc_core.compile).
+        self.g_call: Any = g
+        self.d_call: Any = d.forward_with_class
+        self.compile_plan: CompilePlan | None = None
+        self.on_fallback: Callable[[str], None] | None = None  # told once if a compiled step falls back to eager
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed-precision context when this stepper uses AMP (CUDA, or CPU bf16), else a no-op."""
@@ -66,7 +72,11 @@ class GanStepper:
 
     def step(self, real: torch.Tensor, y_real: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:
         """Update D then G once; returns detached fp32 [loss_d, loss_g, d_real, d_fake] without syncing the device."""
-        g, d, policy = self.g, self.d, self.policy
+        guards = [c for c in (self.g_call, self.d_call) if isinstance(c, Guarded)]
+        return run_guarded(guards, lambda: self._step(real, y_real, z, y_fake), self.on_fallback)
+
+    def _step(self, real: torch.Tensor, y_real: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:
+        g, d, policy = self.g_call, self.d, self.policy
         b = real.shape[0]
         d.requires_grad_(True)
         with self.spectral_norm_fp32(), self.autocast():
@@ -74,7 +84,7 @@ class GanStepper:
             fake = g(z, y_fake)
             # Real and fake go through D as one batch: half the kernel launches and one power iteration per step.
             both = diff_augment(torch.cat([real, fake.detach()]), policy)
-            logits, cls = d.forward_with_class(both, torch.cat([y_real, y_fake]))
+            logits, cls = self.d_call(both, torch.cat([y_real, y_fake]))
             logits = logits.float()
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
@@ -91,7 +101,7 @@ class GanStepper:
         d.requires_grad_(False)  # G's update needs gradients w.r.t. D's input only, not D's weights
         try:
             with self.spectral_norm_fp32(), self.autocast():
-                adv, cls_fake = d.forward_with_class(diff_augment(fake, policy), y_fake)
+                adv, cls_fake = self.d_call(diff_augment(fake, policy), y_fake)
                 loss_g = -adv.float().mean()
                 if self.aux_weight:  # G is pushed to make fakes that D's real-trained head calls the intended class
                     loss_g = loss_g + self.aux_weight * F.cross_entropy(cls_fake.float(), y_fake)

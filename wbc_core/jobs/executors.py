@@ -129,11 +129,14 @@ class RayExecutor:
 
     # -- jobs -----------------------------------------------------------------------------------------------------
     def resources(self, run: runs_db.RunInfo) -> dict[str, float]:
-        """entrypoint_num_gpus=1 for GAN and classifier runs whose config asks for CUDA; one CPU otherwise."""
+        """entrypoint_num_gpus=1 for GAN and classifier runs whose config asks for CUDA; one CPU otherwise.
+
+        A classifier run with workers N > 1 (DDP on one node) asks for N GPUs (CUDA) or N CPUs."""
         device = str(run.config.get("device", "")).lower()
+        workers = int(run.config.get("workers") or 1) if run.kind == "classifier" else 1
         if run.kind in GPU_KINDS and device.startswith("cuda"):
-            return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1}
-        return {"entrypoint_num_cpus": 1}
+            return {"entrypoint_num_cpus": workers, "entrypoint_num_gpus": workers}
+        return {"entrypoint_num_cpus": workers}
 
     def launch(self, run_id: int, log_path: Path) -> int:  # noqa: ARG002 - Ray keeps the log (log_tail)
         from wbc_core.jobs.launcher import worker_environ

@@ -40,6 +40,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("judge", "wbc_core.generation:run_judge_job", "judge training"),
     JobKind("embedding", "wbc_core.embedding_jobs:run_embedding_job", "embedding map"),
     JobKind("import", "wbc_core.import_jobs:run_import_job", "import"),
+    JobKind("feedback", "wbc_core.feedback:run_feedback_job", "acceptance model training"),
+    JobKind("evaluate", "wbc_core.ood:run_evaluate_job", "evaluation on another dataset"),
     JobKind("selftest", "wbc_core.jobs.selftest:run_selftest", "self-test"),
 )}
 assert tuple(KINDS) == JOB_KINDS, "every job kind of the vocabulary has exactly one registry entry"
