@@ -23,6 +23,7 @@ from db.decisions import QUEUE_ORDERS, QUEUE_STATES, ReviewError
 from db.models import utcnow
 from wbc_core import limits
 from wbc_core.auth import PermissionDenied, User, authorize
+from wbc_core.context import current
 
 __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
            "ReviewSettings", "accepted_candidates", "adjudicate", "class_summary", "consensus", "decide",
@@ -30,6 +31,8 @@ __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "O
            "outcome_of", "queue_page", "reject_reason", "reviewer_progress", "set_review_settings", "undo_last"]
 
 # Numbered 1-6 in this order for keyboard use (reject_reason(3) -> "stain or colour artefact").
+# The acceptance-model retrain check runs on every (retrain_every / this)-th decision of a process.
+RETRAIN_CHECK_DIVISOR = 10
 REJECT_REASONS = (
     "wrong class morphology",
     "implausible nucleus or granules",
@@ -130,8 +133,15 @@ def _retrain_if_due(image_ids: list[int], reviewer: str) -> None:
 
     try:
         datasets = set(decisions_db.dataset_of_images(list(image_ids)[:1]).values())
+        made = current().caches.get("review.decisions_since_check", Counter)  # per process, per dataset
         for dataset_id in datasets:
-            feedback.maybe_retrain(dataset_id, get_review_settings(dataset_id).retrain_every, started_by=reviewer)
+            every = get_review_settings(dataset_id).retrain_every
+            made[dataset_id] += 1
+            # The check costs a few queries; on every key press of dozens of reviewers it showed in the load bench.
+            # Checking every every/10-th decision of this process delays a retrain by a few decisions at most.
+            if every <= 0 or made[dataset_id] % max(1, every // RETRAIN_CHECK_DIVISOR):
+                continue
+            feedback.maybe_retrain(dataset_id, every, started_by=reviewer)
     except Exception:  # noqa: BLE001 - advisory work must never undo or block a person's decision
         logging.getLogger(__name__).warning("could not enqueue the acceptance-model retrain", exc_info=True)
 
