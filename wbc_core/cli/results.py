@@ -226,32 +226,19 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from db import runs
-    from wbc_core import jobs, ood
-    from wbc_core.cli.main import acting_user
+    from wbc_core import ood
+    from wbc_core.cli.main import _follow, acting_user
 
     user = acting_user(args)
     run_id = ood.start_evaluation(args.run, args.dataset, args.abstain_above, user=user)
     if args.detach:
         return {"job_id": run_id, "status": "queued",
                 "_text": f"evaluation job {run_id} started; follow it with `python -m wbc_core runs`"}
-    bar = tqdm(total=1000, desc=f"evaluate run {args.run}", disable=None, file=sys.stderr,
-               bar_format="{l_bar}{bar}| {postfix}")
-
-    def on_poll(info: runs.RunInfo) -> None:
-        bar.n = int(info.progress_fraction * 1000)
-        bar.set_postfix_str(info.progress_message[:60], refresh=True)
-
-    try:
-        info = jobs.wait(run_id, on_poll=on_poll)
-    except KeyboardInterrupt:
-        jobs.cancel(run_id, user)
-        info = jobs.wait(run_id, timeout=60)
-    finally:
-        bar.close()
-    if info.status != "succeeded":
-        last = (info.error or "").strip().splitlines()[-1:] or ["no error recorded"]
-        raise ValueError(f"evaluation job {run_id} {info.status}: {last[0]}")
-    return {"job_id": run_id, "status": info.status, **info.result, "_text": ood.evaluation_text(info.result)}
+    out = _follow(run_id, False, f"evaluate run {args.run}", user)  # the one progress bar + Ctrl-C cancel
+    if out["status"] != "succeeded":
+        raise ValueError(f"evaluation job {run_id} {out['status']}: {out.get('error') or 'no error recorded'}")
+    result = runs.get_run(run_id).result
+    return {"job_id": run_id, "status": out["status"], **result, "_text": ood.evaluation_text(result)}
 
 
 def _export_model(args: argparse.Namespace) -> dict[str, Any]:
