@@ -1,9 +1,13 @@
 """Does curated synthetic data improve the classifier on real cells? Four arms per data regime, paired CIs.
 
+The one entry point of the augmentation-gain benchmark. Without --proxy it runs the product's loop
+(bench/product_loop.py: the app's import, GAN, generation, review API and classifier recipes); with --proxy it runs
+the protocol below, kept for the CI smoke run (--proxy --quick) and for comparison.
+
 Arms: (1) real only, (2) real + unfiltered synthetic, (3) real + curated synthetic (arm 2 minus what the curation
 policy rejects), (4) real + a random subset of arm 2 with arm 3's count per class. The GAN of a regime trains on that
 regime's real train cells only; the classifier is scored on real test cells that neither ever saw.
-Run: .venv/bin/python bench/augmentation_gain.py --data ../shared/data/pbc128 [--quick] [--out bench/results]
+Run: .venv/bin/python bench/augmentation_gain.py --proxy --data ../shared/data/pbc128 [--quick] [--out bench/results]
 Writes augmentation_gain[_quick].json / .md / .png (+ _sets.json with the exact cell keys, + GAN sample grids).
 """
 
@@ -362,7 +366,13 @@ def parse_args(argv: list[str] | None = None) -> GainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run, print the markdown table and where the files went."""
+    """Entry point: --proxy runs this protocol; without it the product loop (bench/product_loop.py) runs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--proxy" not in argv:
+        from bench import product_loop
+
+        return product_loop.main(argv)
+    argv.remove("--proxy")
     cfg = parse_args(argv)
     results = run_benchmark(cfg)
     print(gr.markdown(results, cfg.rare_classes))

@@ -10,11 +10,16 @@ Protocol (issue 15), in a throw-away WBC_HOME:
      and let the scripted reviewer decide all of them, oldest first;
   2. train the acceptance model (wbc_core.feedback.train_model, as the "feedback" job does);
   3. generate `per_class` more per class unsteered, and `per_class` steered (selection: `--steer K` x oversampling);
-  4. the hidden policy judges both sets.
+     with `--finetune-steps N` (> 0), also fine-tune the GAN for N steps with the acceptance model as a reward
+     (wbc_core.gan_finetune, weight `--finetune-weight`) and generate `per_class` from it plain ("finetuned") and with
+     selection on top ("finetuned_steered"), and, as the control that tells the reward's effect from that of N more
+     steps of plain training, the same fine-tune at a negligible reward weight ("continued");
+  4. the hidden policy judges every set.
 Report, per class and overall: the hidden policy's acceptance rate, coverage and FD ratio (judge features, against
-real val cells, wbc_core.quality.evaluate) of unsteered vs steered; reviewer effort: decisions needed to reach a
-quota of `quota` accepted per class in "most likely accepted" order vs oldest first, on the unsteered set of step 3
-(the quota is capped at the class's accepted cells in that set, so both orders can reach it; the cap is reported).
+real val cells, wbc_core.quality.evaluate) of unsteered vs each steered arm; reviewer effort: decisions needed to
+reach a quota of `quota` accepted per class in "most likely accepted" order vs oldest first, on the unsteered set of
+step 3 (the quota is capped at the class's accepted cells in that set, so both orders can reach it; the cap is
+reported).
 
     .venv/bin/python bench/feedback.py [--quick] [--data ../shared/data/pbc128] [--out bench/results]
 
@@ -28,9 +33,7 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -47,6 +50,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.loop_support import machine, run_inline, subset_folder  # noqa: E402
+
 
 @dataclass(frozen=True)
 class FeedbackConfig:
@@ -59,6 +64,9 @@ class FeedbackConfig:
     cells_per_class: int = 0  # real cells imported per class (0 = all)
     per_class: int = 200  # candidates per class in each of the protocol's batches
     steer: int = 5  # oversampling factor of steered generation
+    finetune_steps: int = 400  # GAN fine-tuning steps with the acceptance reward (0 = no fine-tuned arms)
+    finetune_weight: float = 0.01  # weight of the acceptance reward in G's loss (0.1 and 1.0 hack the model)
+    finetune_control: int = 1  # 1: also the "continued" arm, the same steps at reward weight ~0 (0 = not)
     quota: int = 100  # accepted cells per class wanted (reviewer effort)
     gan_steps: int = 2000
     gan_width: int = 32
@@ -71,9 +79,11 @@ class FeedbackConfig:
 
 
 QUICK = dict(cells_per_class=60, per_class=40, steer=3, quota=10, gan_steps=300, gan_width=16, gan_batch=32,
-             ref_model="small_cnn", ref_epochs=3, min_confidence=0.5)
+             ref_model="small_cnn", ref_epochs=3, min_confidence=0.5, finetune_steps=60)
+CONTROL_WEIGHT = 1e-9  # reward weight of the "continued" control arm (the limit needs a weight above 0)
 # Share of the full run's time each stage takes (measured shape, for the ETA line only).
-STAGES = {"import": 0.05, "gan": 0.45, "hidden_reference": 0.15, "batch1": 0.1, "review": 0.05, "acceptance": 0.05,
+STAGES = {"import": 0.05, "gan": 0.4, "hidden_reference": 0.1, "batch1": 0.1, "review": 0.05, "acceptance": 0.05,
+          "finetune": 0.1,
           "batch2": 0.1, "judge_all": 0.05}
 
 
@@ -109,15 +119,7 @@ class Bench:
     @staticmethod
     def inline(run_id: int) -> dict[str, Any]:
         """Execute a queued job's body in this process (as the worker would) and close the run."""
-        from db import runs as runs_db
-        from wbc_core.jobs.kinds import kind
-        from wbc_core.jobs.worker import JobContext
-
-        runs_db.mark_started(run_id, os.getpid(), socket.gethostname())
-        run = runs_db.get_run(run_id)
-        result = kind(run.kind).load()(run, JobContext(run))
-        runs_db.finish_run(run_id, "succeeded", result=result)
-        return result
+        return run_inline(run_id)
 
     # -- the protocol -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -181,10 +183,27 @@ class Bench:
         self.results["acceptance_model"] = model
         self.stage("acceptance", time.monotonic() - t)
 
+        tuned = None
+        if cfg.finetune_steps:
+            from wbc_core.gan_finetune import start_finetune
+
+            t = time.monotonic()
+            tuned = start_finetune(gan, cfg.finetune_steps, cfg.finetune_weight, user=admin, launch=False)
+            self.results["finetune"] = {"run": tuned, **self.inline(tuned)}
+            if cfg.finetune_control:  # the smallest weight the limit allows: N more steps of plain GAN training
+                control = start_finetune(gan, cfg.finetune_steps, CONTROL_WEIGHT, user=admin, launch=False)
+                self.results["finetune_control"] = {"run": control, **self.inline(control)}
+            self.stage("finetune", time.monotonic() - t)
+
         t = time.monotonic()
         plain = generate_candidates(gan, cfg.per_class, seed=2)
-        steered = generate_candidates(gan, cfg.per_class, seed=3, steer=cfg.steer)
-        self.results["steering_report"] = steered.get("steering")
+        batches = {"steered": generate_candidates(gan, cfg.per_class, seed=3, steer=cfg.steer)}
+        self.results["steering_report"] = batches["steered"].get("steering")
+        if tuned is not None:
+            batches["finetuned"] = generate_candidates(tuned, cfg.per_class, seed=4)
+            batches["finetuned_steered"] = generate_candidates(tuned, cfg.per_class, seed=5, steer=cfg.steer)
+            if cfg.finetune_control:
+                batches["continued"] = generate_candidates(control, cfg.per_class, seed=4)
         self.stage("batch2", time.monotonic() - t)
 
         t = time.monotonic()
@@ -192,11 +211,12 @@ class Bench:
 
         row = acc_db.latest_model(dataset_id)
         feedback.score_pending(dataset_id, row)
-        ids_plain, ids_steer = self._batch_ids(plain), self._batch_ids(steered)
+        ids_plain = self._batch_ids(plain)
         v_plain = self._judge(policy, context, ids_plain)
-        v_steer = self._judge(policy, context, ids_steer)
-        self.results["comparison"] = {"unsteered": self._quality(ids_plain, v_plain),
-                                      "steered": self._quality(ids_steer, v_steer)}
+        self.results["comparison"] = {"unsteered": self._quality(ids_plain, v_plain)}
+        for arm, out in batches.items():
+            ids = self._batch_ids(out)
+            self.results["comparison"][arm] = self._quality(ids, self._judge(policy, context, ids))
         self.results["effort"] = self._effort(ids_plain, v_plain, acc_db.scores(row["id"], ids_plain))
         self.results["goals"] = self._goals()
         self.stage("judge_all", time.monotonic() - t)
@@ -204,15 +224,7 @@ class Bench:
 
     def _subset_folder(self) -> Path:
         """The data folder, or (cells_per_class > 0) copies of the first N files per class."""
-        src = Path(self.cfg.data)
-        if not self.cfg.cells_per_class:
-            return src
-        dst = self.tmp / "subset"
-        for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-            (dst / folder.name).mkdir(parents=True)
-            for f in sorted(folder.iterdir())[:self.cfg.cells_per_class]:
-                shutil.copyfile(f, dst / folder.name / f.name)
-        return dst
+        return subset_folder(Path(self.cfg.data), self.tmp / "subset", self.cfg.cells_per_class)
 
     def _hidden_policy(self):  # noqa: ANN202
         from db import datasets as ds_db
@@ -304,37 +316,39 @@ class Bench:
 
     def _goals(self) -> dict[str, Any]:
         comp = self.results["comparison"]
-        gain = {c: comp["steered"][c]["hidden_acceptance"] - comp["unsteered"][c]["hidden_acceptance"]
-                for c in ("overall", "basophil") if c in comp["steered"]}
-        cov = {k: comp[k]["overall"]["coverage"] for k in ("steered", "unsteered")}
-        drop = None if None in cov.values() else cov["unsteered"] - cov["steered"]
         saved = self.results["effort"]["fewer_decisions"]
+        arms = {arm: self._arm_goals(comp, arm) for arm in comp if arm != "unsteered"}
+        # The top-level keys are the selection arm's (as before the fine-tuned arms); every arm is under "arms".
+        return {**arms["steered"], "fewer_decisions": saved,
+                "effort_goal_met": None if saved is None else saved >= 0.30, "arms": arms}
+
+    @staticmethod
+    def _arm_goals(comp: dict[str, Any], arm: str) -> dict[str, Any]:
+        gain = {c: comp[arm][c]["hidden_acceptance"] - comp["unsteered"][c]["hidden_acceptance"]
+                for c in ("overall", "basophil") if c in comp[arm]}
+        cov = {k: comp[k]["overall"]["coverage"] for k in (arm, "unsteered")}
+        drop = None if None in cov.values() else cov["unsteered"] - cov[arm]
         return {"acceptance_gain_points": {k: round(100 * v, 1) for k, v in gain.items()},
                 "acceptance_goal_met": all(v >= 0.20 for v in gain.values()) if gain else None,
-                "coverage_drop": drop, "coverage_goal_met": None if drop is None else drop <= 0.05,
-                "fewer_decisions": saved, "effort_goal_met": None if saved is None else saved >= 0.30}
+                "coverage_drop": drop, "coverage_goal_met": None if drop is None else drop <= 0.05}
 
     def close(self) -> None:
         self.ctx.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def machine() -> dict[str, Any]:
-    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-
-
 def print_table(results: dict[str, Any]) -> None:
     comp = results.get("comparison")
     if not comp:
         return
-    print(f"{'class':<14}{'acc plain':>10}{'acc steer':>10}{'cov plain':>10}{'cov steer':>10}"
-          f"{'FDr plain':>10}{'FDr steer':>10}")
-    fmt = lambda v: f"{v:>10.3f}" if isinstance(v, float) else f"{'-':>10}"  # noqa: E731
-    for c in comp["unsteered"]:
-        u, s = comp["unsteered"][c], comp["steered"][c]
-        print(f"{c:<14}" + "".join(fmt(v) for v in (u["hidden_acceptance"], s["hidden_acceptance"], u["coverage"],
-                                                     s["coverage"], u["fd_ratio"], s["fd_ratio"])))
+    fmt = lambda v: f"{v:>11.3f}" if isinstance(v, float) else f"{'-':>11}"  # noqa: E731
+    short = {"unsteered": "plain", "steered": "steer", "finetuned": "tuned", "finetuned_steered": "tun+st",
+             "continued": "contin"}
+    arms = list(comp)
+    for metric, label in (("hidden_acceptance", "acc"), ("coverage", "cov"), ("fd_ratio", "FDr")):
+        print(f"{'class':<14}" + "".join(f"{label + ' ' + short.get(a, a):>11}" for a in arms))
+        for c in comp["unsteered"]:
+            print(f"{c:<14}" + "".join(fmt(comp[a][c][metric]) for a in arms))
     eff = results["effort"]
     print(f"decisions to quota: oldest first {eff['total']['oldest_first']}, most likely accepted "
           f"{eff['total']['most_likely_accepted']} (fewer: {eff['fewer_decisions']})")

@@ -17,7 +17,9 @@ with COPY (executemany on SQLite) and the table is VACUUM ANALYZEd, as autovacuu
 Candidates share DISTINCT_IMAGES small image files round-robin (rows are what scales, not files).
 
 Run: .venv/bin/python bench/review.py [--candidates 100000] [--other-decisions 20000] [--decisions 30]
-                                      [--database sqlite|postgresql]
+                                      [--database sqlite|postgresql] [--profile server.prof]
+--profile runs the server under py-spy (`pip install py-spy`) and writes collapsed stacks of every thread: where
+a key press's server time goes (it found Streamlit's gc.collect after every rerun).
 Prints and writes bench/results/review.json and .md (review_<database>_<N>.json/.md when not the defaults).
 Needs /usr/bin/chromium.
 """
@@ -25,12 +27,14 @@ Needs /usr/bin/chromium.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -224,21 +228,64 @@ def server_calls(dataset_id: int, calls: int = 10) -> dict[str, dict[str, float]
 # -- server and browser -------------------------------------------------------------------------------------------
 
 
+def review_model_default_retrain() -> int:
+    from wbc_core.review_model import ReviewSettings
+
+    return ReviewSettings().retrain_every
+
+
+def jobs_started() -> list[str]:
+    """The background jobs the measured page started (they share the CPU with the server and the browser)."""
+    from db import runs as runs_db
+
+    return [f"{r.kind} ({r.status})" for r in runs_db.list_runs()]
+
+
+def stop_jobs(grace_s: float = 30.0) -> None:
+    """Stop every run still active in the bench's home: SIGTERM (a checkpointing stop), then SIGKILL."""
+    from db import runs as runs_db
+
+    pids = [r.pid for r in runs_db.active_runs() if r.pid]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for pid in pids:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, log: Path, db_url: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, log: Path, db_url: str | None = None, profile: Path | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """The server as the README starts it; with `profile`, under py-spy (sampled stacks of every thread, collapsed)."""
     port = _free_port()
     env = {**os.environ, "WBC_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     for key in ("WBC_DB_URL", "WBC_AUTH", "WBC_USER"):
         env.pop(key, None)
     if db_url:
         env["WBC_DB_URL"] = db_url
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1"],
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1"]
+    if profile is not None:  # py-spy: pip install py-spy (a dev tool, not a requirement)
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "250",
+                   "--output", str(profile), "--", *command]
+    proc = subprocess.Popen(command,
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -362,7 +409,9 @@ def markdown(result: dict) -> str:
             ("decision: DB row -> grid updated", m["decision_db_to_grid"])]
     lines = [f"# Review page benchmark ({result['candidates']:,} candidates, {result['other_decisions']:,} other "
              f"decisions, {result.get('database', 'sqlite')})", "",
-             f"{result['machine']}; load average at start {result['load_average']}.", "",
+             f"{result['machine']}; load average at the end {result['load_average']}. Automatic acceptance-model "
+             f"retrain every {result.get('retrain_every', '?')} decisions (0 = off); jobs the page started during "
+             f"the run: {', '.join(result.get('jobs_during_measurement') or ['none'])}.", "",
              "| measure | n | p50 ms | p95 ms |", "|---|---|---|---|"]
     lines += [f"| {name} | {s.get('n', '')} | {s['p50_ms']} | {s['p95_ms']} |" for name, s in rows]
     lines += ["", f"Targets: queue open < {TARGETS['queue_open_ms']} ms, decision p95 < {TARGETS['decision_p95_ms']} "
@@ -380,6 +429,10 @@ def main() -> int:
     parser.add_argument("--opens", type=int, default=5)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--profile", type=Path, help="record the server under py-spy into this file (collapsed "
+                        "stacks); timings then carry the sampler's cost")
+    parser.add_argument("--no-retrain", action="store_true", help="turn the dataset's automatic acceptance-model "
+                        "retrain off (by default the decisions start one, as they would for a reviewer)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary WBC_HOME (with review.png, the page)")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
@@ -401,9 +454,15 @@ def main() -> int:
     try:
         setup = populate(home, args.candidates, args.other_decisions)
         print(f"populated in {setup['setup_s']} s", flush=True)
+        if args.no_retrain:  # measure the page alone, without the acceptance-model retrain the decisions start
+            from wbc_core import auth, review_model
+
+            review_model.set_review_settings(setup["dataset_id"], review_model.ReviewSettings(retrain_every=0),
+                                             auth.claim_local_account("bench-admin"))
+        setup["retrain_every"] = 0 if args.no_retrain else review_model_default_retrain()
         calls = server_calls(setup["dataset_id"])
         ctx.database.dispose()  # the server process opens its own connections
-        proc, url = start_server(home, home / "streamlit.log", db_url if cluster else None)
+        proc, url = start_server(home, home / "streamlit.log", db_url if cluster else None, args.profile)
         browser = measure(url, db_url, args.decisions, args.opens, home / "review.png")
         met = {"queue_open": browser["open_review"]["p95_ms"] < TARGETS["queue_open_ms"]
                and browser["switch_class"]["p95_ms"] < TARGETS["queue_open_ms"],
@@ -412,11 +471,16 @@ def main() -> int:
                   "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                              f"Python {platform.python_version()}",
                   "load_average": [round(x, 2) for x in os.getloadavg()], "targets": TARGETS, "targets_met": met,
-                  "browser": browser, "server_calls": calls}
+                  "browser": browser, "server_calls": calls, "jobs_during_measurement": jobs_started()}
     finally:
+        stop_jobs()  # e.g. the acceptance-model retrain the decisions triggered: nothing is left running
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=15)
+            # py-spy writes its profile on Ctrl-C (and stops the server with it); a plain server gets SIGTERM
+            if args.profile:
+                proc.send_signal(signal.SIGINT)
+            else:
+                proc.terminate()
+            proc.wait(timeout=60)
         ctx.close()
         if cluster is not None:
             cluster.stop()
@@ -425,7 +489,7 @@ def main() -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = ("review" if (args.database, args.candidates) == ("sqlite", 100_000)
-            else f"review_{args.database}_{args.candidates}")
+            else f"review_{args.database}_{args.candidates}") + ("_no_retrain" if args.no_retrain else "")
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))

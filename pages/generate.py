@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages.ui import frame, signin, widgets
-from wbc_core import gan_runs, generation, jobs, quality_views, views
+from wbc_core import gan_finetune, gan_runs, generation, jobs, limits, quality_views, views
 
 user = frame.ensure_frame()
 st.title("Generate")
@@ -62,6 +62,8 @@ with st.expander("All GAN runs of this dataset"):
     st.dataframe(table[["run", "status", "progress", "device", "seed", "created", "started by", "cancelled by"]],
                  width="stretch", hide_index=True)
 run_ids = table["run"].tolist()
+if st.session_state.get("gan_run_next") in run_ids:  # a run started below (after the list was drawn) is shown next
+    st.session_state["gan_run"] = st.session_state.pop("gan_run_next")
 if st.session_state.get("gan_run") not in run_ids:  # first visit, or another dataset was chosen
     st.session_state["gan_run"] = run_ids[0]
 # Keyed, with labels that never change: a label carrying the live status would change when the run ends,
@@ -105,6 +107,32 @@ def live_panel(run_id: int, was_active: bool) -> None:
 
 row_labels = views.grid_row_labels(run_id)
 live_panel(run_id, state["active"])
+tuned_from = gan_finetune.describe(state["config"])
+if tuned_from:
+    st.caption(tuned_from)
+
+with st.expander("Fine-tune with the acceptance model"):
+    st.caption("Continues this run's newest checkpoint with the dataset's acceptance model (learnt from review "
+               "decisions) as an extra reward for the generator; the discriminator keeps training, so the cells stay "
+               "realistic. It runs as a new GAN run whose checkpoints show here like any other; candidates from it "
+               "are recorded as steered by that model.")
+    ft_cols = st.columns([1, 1, 2])
+    lim_steps, lim_weight = limits.bound("finetune_steps"), limits.bound("finetune_reward_weight")
+    ft_steps = ft_cols[0].number_input("Fine-tuning steps", int(lim_steps.min), int(lim_steps.max), 500, 50,
+                                       key="ft_steps")
+    ft_weight = ft_cols[1].number_input("Reward weight", 0.001, float(lim_weight.max), 0.01, 0.005, format="%.3f",
+                                        key="ft_weight",
+                                        help="weight of -log p(accepted) in the generator's loss, next to the "
+                                             "adversarial loss (weight 1); large weights (0.1 and more on PBC) let "
+                                             "the generator fool the acceptance model at the cost of realism")
+    if ft_cols[2].button("Start fine-tuning", key="finetune", disabled=not can_train or state["active"]):
+        try:
+            tuned = gan_finetune.start_finetune(run_id, int(ft_steps), float(ft_weight), user=user)
+        except (ValueError, LookupError, PermissionError) as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state["gan_run_next"] = tuned
+            st.toast(f"Fine-tuning run {tuned} started in the background; it is selected in the run list next.")
 
 st.subheader("Create candidates for review")
 steps_saved = [c["step"] for c in state["checkpoints"] if c["has_weights"]]

@@ -260,10 +260,11 @@ def _detail_view(current: dict, home: str) -> None:
         st.caption("Real-only classifier: class probabilities")
         st.plotly_chart(cell_detail.probabilities_figure(detail["probabilities"]), key="rv_probs",
                         config={"displayModeBar": False, "staticPlot": True}, width="stretch")
-        shown = [(t, n) for t, n in ((look.thumb(n["path"], 96, home), n) for n in detail["neighbours"]) if t]
+        shown = [(t, n) for t, n in ((look.thumb(n["path"], look.NEIGHBOUR_PX, home), n)
+                                     for n in detail["neighbours"]) if t]
         if shown:
             st.caption("Nearest real train cells (classifier feature distance)")
-            st.image([t for t, _ in shown], width=72, output_format="PNG",
+            st.image([t for t, _ in shown], width=look.NEIGHBOUR_PX, output_format="PNG",
                      caption=[f"{n['class_name']} · {n['distance']:.2f}" + (f" · #{n['image_id']}" if is_admin else "")
                               for _, n in shown])
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -145,6 +145,35 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
         pytest.fail(f"CI runs every test, but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def drawn_candidates(rng: np.random.Generator, class_name: str, kind: str, colour: tuple[int, int, int], n: int,
+                     size: int) -> list[dict]:
+    """n candidate rows of one class drawn in one colour, their files written under the active home's images/."""
+    from wbc_core.context import current
+
+    rows = []
+    for i in range(n):
+        rel = f"images/{class_name}_{kind}_{i}.png"
+        (current().home / rel).parent.mkdir(parents=True, exist_ok=True)
+        draw_cell(rng, size, colour).save(current().home / rel)
+        rows.append(dict(origin="synthetic", class_name=class_name, split=None, sha256=f"{class_name}{kind}{i}",
+                         path=rel, width=size, height=size))
+    return rows
+
+
+def require_module(name: str, why: str) -> Any:  # noqa: ANN401 - the module
+    """Import an optional test dependency; missing, the test (or module) skips here and fails under CI."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        reason = f"{name} is not installed ({why}; pip install -r requirements-dev.txt)"
+        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
+            pytest.fail(f"CI runs every test, but {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import account, draw_cell
+from support import account, draw_cell, require_module
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
@@ -178,7 +178,7 @@ def test_hf_export_holds_the_zip_files_in_imagefolder_layout(curated, tmp_path):
 
 
 def test_hf_export_loads_with_one_line_of_datasets(curated, tmp_path):
-    datasets = pytest.importorskip("datasets")  # optional: only to prove the layout; not a dependency
+    datasets = require_module("datasets", "it proves the Hugging Face layout loads")  # a dev dependency only
     dataset_id, _ = curated
     summary = export_curated(dataset_id, tmp_path / "hf", "hf", user=account())
     loaded = datasets.load_dataset("imagefolder", data_dir=str(summary.path), cache_dir=str(tmp_path / "cache"))

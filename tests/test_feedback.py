@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import account, draw_cell
+from support import account, draw_cell, drawn_candidates
 
 from db import acceptance as acc_db
 from db import datasets
@@ -53,12 +53,7 @@ def cells(wbc_home):
     for c in "ab":
         rows = []
         for kind, colour in (("good", GOOD), ("bad", BAD)):
-            for i in range(8):
-                rel = f"images/{c}_{kind}_{i}.png"
-                (current().home / rel).parent.mkdir(parents=True, exist_ok=True)
-                draw_cell(rng, 16, colour).save(current().home / rel)
-                rows.append(dict(origin="synthetic", class_name=c, split=None, sha256=f"{c}{kind}{i}", path=rel,
-                                 width=16, height=16))
+            rows += drawn_candidates(rng, c, kind, colour, 8, 16)
         ids = datasets.add_images(dataset_id, rows)
         out[c] = (ids[:8], ids[8:])
     return dataset_id, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -9,6 +10,7 @@ from support import account
 
 from db import runs
 from wbc_core import jobs
+from wbc_core.jobs.worker import JOB_NICENESS
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -20,8 +22,6 @@ def _start(config: dict) -> int:
 
 
 def test_job_runs_in_its_own_process_and_reports_progress(wbc_home):
-    import os
-
     run_id = _start({"steps": 4, "sleep": 0.01})
     info = jobs.wait(run_id, timeout=60)
     assert info.status == "succeeded", info.error
@@ -29,6 +29,7 @@ def test_job_runs_in_its_own_process_and_reports_progress(wbc_home):
     values = [m["value"] for m in runs.metrics([run_id], ["value"])]
     assert values == [1.0, 2.0, 3.0, 4.0]
     assert info.result["steps_done"] == 4
+    assert info.result["niceness"] >= JOB_NICENESS > os.nice(0)  # it yields the CPU to the page server
     assert info.progress_fraction == 1.0
 
 

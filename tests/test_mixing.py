@@ -206,7 +206,7 @@ def run_recorded(monkeypatch: pytest.MonkeyPatch, dataset_id: int, mix: MixConfi
                  ) -> tuple[runs_db.RunInfo, list[dict], list[dict]]:
     recorder = Recorder()
     monkeypatch.setattr(classifier_pkg, "train_classifier", recorder)
-    monkeypatch.setattr(retrain, "_write_exports", lambda run_id: "skipped in tests")
+    monkeypatch.setattr(retrain, "_write_exports", lambda *args: "skipped in tests")
     run_id = retrain.start_classifier_run(dataset_id, "curated", {**FAST, "epochs": epochs}, launch=False, mix=mix,
                                           user=account())
     manifest = read_train_set(jobs.run_dir(run_id))

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from support import require_module
 from test_classifier import CLASSES, SIZE, fast_config, make_blobs
 
 from wbc_core.classifier import export_onnx, export_torchscript, load_classifier, load_onnx, predict_proba
 from wbc_core.classifier.export import ONNX_META_KEY
 from wbc_core.classifier.inference import MODEL_FORMATS, load_model_file
 
-pytest.importorskip("onnxruntime")
+require_module("onnxruntime", "it checks every ONNX export")
 
 
 @pytest.fixture(scope="module")

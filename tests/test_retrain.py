@@ -14,9 +14,10 @@ from test_results import FAST, add_candidates
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from wbc_core import jobs, retrain, review_model, views
+from wbc_core import jobs, results, retrain, review_model, views
 from wbc_core.classifier import BATCH_METRICS, EPOCH_METRICS
 from wbc_core.cli import main as cli
+from wbc_core.context import current
 from wbc_core.importing import import_folder
 from wbc_core.jobs import groups, launcher
 
@@ -112,6 +113,12 @@ def test_group_runs_train_one_after_another(dataset):
     infos = [jobs.wait(r, timeout=240) for r in launched.run_ids]
     assert [i.status for i in infos] == ["succeeded"] * 2, [i.error for i in infos]
     assert [i.seed for i in infos] == [1, 2]
+    # The job writes its downloads itself (it once asked for a finished run's checkpoint while still running).
+    assert infos[0].result["exports"] == "written"
+    model = current().absolute(infos[0].result["model_path"])
+    card = json.loads(model.with_name(results.MODEL_CARD_FILE).read_text())
+    assert model.with_name(results.TORCHSCRIPT_FILE).is_file()
+    assert card["run"] == launched.run_ids[0] and card["test"]["macro_f1"] == infos[0].result["test"]["macro_f1"]
     for before, after in zip(infos, infos[1:], strict=False):
         assert after.started_at >= before.finished_at, "two arms trained at the same time"
     assert chain.wait(timeout=60) == 0

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import account, draw_cell
+from support import account, draw_cell, require_module
 
 from db import datasets as ds_db
 from db import runs as runs_db
 from wbc_core import context, tracking
 from wbc_core.context import current
 
-pytest.importorskip("mlflow")
+require_module("mlflow", "the MLflow tracking tests need its client")
 
 
 @pytest.fixture()

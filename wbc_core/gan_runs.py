@@ -86,6 +86,11 @@ def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
     out_dir = jobs.run_dir(run.id)
     resume = latest_full_checkpoint(out_dir) or _parent_checkpoint(run)
     runs_db.set_device(run.id, _device_name(config.device))
+    hooks = None
+    if run.config.get("finetune"):  # a fine-tune: the acceptance model is one more term of G's loss (gan_finetune)
+        from wbc_core.gan_finetune import training_hooks
+
+        hooks = training_hooks(run, info.class_names, config.device)
     progress = ctx.progress
     if config.quality_every_checkpoint:
         def progress(event):  # noqa: ANN001, ANN202 - wraps ctx.progress: metrics for each checkpoint it records
@@ -99,9 +104,20 @@ def run_gan_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN001
                 except QualityError as exc:  # unmeasurable data must not cost the GAN run; the log says why
                     print(f"quality not measured at step {event.step}: {exc}", flush=True)
     result = train_gan(data, info.class_names, config, out_dir, progress=progress, should_stop=ctx.should_stop,
-                       resume_from=resume)
-    return {"steps_done": result.steps_done, "stopped": result.stopped, "sec_per_step": result.sec_per_step,
-            "last_checkpoint": ctx.relative(result.last_checkpoint), "device": result.device}
+                       resume_from=resume, hooks=hooks)
+    out = {"steps_done": result.steps_done, "stopped": result.stopped, "sec_per_step": result.sec_per_step,
+           "last_checkpoint": ctx.relative(result.last_checkpoint), "device": result.device}
+    if hooks is not None:
+        out["finetune"] = {**hooks.checkpoint_extra["finetune"], **_reward_metrics(result.last_checkpoint)}
+    return out
+
+
+def _reward_metrics(checkpoint: Path) -> dict[str, float]:
+    """The fine-tune's last reward metric, as its final checkpoint recorded it."""
+    from wbc_core.gan.checkpoint import load_checkpoint
+
+    metrics = load_checkpoint(checkpoint).get("metrics", {})
+    return {k: float(v) for k, v in metrics.items() if k.startswith("reward_")}
 
 
 def _parent_checkpoint(run: runs_db.RunInfo) -> Path | None:
@@ -178,6 +194,9 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
     rows: list[dict[str, Any]] = []
     generated: list[Any] = []
     steering = _steering(run.dataset_id, steer) if steer else None
+    # A fine-tuned generator's cells are steered too: by the acceptance model it was tuned with (gan_finetune).
+    tuned = run.config.get("finetune") or {}
+    steer_model = steering[0]["id"] if steering else tuned.get("acceptance_model_id")
     reports: dict[str, Any] = {}
     for done, class_name in enumerate(wanted):
         if should_stop is not None and should_stop():
@@ -202,12 +221,14 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
                          "path": str(target.relative_to(current().home)), "width": cell.shape[2],
                          "height": cell.shape[1], "source": f"gan:run_{run_id}/step_{step}/seed_{seed}#{i}",
                          "gan_run_id": run_id, "checkpoint_step": step, "seed": seed,
-                         "steered": steering is not None, "steer_model_id": steering[0]["id"] if steering else None})
+                         "steered": steer_model is not None, "steer_model_id": steer_model})
         if progress is not None:
             progress(done + 1, len(wanted))
     ids = ds_db.add_images(run.dataset_id, rows)
     out = {"run_id": run_id, "checkpoint_step": step, "seed": seed, "per_class": per_class,
            "classes": wanted, "candidates": len(ids), "first_id": ids[0] if ids else None}
+    if tuned:
+        out["finetune"] = tuned
     if steering is not None:
         from wbc_core.steering import overall_report
 

@@ -158,6 +158,9 @@ _ALL = (
     Limit("blind_fraction", 0, 0.5, False, "share of real cells in the blind test", min_open=True),
     Limit("retrain_every", 0, 100_000, True, "new decisions between acceptance-model retrains (0 = never)"),
     Limit("steer_factor", 1, 50, True, "steering oversampling factor (latent codes per kept candidate)"),
+    # GAN fine-tuning with the acceptance model as a reward (wbc_core.gan_finetune)
+    Limit("finetune_steps", 1, 100_000, True, "fine-tuning steps"),
+    Limit("finetune_reward_weight", 0, 100, False, "acceptance reward weight", min_open=True),
     # Import and demo
     Limit("split_fraction", 0, 0.5, False, "val or test fraction"),
     Limit("demo_per_class", 1, 5000, True, "demo cells per class"),

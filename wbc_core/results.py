@@ -267,7 +267,10 @@ def onnx_path(run_id: int) -> Path:
 
 def _export(run_id: int, filename: str, exporter: str) -> Path:
     """The export next to a run's checkpoint, (re)written by wbc_core.classifier.<exporter> when missing or older."""
-    source = checkpoint_path(run_id)
+    return _export_of(checkpoint_path(run_id), filename, exporter)
+
+
+def _export_of(source: Path, filename: str, exporter: str) -> Path:
     target = source.with_name(filename)
     if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
         import wbc_core.classifier as classifier  # torch only here, in the process that exports
@@ -289,6 +292,10 @@ def model_card(run_id: int) -> dict[str, Any]:
     card_file = source.with_name(MODEL_CARD_FILE)
     if card_file.exists() and card_file.stat().st_mtime >= source.stat().st_mtime:
         return json.loads(card_file.read_text())
+    return _card(run_id, source, runs_db.get_run(run_id).result.get("test"))
+
+
+def _card(run_id: int, source: Path, test: dict[str, Any] | None) -> dict[str, Any]:
     from wbc_core.classifier import load_classifier
 
     loaded = load_classifier(source)
@@ -298,18 +305,19 @@ def model_card(run_id: int) -> dict[str, Any]:
             "input": "RGB, centre-cropped to a square, resized (bicubic) to image_size, uint8 0..255, "
                      "divided by 255 then normalised with mean/std (the TorchScript file does this itself)",
             "epoch": loaded.epoch, "recipe": info.recipe, "seed": info.seed, "train_set_hash": info.train_set_hash,
-            "test": {k: (info.result.get("test") or {}).get(k) for k in ("accuracy", "macro_f1", "ci")}}
+            "test": {k: (test or {}).get(k) for k in ("accuracy", "macro_f1", "ci")}}
 
 
-def write_exports(run_id: int) -> None:
-    """Write the TorchScript export and the model card next to a finished run's checkpoint.
+def write_exports(run_id: int, checkpoint: Path, test: dict[str, Any] | None) -> None:
+    """Write the TorchScript export and the model card (with the test headline) next to the run's checkpoint.
 
-    Called at the end of the classifier job, so that a download in the page server only reads files. ONNX (about
-    10 s per model on 2 cores) is written on request by `export-model`, in the CLI's own process.
+    Called at the end of the classifier job, so that a download in the page server only reads files; the job
+    names its own checkpoint because its run is still running (checkpoint_path serves finished runs only). ONNX
+    (about 10 s per model on 2 cores) is written on request by `export-model`, in the CLI's own process.
     """
-    torchscript_path(run_id)
-    card = model_card(run_id)
-    checkpoint_path(run_id).with_name(MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
+    _export_of(checkpoint, TORCHSCRIPT_FILE, "export_torchscript")
+    card = _card(run_id, checkpoint, test)
+    checkpoint.with_name(MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
 
 
 def model_bytes(run_id: int, fmt: str) -> bytes:

@@ -86,11 +86,13 @@ def assert_evaluable(rows: list[ImageRow], split: str) -> None:
 def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: dict[str, Any] | None = None,
                          rule: ConsensusRule | None = None, synthetic_cap: float | None = None,
                          group_name: str | None = None, launch: bool = True, mix: MixConfig | None = None, *,
-                         user: User) -> int:
+                         user: User, training_set: Mixed | None = None) -> int:
     """Freeze the recipe's training set, record the run, and launch the training job.
 
     mix: the mixing strategy (wbc_core.mixing); synthetic_cap is the older spelling of MixConfig("share", cap).
     user is the acting account (needs the train permission); the run records it as its starter.
+    training_set: an explicit set (rows, labels, weights) instead of the recipe's, e.g. a benchmark's random subset
+    of candidates; it is checked like any other (real train cells and candidates only) and the run says so.
     """
     from wbc_core.classifier import ClassifierConfig
 
@@ -104,7 +106,9 @@ def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: di
     synthetic_cap = None if synthetic_cap is None else limits.check("synthetic_cap", synthetic_cap)  # NaN refused
     mix = _resolve_mix(recipe, mix, synthetic_cap, config.epochs)
     rule = rule or get_review_settings(info.id).rule  # the dataset's own consensus rule unless overridden
-    rows, labels, weights = mixed_training_set(info.id, recipe, rule, mix, seed=config.seed)
+    if training_set is not None:
+        assert_trainable(training_set.rows)
+    rows, labels, weights = training_set or mixed_training_set(info.id, recipe, rule, mix, seed=config.seed)
     if not rows:
         raise RetrainError(f"dataset {info.name!r} has no train cells")
     limits.check_classifier_job(config, len(rows))  # plain refusal when a training step cannot fit in memory
@@ -115,6 +119,8 @@ def start_classifier_run(dataset: str | int, recipe: str = "real", overrides: di
     summary["decisions_snapshot"] = decisions_snapshot_hash(decisions)
     run_config = {**config.to_dict(), "recipe": recipe, "consensus_rule": asdict(rule),
                   "synthetic_cap": mix.share if mix else None, "mix": mix.to_dict() if mix else None}
+    if training_set is not None:
+        run_config["training_set"] = "explicit"
     run_id = runs_db.create_run("classifier", info.id, run_config, seed=config.seed, recipe=recipe,
                                 group_name=group_name, split_hash=info.split_hash, started_by=who)
     runs_db.set_training_set(run_id, digest, len(rows), summary)
@@ -191,7 +197,7 @@ def run_classifier_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: AN
         summary["test"] = results.score_and_save(result.checkpoint, test, [r.id for r in test_rows],
                                                  [r.id for r in val_rows], info.class_names, result.device, out_dir)
         summary["test_size"] = len(test_rows)
-    summary["exports"] = _write_exports(run.id)
+    summary["exports"] = _write_exports(run.id, result.checkpoint, summary.get("test"))
     return summary
 
 
@@ -266,12 +272,12 @@ def _staged(progress: Any, offset: int, total: int, label: str) -> Any:  # noqa:
     return emit
 
 
-def _write_exports(run_id: int) -> str:
-    """TorchScript, ONNX and the model card, written now so downloads never compute in the page server."""
+def _write_exports(run_id: int, checkpoint: Path, test: dict[str, Any] | None) -> str:
+    """TorchScript and the model card, written now so downloads never compute in the page server."""
     from wbc_core import results
 
     try:
-        results.write_exports(run_id)
+        results.write_exports(run_id, checkpoint, test)
     except Exception as exc:  # noqa: BLE001 - an exporter that cannot handle a model must not fail the run
         print(f"model exports not written: {type(exc).__name__}: {exc}", flush=True)
         return f"not written: {exc}"

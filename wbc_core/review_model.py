@@ -24,6 +24,7 @@ from db.models import utcnow
 from wbc_core import limits
 from wbc_core.auth import PermissionDenied, User, authorize
 from wbc_core.context import current
+from wbc_core.decision_tally import TallyCounts, tally_for, vote_of
 
 __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
            "ReviewSettings", "accepted_candidates", "adjudicate", "class_summary", "consensus", "decide",
@@ -156,10 +157,6 @@ def undo_last(dataset_id: int, reviewer: str, n: int = 1, *, user: User) -> list
     return image_ids
 
 
-def _vote(row: dict[str, Any]) -> str:
-    return f"relabel:{row['new_class']}" if row["verdict"] == "relabel" else row["verdict"]
-
-
 def _rule(dataset_id: int, rule: ConsensusRule | None) -> ConsensusRule:
     return rule if rule is not None else get_review_settings(dataset_id).rule
 
@@ -177,7 +174,7 @@ def _consensus(dataset_id: int, rule: ConsensusRule) -> tuple[dict[int, Outcome]
     votes: dict[int, dict[str, str]] = defaultdict(dict)
     intended: dict[int, str] = {}
     for row in decisions_db.current_decisions(dataset_id, origin="synthetic"):
-        votes[row["image_id"]][row["reviewer"]] = _vote(row)
+        votes[row["image_id"]][row["reviewer"]] = vote_of(row)
         intended[row["image_id"]] = row["class_name"]
     outcomes = {image_id: outcome_of(v, intended[image_id], rule) for image_id, v in votes.items()}
     for row in decisions_db.current_adjudications(dataset_id):
@@ -212,33 +209,38 @@ def accepted_candidates(dataset_id: int, rule: ConsensusRule | None = None) -> l
     return [(row, accepted[row.id]) for row in rows if row.origin == "synthetic"]
 
 
+def _tally_counts(dataset_id: int, rule: ConsensusRule) -> TallyCounts:
+    def judge(votes: dict[str, str], intended: str) -> tuple[str, str | None]:
+        outcome = outcome_of(votes, intended, rule)
+        return outcome.status, outcome.final_class
+    return tally_for(current().caches, dataset_id).counts(rule, judge)
+
+
 def class_summary(dataset_id: int, rule: ConsensusRule | None = None) -> list[dict[str, Any]]:
     """Per intended class: candidates, accepted, rejected, disputed, pending; accepted_final, quota, quota_met.
 
     accepted_final counts accepted candidates by their final class (relabels applied): what the quota is on.
+    Counted from the process's decision tally (wbc_core.decision_tally: only new rows are read) plus candidate
+    counts in SQL: loading 100k candidate rows, or every current vote, would take a large part of a second.
     """
     settings = get_review_settings(dataset_id)
-    outcomes, intended = _consensus(dataset_id, rule if rule is not None else settings.rule)
-    # Counted in SQL plus the decided ones only: loading 100k candidate rows would take seconds per rerun.
+    tallied = _tally_counts(dataset_id, rule if rule is not None else settings.rule)
     per_class: dict[str, Counter] = defaultdict(Counter)
     for class_name, n in decisions_db.candidate_counts(dataset_id).items():
-        per_class[class_name]["candidates"] = per_class[class_name]["pending"] = n
-    final: Counter = Counter()
-    for image_id, outcome in outcomes.items():
-        counts = per_class[intended[image_id]]
-        if outcome.status != "pending":
-            counts["pending"] -= 1
-            counts[outcome.status] += 1
-        if outcome.status == "accepted":
-            final[outcome.final_class] += 1
+        per_class[class_name]["candidates"] = n
+    for class_name, statuses in tallied.status.items():
+        for status in ("accepted", "rejected", "disputed"):  # "pending" here: fewer votes than the rule needs
+            per_class[class_name][status] += statuses[status]
     out = []
     for c in sorted(set(per_class) | set(settings.quotas)):
         counts = per_class[c]
+        decided = counts["accepted"] + counts["rejected"] + counts["disputed"]
         quota = settings.quotas.get(c)
-        out.append({"class_name": c, **{k: counts.get(k, 0) for k in
-                                        ("candidates", "accepted", "rejected", "disputed", "pending")},
-                    "accepted_final": final[c], "quota": quota,
-                    "quota_met": None if quota is None else final[c] >= quota})
+        out.append({"class_name": c, **{k: counts.get(k, 0) for k in ("candidates", "accepted", "rejected",
+                                                                        "disputed")},
+                    "pending": counts["candidates"] - decided,
+                    "accepted_final": tallied.final[c], "quota": quota,
+                    "quota_met": None if quota is None else tallied.final[c] >= quota})
     return out
 
 
@@ -313,14 +315,12 @@ def reviewer_progress(dataset_id: int) -> list[dict[str, Any]]:
 
     Counts include the reviewer's own blind real cells, so they match what that reviewer's queue shows.
     """
-    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for row in decisions_db.progress_by_reviewer(dataset_id):
-        counts[(row["reviewer"], row["class_name"])][row["verdict"]] += row["n"]
+    counts = _tally_counts(dataset_id, get_review_settings(dataset_id).rule).verdicts
     candidates = decisions_db.candidate_counts(dataset_id)
     blind = Counter((b["reviewer"], b["class_name"]) for b in decisions_db.blind_items(dataset_id))
     out = []
-    for reviewer, class_name in sorted(set(counts) | set(blind)):
-        c = counts[(reviewer, class_name)]
+    for reviewer, class_name in sorted({key for key, c in counts.items() if +c} | set(blind)):
+        c = counts.get((reviewer, class_name), Counter())
         decided = c["accept"] + c["reject"] + c["relabel"]
         queue = candidates.get(class_name, 0) + blind[(reviewer, class_name)]
         out.append({"reviewer": reviewer, "class_name": class_name, "queue": queue, "decided": decided,

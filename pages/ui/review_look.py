@@ -24,6 +24,9 @@ DETAIL_MIN_PX = 320  # the detail view is a whole multiple of the stored size, a
 DETAIL_MAX_PX = 448  # ... and at most this (larger stored cells are shown shrunk)
 ZOOMS = (1, 2, 4)  # detail zoom on top of that, native pixels unsmoothed
 DETAIL_NEIGHBOURS = 5  # nearest real train cells shown next to the cursor cell
+# Their thumbnails are made at the size they are shown: a larger one made Streamlit resize and re-encode every
+# neighbour on every key press.
+NEIGHBOUR_PX = 72
 # The quota gauge's consensus counts are shared by all sessions and refreshed in the background at most this often:
 # class_summary costs ~0.3 s at 100k candidates and 20k decisions, too much for every key press.
 SUMMARY_MAX_AGE_S = 10.0

@@ -30,7 +30,7 @@ EXIT_INTERRUPTED = 130
 # Each of these modules defines register(subparsers) and COMMANDS = {name: handler(args) -> dict}.
 EXTENSION_MODULES: list[str] = ["wbc_core.cli.data", "wbc_core.cli.review_admin", "wbc_core.cli.quality",
                                 "wbc_core.cli.results", "wbc_core.cli.doctor", "wbc_core.cli.manage",
-                                "wbc_core.cli.feedback"]
+                                "wbc_core.cli.feedback", "wbc_core.cli.gan"]
 # Errors whose message is meant for the user as it stands; anything else is reported as unexpected, with a log.
 PLAIN_ERRORS = (ValueError, LookupError, OSError)
 JSON_HELP = "print one JSON object instead of text (accepted before or after the command)"

@@ -20,6 +20,8 @@ _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 REQUIRED_KEYS = ("config", "class_names", "step", "generator", "generator_ema", "discriminator")
 # A "light" checkpoint keeps only what sampling and grids need: ~1/7 of a full one at the default width.
 LIGHT_KEYS = ("config", "class_names", "step", "generator_ema")
+# Kept too when a checkpoint is lightened, where present: its metrics and what it was fine-tuned from (gan_finetune).
+DESCRIBING_KEYS = ("metrics", "finetune")
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -128,7 +130,7 @@ def lighten_checkpoint(path: Path) -> Path:
     data = load_checkpoint(path)
     if not is_full(data):
         return Path(path)
-    light = {k: data[k] for k in (*LIGHT_KEYS, "metrics") if k in data}
+    light = {k: data[k] for k in (*LIGHT_KEYS, *DESCRIBING_KEYS) if k in data}
     return save_checkpoint({**light, "light": True}, path)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ class GanResult:
     seconds: float  # wall time of the whole call, setup and final save included
     sec_per_step: float  # loop wall time / steps run in this call (periodic grids and checkpoints included)
     device: str  # device actually used, e.g. "cpu" or "cuda"
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller adds to plain GAN training (wbc_core.gan_finetune: the acceptance reward); all optional."""
+
+    g_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # extra G loss (GanStepper.g_extra)
+    metrics: Callable[[], dict[str, float]] | None = None  # more metrics for each progress report (means since last)
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # more keys in every checkpoint and gan_config.json
+    # A fine-tune that starts from a checkpoint of step S: resumed at S, the live generator starts from the EMA
+    # weights (the better generator, which all sampling uses), and the EMA warm-up restarts at S, since with the
+    # full 0.999 decay a short fine-tune would leave the averaged generator mostly the parent's.
+    ema_restart_step: int | None = None
 
 
 class BalancedSampler:
@@ -121,8 +135,8 @@ def _load_resume(path: Path, config: GanConfig, class_names: list[str]) -> dict[
 
 def train_gan(data: LabelledImages, class_names: list[str], config: GanConfig, out_dir: Path,
               progress: ProgressFn = no_progress, should_stop: ShouldStopFn = never_stop,
-              resume_from: Path | None = None) -> GanResult:
-    """Train a class-conditional GAN on data, writing grids and checkpoints under out_dir."""
+              resume_from: Path | None = None, hooks: TrainHooks | None = None) -> GanResult:
+    """Train a class-conditional GAN on data, writing grids and checkpoints under out_dir (hooks: see TrainHooks)."""
     t_call = time.perf_counter()
     _check_inputs(data, class_names, config)
     device = resolve_device(config.device)
@@ -131,9 +145,11 @@ def train_gan(data: LabelledImages, class_names: list[str], config: GanConfig, o
     out_dir = Path(out_dir)
     resume = _load_resume(Path(resume_from), config, class_names) if resume_from is not None else None
     with thread_limit(config.num_threads):
-        run = _Run(data, class_names, config, out_dir, device, progress)
+        run = _Run(data, class_names, config, out_dir, device, progress, hooks or TrainHooks())
         if resume is not None:
             run.restore(resume)
+            if run.hooks.ema_restart_step is not None and run.step == run.hooks.ema_restart_step:
+                run.g.load_state_dict(resume["generator_ema"])  # a fine-tune's start (not a resume of it)
             if Path(resume_from).resolve().parent == checkpoint_dir(out_dir).resolve():
                 run.last_checkpoint = Path(resume_from)  # lightened once the next full checkpoint is safely written
         return run.loop(should_stop, t_call)
@@ -143,12 +159,13 @@ class _Run:
     """State of one train_gan call; split out so the loop body stays readable."""
 
     def __init__(self, data: LabelledImages, class_names: list[str], config: GanConfig, out_dir: Path,
-                 device: torch.device, progress: ProgressFn) -> None:
+                 device: torch.device, progress: ProgressFn, hooks: TrainHooks) -> None:
         torch.manual_seed(config.seed)
         self.config, self.class_names, self.out_dir = config, list(class_names), out_dir
-        self.device, self.progress = device, progress
+        self.device, self.progress, self.hooks = device, progress, hooks
         self.g, self.d = build_networks(config, len(class_names))
         self.stepper = GanStepper(self.g, self.d, config, device)
+        self.stepper.g_extra = hooks.g_loss
         # Compiled or eager: decided once per device from measurements, for this run's planned steps.
         dtype = self.stepper.amp_dtype
         # Measured at 64 px, batch 64, widths 64: the saving per step scales with the work (~ batch, pixels, width^2).
@@ -167,7 +184,7 @@ class _Run:
         self.sampler = BalancedSampler(data.labels, device, config.seed)
         # The run folder describes itself even before the first checkpoint lands.
         options = json.dumps({"config": config.to_dict(), "class_names": self.class_names,
-                              "speed": self.speed.describe()}, indent=2)
+                              "speed": self.speed.describe(), **hooks.checkpoint_extra}, indent=2)
         write_atomic(out_dir / "gan_config.json", lambda tmp: tmp.write_text(options))
         self.step = 0
         self.ema_fresh_step = -1  # step at which the EMA's BN stats were last refreshed
@@ -195,6 +212,7 @@ class _Run:
                                         message=f"{self.speed.reason}; the first step compiles it"))
         window_steps, t_loop = 0, time.perf_counter()
         t_window = t_loop
+        ema_start = max(c.ema_start, self.hooks.ema_restart_step or 0)
         while self.step < c.steps:
             if should_stop():
                 stopped = True
@@ -206,10 +224,10 @@ class _Run:
             acc += self.stepper.step(real, y_real, z, y_fake)
             self.step += 1
             window_steps += 1
-            if self.step > c.ema_start:
+            if self.step > ema_start:
                 # Warm the decay up (TF ExponentialMovingAverage style): a fixed 0.999 right after ema_start would
                 # keep most of the weight on the early, fast-moving generator for ~1000 steps and blur the grids.
-                t = self.step - c.ema_start
+                t = self.step - ema_start
                 _ema_update(self.ema, self.g, min(c.ema_decay, (1.0 + t) / (10.0 + t)))
             else:  # early weights move too fast for an average to be useful: track the live generator exactly
                 with torch.no_grad():
@@ -246,6 +264,8 @@ class _Run:
         self.last_metrics = dict(zip(METRIC_NAMES, mean.tolist(), strict=True))
         self.last_metrics["sec_per_step"] = sec_per_step
         self.last_metrics["compiled"] = float(self.speed.compiled)
+        if self.hooks.metrics is not None:
+            self.last_metrics.update(self.hooks.metrics())
 
     def _emit(self, grid: bool, ckpt: bool, message: str) -> None:
         artifacts: dict[str, str] = {}
@@ -286,6 +306,7 @@ class _Run:
             "rng": _rng_state(self.device, self.sampler),
             "metrics": dict(self.last_metrics),
             "speed": self.speed.describe(),  # compiled or eager (and any fall-back): the run describes itself
+            **self.hooks.checkpoint_extra,
         }
         previous = self.last_checkpoint
         self.last_checkpoint = save_checkpoint(payload, checkpoint_path(self.out_dir, self.step))

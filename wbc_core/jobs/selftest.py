@@ -21,4 +21,4 @@ def run_selftest(run, ctx) -> dict[str, Any]:  # noqa: ANN001
         if run.config.get("die_at") == step:
             os._exit(17)  # simulate a hard crash: no cleanup, no final status
         ctx.progress(ProgressEvent(step=step, total=steps, metrics={"value": float(step)}, message=f"step {step}"))
-    return {"steps_done": steps}
+    return {"steps_done": steps, "niceness": os.nice(0)}  # jobs run below the page server's priority

@@ -1,0 +1,394 @@
+"""Does curated synthetic data improve the product's classifier? The augmentation-gain benchmark on the app's loop.
+
+Everything runs through the app's own code paths in a throw-away WBC_HOME (bench/loop_support.py):
+  1. import the folder once with the app's import (wbc_core.importing, its fixed seeded split);
+  2. per regime, a GAN job body (wbc_core.gan_runs.start_gan_run + the "gan" job, the app's GanConfig: the CPU
+     preset, or CUDA_PRESET with --device cuda; --gan-steps steps);
+  3. candidates through wbc_core.gan_runs.generate_candidates, scored by the dataset's judge;
+  4. a scripted reviewer (a user account with the reviewer role) decides every candidate through
+     wbc_core.review_model.decide with the four-rule ReferenceClassifierPolicy on a ResNet-18 reference: the real
+     arm's seed-0 model, trained on the regime's real train cells only (its best epoch chosen on val, never test);
+     per class and rule rejection counts are recorded. --policy expert uses the decisions already in a database
+     instead (ExpertDecisionsPolicy; see run_expert);
+  5. arms real / unfiltered / curated / matched (bench/loop_arms.py), >= 3 seeds, each the app's classifier job
+     (the default recipe, ResNet-18 at 64 px) with the same image budget within a regime;
+  6. scored on the regime's real test cells (the job's own per-cell predictions), paired bootstrap CIs
+     (bench/gain_report.py).
+Mixing strategies: first none/share/fill/weight/two-stage on the curated arm of the first regime (rare), best by
+VAL macro-F1; then every arm with it in every regime. Every strategy's test numbers are reported too.
+
+How a regime is expressed with the app: one import, then one derived dataset per regime (loop_support.
+derive_dataset: the same stored files and splits, with the regime's train rows only). A dataset is the app's unit
+of "what a GAN, a judge and a classifier may learn from": gan_training_rows, the judge and mixed_training_set all
+read the dataset's train split, so cells cut from a regime cannot reach its GAN, judge, reference or arms by any
+code path, and no filter had to be threaded through the app. Val and test rows are copied in the import's order,
+so every regime and arm is scored on the same real test cells (checked per run by their sha256s).
+Compile: left to the app's plan (wbc_core.compile), which compiles only where the planned steps win it back.
+
+    .venv/bin/python bench/augmentation_gain.py [--quick] [--regimes rare,n50,all] [--gan-steps N] [--device cuda]
+Writes product_loop[_quick].json / .md after every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: the cores are shared
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+from bench import gain_report as gr  # noqa: E402
+from bench import loop_arms as la  # noqa: E402
+from bench import loop_report  # noqa: E402
+from bench import loop_support as ls  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Every knob of one run (defaults: the full CPU run, sized for <= 120 min on 2 idle cores)."""
+
+    data: str = os.environ.get("WBC_PBC128", str(ROOT.parent / "shared" / "data" / "pbc128"))
+    out: str = str(ROOT / "bench" / "results")
+    quick: bool = False
+    size: int = 64  # the app's default working size
+    cells_per_class: int = 0  # real cells imported per class (0 = all)
+    regimes: tuple[str, ...] = ("rare", "n50", "all")  # the first one compares the strategies
+    rare_classes: tuple[str, ...] = ("basophil", "ig")
+    rare_n: int = 30
+    split_seed: int = 0
+    seeds: int = 3
+    gan_steps: int = 3000
+    per_class: int = 400  # candidates generated per class and regime
+    cls_images: int = 30_000  # image budget of every classifier arm
+    cls_batch: int = 128  # the default recipe's batch
+    strategies: tuple[str, ...] = la.STRATEGIES
+    share: float = 1.0
+    fill_target: int = 1000
+    synthetic_weight: float = 0.5
+    min_confidence: float = 0.9
+    bootstrap: int = 1000
+    threads: int = 2
+    device: str = "cpu"
+    policy: str = "reference"  # "reference" (scripted reviewer) or "expert" (decisions already in a database)
+    expert_home: str = ""  # --policy expert: the WBC_HOME holding the dataset and its decisions
+    expert_dataset: str = ""  # --policy expert: that dataset's name
+
+
+QUICK = dict(cells_per_class=40, regimes=("rare", "all"), rare_n=8, seeds=1, gan_steps=20, per_class=12,
+             cls_images=400, cls_batch=32, strategies=("none", "share"), fill_target=30, bootstrap=200,
+             min_confidence=0.0)  # a 20-step GAN convinces no reference: let the other three rules decide
+
+
+class ProductLoop:
+    """One run: import, then every regime's GAN, review and arms; results written after every stage."""
+
+    def __init__(self, cfg: LoopConfig, bar: tqdm | None = None) -> None:
+        self.cfg, self.bar = cfg, bar
+        self.started = time.monotonic()
+        self.results: dict[str, Any] = {"benchmark": "product_loop", "quick": cfg.quick, "partial": True,
+                                        "config": dataclasses.asdict(cfg), "machine": ls.machine(), "stages": {},
+                                        "regimes": {}}
+        self.params = la.StrategyParams(cfg.share, cfg.fill_target, cfg.synthetic_weight)
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    def stage(self, name: str, seconds: float) -> None:
+        self.results["stages"][name] = round(seconds, 1)
+        if self.bar is not None:  # the bar counts planned seconds, so its ETA scales the plan by the measured pace
+            kind = next((k for k in ("import", "gan", "review") if k in name.lower()), "arm")
+            self.bar.set_postfix_str(name)
+            self.bar.update(round(plan(self.cfg)[kind]))
+        self.write()
+
+    def write(self) -> dict[str, Path]:
+        out = Path(self.cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        prefix = "product_loop_quick" if self.cfg.quick else "product_loop"
+        self.results["wall_minutes"] = round((time.monotonic() - self.started) / 60, 2)
+        self.results["goals"] = loop_report.goals(self.results, self.cfg.rare_classes)
+        paths = {"json": out / f"{prefix}.json", "md": out / f"{prefix}.md"}
+        paths["json"].write_text(json.dumps(self.results, indent=2, default=float) + "\n")
+        paths["md"].write_text(loop_report.markdown(self.results, self.cfg.rare_classes))
+        return paths
+
+    def overrides(self) -> dict[str, Any]:
+        """The default recipe's config, with the bench's device, threads and batch."""
+        cfg = self.cfg
+        return {"batch_size": cfg.cls_batch, "device": cfg.device, "num_threads": cfg.threads,
+                "progress_every_s": 60.0}
+
+    # -- the protocol ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        torch.set_num_threads(max(1, self.cfg.threads))
+        home = ls.ThrowawayHome("bench_product_loop_")
+        try:
+            with home:
+                self.admin, self.reviewer = home.accounts()
+                self.tmp = home.tmp
+                if self.cfg.policy == "expert":
+                    raise SystemExit("--policy expert runs on an existing home: use run_expert (see --help)")
+                self._run()
+        finally:
+            home.close()
+        self.results["partial"] = False
+        self.write()
+        return self.results
+
+    def _run(self) -> None:
+        from db import datasets as ds_db
+        from wbc_core import importing
+
+        cfg = self.cfg
+        t = time.monotonic()
+        source = ls.subset_folder(Path(cfg.data), self.tmp / "subset", cfg.cells_per_class)
+        info = importing.import_folder(source, "pbc", size=cfg.size, user=self.admin)
+        self.base = info.dataset_id
+        self.names = ds_db.get_dataset(self.base).class_names
+        self.base_rows = ds_db.real_images(self.base)
+        self.results["data"] = {"class_names": self.names, "cells": len(self.base_rows),
+                                "splits": importing.class_split_counts(self.base)}
+        self.stage("import", time.monotonic() - t)
+        strategy = None
+        for i, regime in enumerate(cfg.regimes):
+            strategies = cfg.strategies if i == 0 else (strategy,)
+            self.results["regimes"][regime] = self.regime(regime, strategies)
+            if i == 0:
+                strategy = self.results["regimes"][regime]["best_strategy"]
+                self.results["strategy"] = {"chosen": strategy, "by": "curated arm's mean val macro-F1",
+                                            "regime": regime}
+
+    def regime(self, name: str, strategies: tuple[str, ...]) -> dict[str, Any]:
+        """GAN, reference, candidates, scripted review and every arm of one regime."""
+        from db import datasets as ds_db
+
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        self.results["regimes"][name] = out  # filled in place: every partial write shows the stages done
+        t = time.monotonic()
+        caps = ls.regime_caps(name, self.names, cfg.rare_classes, cfg.rare_n)
+        rows = ls.regime_rows(self.base_rows, caps, cfg.split_seed)
+        dataset_id = ls.derive_dataset(self.base, f"pbc-{name}", rows, {"regime": name, "caps": caps})
+        train = ds_db.real_images(dataset_id, split="train")
+        test = ds_db.real_images(dataset_id, split="test")
+        out["real_train_per_class"] = {c: sum(r.class_name == c for r in train) for c in self.names}
+        out["audit"] = {"train_cells_hash": ls.cells_hash([r.sha256 for r in train]),
+                        "test_cells_hash": ls.cells_hash([r.sha256 for r in test]), "test_cells": len(test),
+                        "test_cells_in_train": len({r.sha256 for r in train} & {r.sha256 for r in test})}
+        out["gan"] = self.gan(dataset_id)
+        self.stage(f"{name}: GAN", time.monotonic() - t)
+
+        index = gr.boot_index(len(test), cfg.bootstrap, cfg.split_seed)
+        runner = la.ArmRunner(dataset_id, self.admin, self.overrides(), cfg.cls_images, self.params, index)
+        records: list[dict[str, Any]] = []
+        for seed in range(cfg.seeds):
+            t = time.monotonic()
+            records.append(runner.run("real", "none", seed, keep_model=seed == 0))
+            self.stage(f"{name}: real seed {seed}", time.monotonic() - t)
+        reference = records[0]
+
+        t = time.monotonic()
+        from wbc_core.gan_runs import generate_candidates
+
+        gen = generate_candidates(out["gan"]["run_id"], cfg.per_class, seed=cfg.split_seed)
+        out["generation"] = {k: gen.get(k) for k in ("candidates", "checkpoint_step", "scoring")}
+        out["generation"]["seconds"] = round(time.monotonic() - t, 1)
+        out["curation"] = self.review(dataset_id, reference)
+        self.stage(f"{name}: generate + review", time.monotonic() - t)
+
+        for strategy in strategies:
+            for seed in range(cfg.seeds):
+                t = time.monotonic()
+                records.append(runner.run("curated", strategy, seed))
+                self.stage(f"{name}: curated {strategy} seed {seed}", time.monotonic() - t)
+            self._summarise(out, records)
+        best = la.best_strategy(out["absolute"], strategies)
+        out["best_strategy"] = best
+        for arm in ("unfiltered", "matched"):
+            for seed in range(cfg.seeds):
+                t = time.monotonic()
+                counts = next(r["synthetic_per_class"] for r in records
+                              if r["arm"] == "curated" and r["strategy"] == best and r["seed"] == seed)
+                records.append(runner.run(arm, best, seed, curated_counts=counts))
+                self.stage(f"{name}: {arm} {best} seed {seed}", time.monotonic() - t)
+                self._summarise(out, records)
+        return out
+
+    def _summarise(self, out: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        out.update(la.summarise(records, self.names))
+        out["runs"] = [la.public(r) for r in records]
+        out["test_cells_identical"] = len({r["test_cells_hash"] for r in records}) == 1
+        seen = [r["images_seen"] for r in records]  # whole epochs: the budget is met to within half an epoch
+        out["image_budget"] = {"target": self.cfg.cls_images, "min": min(seen), "max": max(seen)}
+
+    def gan(self, dataset_id: int) -> dict[str, Any]:
+        """The regime's GAN: the app's preset (CPU, or CUDA_PRESET on cuda) with the bench's steps, as a job body."""
+        from db import runs as runs_db
+        from wbc_core.gan_runs import preset_values, start_gan_run
+
+        cfg = self.cfg
+        preset = "cuda" if cfg.device.startswith("cuda") else "cpu"
+        values = {**preset_values(preset, cfg.size), "steps": cfg.gan_steps, "checkpoint_every": cfg.gan_steps,
+                  "sample_every": cfg.gan_steps, "seed": cfg.split_seed, "device": cfg.device,
+                  "num_threads": cfg.threads, "ema_start": min(500, cfg.gan_steps // 4),
+                  "log_every": max(1, cfg.gan_steps // 10)}
+        if cfg.quick:
+            values.update(g_width=16, d_width=16, batch_size=32)
+        run_id = start_gan_run(dataset_id, values, launch=False, user=self.admin)
+        t = time.monotonic()
+        result = ls.run_inline(run_id)
+        seconds = time.monotonic() - t
+        run = runs_db.get_run(run_id)
+        return {"run_id": run_id, "preset": preset, "steps": result["steps_done"], "seconds": round(seconds, 1),
+                "sec_per_step": round(float(result["sec_per_step"]), 4), "device": result["device"],
+                "training_set_hash": run.train_set_hash, "train_cells": run.train_set_size,
+                "config": {k: values[k] for k in ("steps", "batch_size", "g_width", "d_width", "image_size")}}
+
+    def review(self, dataset_id: int, reference: dict[str, Any]) -> dict[str, Any]:
+        """The scripted reviewer decides every candidate through the app's review API; rejections per class/rule."""
+        from db import datasets as ds_db
+        from wbc_core import store
+        from wbc_core.classifier import load_classifier
+        from wbc_core.context import current
+        from wbc_core.curation import (
+            ClassifierReference,
+            CurationContext,
+            ReferenceClassifierPolicy,
+            ReferencePolicyConfig,
+        )
+
+        cfg = self.cfg
+        t = time.monotonic()
+        model = load_classifier(current().absolute(reference["model_path"]), cfg.device)
+        policy = ReferenceClassifierPolicy(ClassifierReference(model, cfg.device),
+                                           ReferencePolicyConfig(cfg.min_confidence))
+        real = ds_db.real_images(dataset_id, split="train")
+        context = CurationContext(self.names, train=store.labelled(dataset_id, real, self.names, cfg.size),
+                                  val=store.labelled(dataset_id, ds_db.real_images(dataset_id, split="val"),
+                                                     self.names, cfg.size))
+        rows = ds_db.candidates(dataset_id)
+        decisions = policy.explain(store.labelled(dataset_id, rows, self.names, cfg.size), context)
+        self.decide(rows, decisions)
+        return {"policy": "reference", "reference_run": reference["run_id"],
+                "reference_val_macro_f1": reference["val_macro_f1"], "min_confidence": cfg.min_confidence,
+                "candidates": len(rows), "accepted": int(decisions.accepted.sum()),
+                "accepted_per_class": {c: int(sum(bool(a) for r, a in zip(rows, decisions.accepted.tolist(),
+                                                                          strict=True) if r.class_name == c))
+                                       for c in self.names},
+                "rejections": decisions.rejections, "seconds": round(time.monotonic() - t, 1)}
+
+    def decide(self, rows: list[Any], decisions: Any) -> None:  # noqa: ANN401
+        """One decide() call per class and outcome, as a reviewer working class by class on the Review page."""
+        from wbc_core import review_model
+
+        why = {"disagree": ~decisions.agrees, "unrealistic": decisions.agrees & ~decisions.realistic,
+               "memorised": decisions.memorised & decisions.agrees & decisions.realistic,
+               "duplicate": decisions.duplicate}
+        reasons = {"disagree": "does not look like its class", "unrealistic": "does not look like a real cell",
+                   "memorised": "a copy of a real cell", "duplicate": "a near-duplicate of an accepted cell"}
+        for c in self.names:
+            mine = [i for i, r in enumerate(rows) if r.class_name == c]
+            acc = [rows[i].id for i in mine if bool(decisions.accepted[i])]
+            if acc:
+                review_model.decide(acc, "scripted", "accept", user=self.reviewer)
+            for rule, mask in why.items():
+                ids = [rows[i].id for i in mine if bool(mask[i]) and not bool(decisions.accepted[i])]
+                if ids:
+                    review_model.decide(ids, "scripted", "reject", reason=reasons[rule], user=self.reviewer)
+
+
+# Speeds for the plan and the ETA: a CPU-preset GAN step at 64 px and ResNet-18 64 px training images per second
+# (2 idle cores, bf16: BENCHMARKS.md), the fixed cost of one classifier job besides training (val/test scoring) and
+# of a regime's generation (its judge's training, scoring) + review (bench/results/product_loop_rare_small.json,
+# load ~1.5, so on the safe side).
+SPEED = {"gan_step_s": 0.218, "cls_images_per_s": 480.0, "arm_overhead_s": 8.0, "import_s": 15.0,
+         "review_s": 150.0}
+
+
+def plan(cfg: LoopConfig) -> dict[str, float]:
+    """Estimated seconds of each kind of stage on 2 idle cores (the progress bar counts these seconds)."""
+    arm = cfg.cls_images / SPEED["cls_images_per_s"] + SPEED["arm_overhead_s"]
+    return {"import": SPEED["import_s"], "gan": cfg.gan_steps * SPEED["gan_step_s"], "arm": arm,
+            "review": SPEED["review_s"]}
+
+
+def planned_seconds(cfg: LoopConfig) -> float:
+    """The whole run's estimate: import, and per regime its GAN, review, and real + curated (per strategy) +
+    unfiltered + matched arms for every seed."""
+    p = plan(cfg)
+    arms = sum(cfg.seeds * (3 + (len(cfg.strategies) if i == 0 else 1)) for i in range(len(cfg.regimes)))
+    return p["import"] + len(cfg.regimes) * (p["gan"] + p["review"]) + arms * p["arm"]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> LoopConfig:
+    """CLI -> LoopConfig; --quick sets the smoke budgets, explicit options still override them."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: few cells, tiny GAN and classifier budgets")
+    for f in dataclasses.fields(LoopConfig):
+        if f.name == "quick":
+            continue
+        kind = _names if isinstance(f.default, tuple) else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    args = vars(p.parse_args(argv))
+    values: dict[str, Any] = dict(QUICK) if args.pop("quick") else {}
+    values["quick"] = bool(values)
+    values.update({k: v for k, v in args.items() if v is not None})
+    cfg = LoopConfig(**values)
+    unknown = [s for s in cfg.strategies if s not in la.STRATEGIES]
+    if unknown or cfg.policy not in ("reference", "expert"):
+        p.error(f"strategies must be among {', '.join(la.STRATEGIES)} and policy reference or expert")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_config(parse_args(argv))
+
+
+def main_config(cfg: LoopConfig) -> int:
+    """Run one configuration (the expert path or the loop), write its files, print its tables."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(cfg)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still removes its temp home
+    try:
+        return _main(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(cfg: LoopConfig) -> int:
+    if cfg.policy == "expert":
+        results = loop_report.run_expert(cfg)
+        path = Path(cfg.out) / "product_loop_expert.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"config": dataclasses.asdict(cfg), **results}, indent=2, default=float) + "\n")
+        print(f"wrote {path}")
+        return 0
+    print(f"planned: about {planned_seconds(cfg) / 60:.0f} min on 2 idle cores ({json.dumps(plan(cfg))} s per stage)")
+    with tqdm(total=round(planned_seconds(cfg)), unit="s", smoothing=0.05) as bar:
+        loop = ProductLoop(cfg, bar)
+        results = loop.run()
+    print(loop_report.markdown(results, cfg.rare_classes))
+    print(f"done in {results['wall_minutes']:.1f} min; results in {Path(cfg.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""The in-memory decision tally gives the Review page the same counts as recounting every current vote."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+import pytest
+from sqlalchemy import insert
+from support import account
+
+from db import datasets
+from db import decisions as decisions_db
+from db.engine import write_session
+from db.models import Decision
+from wbc_core import decision_tally, review_model
+from wbc_core.review_model import ConsensusRule, ReviewSettings
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+CLASSES = ["a", "b", "c"]
+REVIEWERS = ("ann", "bob", "cem")
+
+
+@pytest.fixture()
+def cells(wbc_home):
+    real = [dict(origin="real", class_name=CLASSES[i % 3], split="val" if i % 2 else "train", sha256=f"r{i}",
+                 path=f"p{i}", width=8, height=8) for i in range(12)]
+    dataset_id = datasets.create_dataset("d", "real", "src", CLASSES, {}, "h", {}, real)
+    ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name=CLASSES[i % 3], split=None,
+                                                sha256=f"s{i}", path=f"q{i}", width=8, height=8) for i in range(18)])
+    review_model.enable_blind_test(dataset_id, "ann", fraction=0.2, user=account("admin", "root"))
+    blind = [b["image_id"] for b in decisions_db.blind_items(dataset_id, "ann")]
+    assert blind, "the fixture needs blind real cells in ann's queue"
+    return dataset_id, ids, blind
+
+
+def _expected_summary(dataset_id: int) -> dict[str, dict[str, int]]:
+    """class_summary recounted from every current vote (review_model.consensus reads them all)."""
+    candidates = decisions_db.candidate_counts(dataset_id)
+    outcomes = review_model.consensus(dataset_id)
+    rows = {r.id: r for r in datasets.images_by_ids(sorted(outcomes))}
+    out = {c: Counter(candidates=n) for c, n in candidates.items()}
+    final = Counter()
+    for image_id, outcome in outcomes.items():
+        if outcome.status != "pending":
+            out[rows[image_id].class_name][outcome.status] += 1
+        if outcome.status == "accepted":
+            final[outcome.final_class] += 1
+    return {c: {"accepted": n["accepted"], "rejected": n["rejected"], "disputed": n["disputed"],
+                "pending": n["candidates"] - n["accepted"] - n["rejected"] - n["disputed"],
+                "accepted_final": final[c]} for c, n in out.items()}
+
+
+def _shown_summary(dataset_id: int) -> dict[str, dict[str, int]]:
+    keys = ("accepted", "rejected", "disputed", "pending", "accepted_final")
+    return {r["class_name"]: {k: r[k] for k in keys} for r in review_model.class_summary(dataset_id)}
+
+
+def _expected_verdicts(dataset_id: int) -> dict[tuple[str, str], dict[str, int]]:
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for row in decisions_db.current_decisions(dataset_id, origin=None):
+        counts[(row["reviewer"], row["class_name"])][row["verdict"]] += 1
+    return {k: {v: c[v] for v in ("accept", "reject", "relabel")} for k, c in counts.items()}
+
+
+def _shown_verdicts(dataset_id: int) -> dict[tuple[str, str], dict[str, int]]:
+    return {(r["reviewer"], r["class_name"]): {"accept": r["accepted"], "reject": r["rejected"],
+                                               "relabel": r["relabelled"]}
+            for r in review_model.reviewer_progress(dataset_id) if r["decided"]}
+
+
+def test_random_decisions_undos_and_rulings_count_as_a_full_recount(cells):
+    dataset_id, ids, blind = cells
+    rng = random.Random(7)
+    admin = account("admin", "root")
+    users = {name: account("reviewer", name) for name in REVIEWERS}
+    for step in range(45):
+        reviewer = rng.choice(REVIEWERS)
+        action = rng.choice(("accept", "accept", "reject", "relabel", "undo", "rule", "withdraw"))
+        cell = rng.choice(ids + (blind if reviewer == "ann" else []))
+        if action == "undo":
+            review_model.undo_last(dataset_id, reviewer, rng.randint(1, 2), user=users[reviewer])
+        elif action == "rule":
+            verdict = rng.choice(("accept", "reject", "relabel"))
+            review_model.adjudicate([rng.choice(ids)], admin, verdict, new_class="b" if verdict == "relabel" else None)
+        elif action == "withdraw":
+            review_model.adjudicate([rng.choice(ids)], admin, "undo")
+        else:
+            review_model.decide([cell], reviewer, action, new_class="c" if action == "relabel" else None,
+                                user=users[reviewer])
+        assert _shown_summary(dataset_id) == _expected_summary(dataset_id), f"class summary after step {step}"
+        assert _shown_verdicts(dataset_id) == _expected_verdicts(dataset_id), f"reviewer progress after step {step}"
+
+
+def test_a_rule_change_rejudges_every_cell(cells):
+    dataset_id, ids, _ = cells
+    review_model.decide(ids[:3], "ann", "accept", user=account("reviewer", "ann"))
+    assert _shown_summary(dataset_id)["a"]["accepted"] == 1  # ids[0], ids[3], ... are class a
+    stricter = ReviewSettings(rule=ConsensusRule(min_agreeing=2))
+    review_model.set_review_settings(dataset_id, stricter, account("admin", "root"))
+    shown = _shown_summary(dataset_id)
+    assert shown == _expected_summary(dataset_id)
+    assert sum(c["accepted"] for c in shown.values()) == 0  # one vote is no longer enough
+
+
+def _late_row(image_id: int, below: int) -> None:
+    """A decision row numbered below rows already read, as a slow PostgreSQL transaction commits one."""
+    with write_session() as s:
+        s.execute(insert(Decision).values(id=below, image_id=image_id, reviewer="dee", verdict="reject",
+                                          adjudication=False))
+
+
+def test_a_row_committed_late_with_a_lower_id_is_counted(cells, monkeypatch):
+    dataset_id, ids, _ = cells
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    first = decisions_db.decision_rows_after(dataset_id, 0)[-1]["id"]
+    # Leave a gap of ids, read past it, then fill the gap as a late commit would.
+    with write_session() as s:
+        s.execute(insert(Decision).values(id=first + 10, image_id=ids[1], reviewer="ann", verdict="accept",
+                                          adjudication=False))
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)
+    _late_row(ids[0], first + 5)  # within the look-back: counted on the next read
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)
+    assert _shown_summary(dataset_id)["a"]["disputed"] == 1  # ann accepts ids[0], dee rejects it
+    # Beyond the look-back a late row waits for the periodic re-read, then counts.
+    monkeypatch.setattr(decision_tally, "LOOKBACK_IDS", 1)
+    _late_row(ids[3], first + 7)
+    assert _shown_summary(dataset_id)["a"]["rejected"] == 0
+    monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
+    monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)
+    assert _shown_summary(dataset_id)["a"]["rejected"] == 1
+
+
+def test_reading_a_row_twice_changes_nothing():
+    tally = decision_tally.DecisionTally(1)
+    row = dict(id=5, image_id=1, reviewer="ann", verdict="accept", new_class=None, adjudication=False,
+               class_name="a", origin="synthetic")
+    older = {**row, "id": 3, "verdict": "reject"}
+    assert tally._apply(row) and not tally._apply(row) and not tally._apply(older)
+    assert tally._votes[1]["ann"] == (5, "accept")
+    assert tally._verdicts[("ann", "a")] == Counter(accept=1)
+
+
+def test_only_postgresql_needs_the_periodic_re_read(cells, db_backend):
+    # SQLite's single writer makes ids visible in commit order; PostgreSQL numbers rows before they commit.
+    assert decision_tally.DecisionTally._late_commits_possible() == (db_backend == "postgresql")

@@ -1,0 +1,215 @@
+"""The product-loop benchmark (bench/product_loop.py): regimes, arms, budgets, expert policy, and the --quick run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench import augmentation_gain as ag
+from bench import loop_arms as la
+from bench import loop_support as ls
+from bench import product_loop as pl
+
+
+def fake_rows(per_class: dict[str, dict[str, int]]) -> list[SimpleNamespace]:
+    """Rows with ids, classes, splits and sha256s: per_class = {class: {split: count}}."""
+    rows, i = [], 0
+    for name, splits in per_class.items():
+        for split, n in splits.items():
+            for _ in range(n):
+                i += 1
+                rows.append(SimpleNamespace(id=i, class_name=name, split=split, origin="real",
+                                            sha256=f"{(i * 7919) % 10007:08d}{i:056d}", path=f"x/{i}.png"))
+    return rows
+
+
+ROWS = {"basophil": {"train": 20, "val": 3, "test": 4}, "ig": {"train": 15, "val": 2, "test": 3},
+        "neutrophil": {"train": 25, "val": 3, "test": 4}}
+
+
+def test_regime_rows_cut_train_cells_only_and_keep_every_held_out_row_in_order():
+    rows = fake_rows(ROWS)
+    caps = ls.regime_caps("rare", ["basophil", "ig", "neutrophil"], ("basophil", "ig"), 5)
+    kept = ls.regime_rows(rows, caps, seed=0)
+    train = [r for r in kept if r.split == "train"]
+    assert {c: sum(r.class_name == c for r in train) for c in ROWS} == {"basophil": 5, "ig": 5, "neutrophil": 25}
+    held = [r.id for r in rows if r.split != "train"]
+    assert [r.id for r in kept if r.split != "train"] == held  # same val/test cells, same order, every regime
+    chosen = {r.sha256 for r in train}
+    assert {r.sha256 for r in ls.regime_rows(list(reversed(rows)), caps, seed=0) if r.split == "train"} == chosen
+    n10 = ls.regime_rows(rows, ls.regime_caps("n10", list(ROWS), (), 0), seed=0)
+    assert all(sum(r.class_name == c and r.split == "train" for r in n10) == 10 for c in ROWS)
+    assert ls.regime_rows(rows, ls.regime_caps("all", list(ROWS), (), 0), seed=0) == rows
+    with pytest.raises(ValueError, match="unknown regime"):
+        ls.regime_caps("few", list(ROWS), (), 0)
+    with pytest.raises(ValueError, match="not classes"):
+        ls.regime_caps("rare", list(ROWS), ("lymphocyte",), 5)
+
+
+def test_cut_cells_never_reach_the_regimes_gan_or_classifier(wbc_home):
+    """A regime is a derived dataset: the app's GAN and classifier training rows are its kept train cells only."""
+    from db import datasets as ds_db
+    from wbc_core.gan_runs import gan_training_rows
+    from wbc_core.retrain import mixed_training_set
+
+    rows = fake_rows(ROWS)
+    base = ds_db.create_dataset("base", "real", "test", list(ROWS), {}, "h", {},
+                                [{"origin": "real", "class_name": r.class_name, "split": r.split, "sha256": r.sha256,
+                                  "path": r.path, "width": 8, "height": 8} for r in rows], image_size=8)
+    stored = ds_db.real_images(base)
+    kept = ls.regime_rows(stored, ls.regime_caps("rare", list(ROWS), ("basophil", "ig"), 4), seed=1)
+    derived = ls.derive_dataset(base, "base-rare", kept, {"regime": "rare"})
+    cut = {r.sha256 for r in stored if r.split == "train"} - {r.sha256 for r in kept}
+    assert len(cut) == (20 - 4) + (15 - 4)
+    gan_rows = gan_training_rows(derived)
+    cls_rows = mixed_training_set(derived, "real").rows
+    for used in (gan_rows, cls_rows):
+        assert not {r.sha256 for r in used} & cut
+        assert len(used) == 4 + 4 + 25
+    same = [r.sha256 for r in ds_db.real_images(derived, split="test")]
+    assert same == [r.sha256 for r in ds_db.real_images(base, split="test")]
+
+
+def test_matched_subset_has_the_curated_counts_and_is_a_seeded_subset():
+    cands = [(SimpleNamespace(id=i), "a" if i % 3 else "b") for i in range(1, 31)]
+    counts = {"a": 7, "b": 4}
+    pick = la.matched_subset(cands, counts, seed=3)
+    assert {c: sum(label == c for _, label in pick) for c in counts} == counts
+    assert len({row.id for row, _ in pick}) == 11 and all(item in cands for item in pick)
+    assert la.matched_subset(list(reversed(cands)), counts, seed=3) == pick  # order-free
+    assert la.matched_subset(cands, counts, seed=4) != pick
+    with pytest.raises(ValueError, match="only 10 candidates"):
+        la.matched_subset(cands, {"b": 11}, seed=0)
+
+
+def test_budget_and_epoch_arithmetic():
+    assert ls.budget_epochs(30_000, 10_000, 128) == 3
+    assert ls.budget_epochs(30_000, 400, 128) == 75
+    assert ls.budget_epochs(100, 400, 128) == 2  # at least 8 optimiser steps: 4 per epoch, so 2 epochs
+    assert ls.budget_epochs(100, 400, 128) * -(-400 // 128) >= ls.MIN_STEPS
+    assert ls.finetune_epochs(8) == 2 and ls.finetune_epochs(2) == 1 and ls.finetune_epochs(1) == 0
+    assert la.arm_epochs(30_000, 10_000, 6_000, 128, two_stage=False) == (3, 0)
+    epochs, f = la.arm_epochs(40_000, 4_000, 2_000, 128, two_stage=True)  # 10 epochs -> fine-tune 2 (real only)
+    assert f == 2 and (epochs - f) * 4_000 + f * 2_000 == 40_000
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        la.arm_epochs(10_000, 10_000, 5_000, 128, two_stage=True)  # one epoch: nothing left for stage 1
+    assert la.strategy_mix("none", la.StrategyParams()) is None
+    assert la.strategy_mix("two-stage", la.StrategyParams(), finetune=3).finetune_epochs == 3
+    assert la.strategy_mix("fill", la.StrategyParams(target=50)).target == 50
+
+
+def test_best_strategy_is_chosen_on_val_never_test():
+    absolute = {"curated@none": {"val_macro_f1": 0.80, "test_macro_f1": 0.99},
+                "curated@fill": {"val_macro_f1": 0.85, "test_macro_f1": 0.10}, "real": {"val_macro_f1": 0.9}}
+    assert la.best_strategy(absolute, ["none", "fill"]) == "fill"
+    with pytest.raises(ValueError):
+        la.best_strategy({"real": {}}, ["none"])
+
+
+def test_expert_decisions_plug_in_as_the_curation_policy(wbc_home, tiny_folder):
+    from bench.loop_report import expert_curation
+    from db import datasets as ds_db
+    from db import users as users_db
+    from wbc_core import importing, review_model
+
+    admin = users_db.insert_user("admin", "", "admin", None, "local")
+    expert = users_db.insert_user("expert", "", "reviewer", None, "local")
+    info = importing.import_folder(tiny_folder, "tiny", size=32, user=admin)
+    real = ds_db.real_images(info.dataset_id, split="train")
+    names = ds_db.get_dataset(info.dataset_id).class_names
+    cand = [{"origin": "synthetic", "class_name": names[i % 2], "split": None, "sha256": f"{i:064d}",
+             "path": real[i].path, "width": 32, "height": 32} for i in range(6)]
+    ids = ds_db.add_images(info.dataset_id, cand)
+    review_model.decide(ids[:2], "expert", "accept", user=expert)  # classes 0, 1
+    review_model.decide([ids[2]], "expert", "reject", reason="blurry", user=expert)  # class 0
+    review_model.decide([ids[3]], "expert", "relabel", new_class=names[2], user=expert)  # class 1 -> 2
+    out = expert_curation(info.dataset_id)
+    assert out["candidates"] == 6 and out["accepted"] == 2
+    assert out["accepted_per_class"] == {names[0]: 1, names[1]: 1, names[2]: 0}
+    assert out["rejections"][names[0]] == {"rejected": 1, "relabelled": 0, "disputed": 0, "undecided": 1}
+    assert out["rejections"][names[1]] == {"rejected": 0, "relabelled": 1, "disputed": 0, "undecided": 1}
+
+
+def test_one_entry_point_dispatches_proxy_and_product(monkeypatch):
+    called = []
+
+    class Proxy(Exception):
+        pass
+
+    def proxy(cfg):
+        called.append(("proxy", cfg.quick))
+        raise Proxy
+
+    monkeypatch.setattr(pl, "main", lambda argv: called.append(("product", argv)) or 0)
+    monkeypatch.setattr(ag, "run_benchmark", proxy)
+    assert ag.main(["--quick"]) == 0
+    with pytest.raises(Proxy):
+        ag.main(["--proxy", "--quick"])
+    assert called == [("product", ["--quick"]), ("proxy", True)]
+    cfg = pl.parse_args(["--quick", "--seeds", "2", "--regimes", "rare,n50"])
+    assert cfg.quick and cfg.seeds == 2 and cfg.regimes == ("rare", "n50")
+    assert pl.parse_args([]).regimes == ("rare", "n50", "all") and pl.parse_args([]).seeds >= 3
+
+
+DATA = Path(os.environ.get("WBC_PBC128", Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc128"))
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
+    if not DATA.is_dir():
+        pytest.fail(f"real data missing at {DATA}")
+    out = tmp_path / "out"
+    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out)]) == 0
+    res = json.loads((out / "product_loop_quick.json").read_text())
+    assert not res["partial"] and set(res["regimes"]) == set(pl.QUICK["regimes"])
+    assert res["strategy"]["chosen"] in pl.QUICK["strategies"]
+    test_hashes = set()
+    for r in res["regimes"].values():
+        assert r["audit"]["test_cells_in_train"] == 0
+        assert r["test_cells_identical"]
+        arms = {run["arm"] for run in r["runs"]}
+        assert arms == set(la.ARMS)
+        assert all(len(run["training_set_hash"]) == 64 and run["test_cells"] == r["audit"]["test_cells"]
+                   for run in r["runs"])
+        test_hashes |= {run["test_cells_hash"] for run in r["runs"]} | {r["audit"]["test_cells_hash"]}
+        rej = r["curation"]["rejections"]
+        assert set(rej) == set(res["data"]["class_names"])
+        assert all(set(v) == {"disagree", "unrealistic", "memorised", "duplicate"} for v in rej.values())
+        assert sum(sum(v.values()) for v in rej.values()) + r["curation"]["accepted"] == r["curation"]["candidates"]
+        budget = {run["images_seen"] for run in r["runs"]}
+        assert r["gains"] and r["best_strategy"] and budget
+    assert len(test_hashes) == 1  # the same real test cells for every regime and arm
+    strategies = {run["strategy"] for run in res["regimes"]["rare"]["runs"] if run["arm"] == "curated"}
+    assert strategies == set(pl.QUICK["strategies"])
+    assert "| goal |" in (out / "product_loop_quick.md").read_text()
+
+
+def test_expert_policy_runs_every_arm_on_the_experts_decisions(wbc_home, tiny_folder, tmp_path):
+    """--policy expert: the arms of a dataset whose candidates experts decided, through the same ArmRunner."""
+    from db import datasets as ds_db
+    from db import users as users_db
+    from wbc_core import importing, review_model
+
+    admin = users_db.insert_user("admin", "", "admin", None, "local")
+    expert = users_db.insert_user("expert", "", "reviewer", None, "local")
+    info = importing.import_folder(tiny_folder, "tiny", size=32, user=admin)
+    real = ds_db.real_images(info.dataset_id, split="train")
+    cand = [{"origin": "synthetic", "class_name": r.class_name, "split": None, "sha256": f"{i:064d}",
+             "path": r.path, "width": 32, "height": 32} for i, r in enumerate(real[:12])]
+    ids = ds_db.add_images(info.dataset_id, cand)
+    review_model.decide(ids[::2], "expert", "accept", user=expert)
+    cfg = pl.parse_args(["--policy", "expert", "--expert-home", str(wbc_home), "--expert-dataset", "tiny",
+                         "--seeds", "1", "--cls-images", "40", "--cls-batch", "8", "--threads", "1",
+                         "--bootstrap", "20", "--out", str(tmp_path / "out")])
+    assert pl.main_config(cfg) == 0
+    res = json.loads((tmp_path / "out" / "product_loop_expert.json").read_text())
+    assert res["curation"]["policy"] == "expert" and res["curation"]["accepted"] == 6
+    runs = {r["arm"]: r for r in res["runs"]}
+    assert set(runs) == set(la.ARMS)
+    assert runs["curated"]["synthetic"] == runs["matched"]["synthetic"] == 6 and runs["unfiltered"]["synthetic"] == 12
+    assert runs["curated"]["training_set_hash"] != runs["matched"]["training_set_hash"]
