@@ -2,7 +2,10 @@
 
 import sys
 
-from wbc_core.jobs.worker import main
+from wbc_core.jobs.worker import lower_priority, main
 
 if __name__ == "__main__":
+    # Here, in the job process's entry point, not in main(): tests and benches run main() in their own process,
+    # which must keep its priority.
+    lower_priority()
     sys.exit(main(int(sys.argv[1])))

@@ -107,7 +107,6 @@ def lower_priority() -> int:
 
 def main(run_id: int) -> int:
     """Execute one run to its end; the exit code is 0 unless the run failed."""
-    lower_priority()
     settings = context.Settings.from_environ()
     unseen = check_shared_home(settings, run_id)  # before the context: building it would create an empty home
     if unseen:
