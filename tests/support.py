@@ -144,7 +144,7 @@ def skip_unless_ci(reason: str) -> None:
 
     if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
         pytest.fail(f"CI runs every test, but {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def drawn_candidates(rng: np.random.Generator, class_name: str, kind: str, colour: tuple[int, int, int], n: int,
@@ -165,15 +165,11 @@ def drawn_candidates(rng: np.random.Generator, class_name: str, kind: str, colou
 def require_module(name: str, why: str) -> Any:  # noqa: ANN401 - the module
     """Import an optional test dependency; missing, the test (or module) skips here and fails under CI."""
     import importlib
-    import os
 
     try:
         return importlib.import_module(name)
     except ImportError:
-        reason = f"{name} is not installed ({why}; pip install -r requirements-dev.txt)"
-        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-            pytest.fail(f"CI runs every test, but {reason}", pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        skip_unless_ci(f"{name} is not installed ({why}; pip install -r requirements-dev.txt)")
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import account
+from support import account, skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 PBC128 = Path(os.environ.get("WBC_PBC128", ROOT.parent / "shared" / "data" / "pbc128"))
@@ -21,10 +21,7 @@ PBC_CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mo
 @pytest.fixture(scope="module")
 def pbc128() -> Path:
     if not PBC128.is_dir():
-        message = f"real-data folder {PBC128} is missing (set WBC_PBC128 or provide ../shared/data/pbc128)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"real-data folder {PBC128} is missing (set WBC_PBC128 or provide ../shared/data/pbc128)")
     return PBC128
 
 

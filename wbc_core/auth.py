@@ -395,16 +395,10 @@ def session_user(token: str | None) -> User | None:
     """The user a session token keeps signed in, fresh from the database; None when the token is missing,
     malformed, tampered with, signed under another secret, expired, signed out, or its account is disabled, gone
     or has a new password since."""
-    parsed = _parse_token(token or "")
-    if parsed is None:
+    signed = _signed_session(token)
+    if signed is None:
         return None
-    session_id, expires, signature = parsed
-    record = users_db.get_session(session_id)
-    if record is None:
-        return None
-    expected = _signature(_session_secret(), session_id, record.user.id, expires, record.password_hash)
-    if not hmac.compare_digest(expected, signature):
-        return None
+    record, expires = signed
     now = _now()
     if record.revoked_at is not None or expires != _unix(record.expires_at) or record.expires_at <= now:
         return None
@@ -415,17 +409,23 @@ def session_user(token: str | None) -> User | None:
 
 def revoke_session(token: str | None) -> bool:
     """Sign-out: end the kept sign-in this token names (only with a valid signature); True if one ended."""
+    signed = _signed_session(token)
+    if signed is None:
+        return False
+    return users_db.revoke_session(signed[0].id, _now())
+
+
+def _signed_session(token: str | None) -> tuple[users_db.SessionRecord, int] | None:
+    """The stored session a token names and the expiry it carries, when its signature checks out; else None."""
     parsed = _parse_token(token or "")
     if parsed is None:
-        return False
+        return None
     session_id, expires, signature = parsed
     record = users_db.get_session(session_id)
     if record is None:
-        return False
+        return None
     expected = _signature(_session_secret(), session_id, record.user.id, expires, record.password_hash)
-    if not hmac.compare_digest(expected, signature):
-        return False
-    return users_db.revoke_session(session_id, _now())
+    return (record, expires) if hmac.compare_digest(expected, signature) else None
 
 
 def revoke_sessions(username: str, *, user: User) -> int:
