@@ -43,6 +43,24 @@ def goals(results: dict[str, Any], rare_classes: tuple[str, ...]) -> list[dict[s
     return out
 
 
+def _budgets(results: dict[str, Any]) -> str:
+    """Each regime's image budget per arm ("rare 39,078, n50 10,000"), or the config's cap before any regime ran."""
+    per = {name: r["image_budget_per_arm"] for name, r in results.get("regimes", {}).items()
+           if "image_budget_per_arm" in r}
+    if not per:
+        return f"at most {results['config']['cls_images']:,}"
+    return ", ".join(f"{name} {n:,}" for name, n in per.items())
+
+
+def _reference(results: dict[str, Any]) -> str:
+    """The scripted reviewer's reference in words (val and test macro-F1), once it is trained."""
+    ref = results.get("reference")
+    if not ref:
+        return ""
+    return (f"reference ResNet-18 {ref['epochs']} epochs on all {ref['train_cells']:,} real train cells (val "
+            f"macro-F1 {ref['val_macro_f1'] * 100:.1f}, test {ref['test_macro_f1'] * 100:.1f}), ")
+
+
 def markdown(results: dict[str, Any], rare_classes: tuple[str, ...]) -> str:
     """Headline tables: per regime and arm the absolute scores and paired gains; strategies; curation; goals."""
     c, m = results["config"], results["machine"]
@@ -52,9 +70,9 @@ def markdown(results: dict[str, Any], rare_classes: tuple[str, ...]) -> str:
     focus = [x for x in rare_classes if x in results.get("data", {}).get("class_names", [])]
     lines = [f"### Product loop: {mode}", "",
              f"Data `{c['data']}`, {c['size']} px, {c['seeds']} seed(s), GAN {c['gan_steps']} steps ({c['device']}), "
-             f"{c['per_class']} candidates/class, {c['cls_images']:,} images per classifier arm, "
-             f"{results.get('wall_minutes', 0):.1f} min on {m['cpus']} CPUs ({c['threads']} threads, load "
-             f"{m['load_1min']:.1f} at start).",
+             f"{c['per_class']} candidates/class, {_budgets(results)} images per classifier arm, "
+             f"{_reference(results)}{results.get('wall_minutes', 0):.1f} min on {m['cpus']} CPUs "
+             f"({c['threads']} threads, load {m['load_1min']:.1f} at start).",
              "Gains: paired differences in points, mean over seeds, 95% bootstrap CI over test cells; * = CI "
              "excludes 0.", ""]
     if results.get("strategy"):

@@ -6,16 +6,20 @@ Everything runs through the app's own code paths in a throw-away WBC_HOME (bench
      preset, or CUDA_PRESET with --device cuda; --gan-steps steps);
   3. candidates through wbc_core.gan_runs.generate_candidates, scored by the dataset's judge;
   4. a scripted reviewer (a user account with the reviewer role) decides every candidate through
-     wbc_core.review_model.decide with the four-rule ReferenceClassifierPolicy on a ResNet-18 reference: the real
-     arm's seed-0 model, trained on the regime's real train cells only (its best epoch chosen on val, never test);
-     per class and rule rejection counts are recorded. --policy expert uses the decisions already in a database
+     wbc_core.review_model.decide with the four-rule ReferenceClassifierPolicy on a ResNet-18 reference trained
+     once, with the default recipe for --reference-epochs epochs, on the import's full real train split (never
+     val or test; its best epoch chosen on val). The reference stands in for an expert, who knows every class:
+     a reference trained on a regime's 30 basophils (the first design) agreed on no rare-class candidate at all.
+     Per class and rule rejection counts are recorded. --policy expert uses the decisions already in a database
      instead (ExpertDecisionsPolicy; see run_expert);
   5. arms real / unfiltered / curated / matched (bench/loop_arms.py), >= 3 seeds, each the app's classifier job
-     (the default recipe, ResNet-18 at 64 px) with the same image budget within a regime;
+     (the default recipe, ResNet-18 at 64 px) with the same image budget within a regime: --cls-epochs x the
+     regime's real train cells, clipped to [--cls-min-images, --cls-images];
   6. scored on the regime's real test cells (the job's own per-cell predictions), paired bootstrap CIs
      (bench/gain_report.py).
-Mixing strategies: first none/share/fill/weight/two-stage on the curated arm of the first regime (rare), best by
-VAL macro-F1; then every arm with it in every regime. Every strategy's test numbers are reported too.
+Mixing strategies: first none/share/fill/weight/two-stage on the curated arm of the first regime (rare), on
+--strategy-seeds seeds, best by VAL macro-F1; the best then runs every seed, and every arm with it in every regime.
+Every strategy's test numbers are reported too.
 
 How a regime is expressed with the app: one import, then one derived dataset per regime (loop_support.
 derive_dataset: the same stored files and splits, with the regime's train rows only). A dataset is the app's unit
@@ -71,9 +75,13 @@ class LoopConfig:
     rare_n: int = 30
     split_seed: int = 0
     seeds: int = 3
-    gan_steps: int = 3000
+    gan_steps: int = 2000
     per_class: int = 400  # candidates generated per class and regime
-    cls_images: int = 30_000  # image budget of every classifier arm
+    reference_epochs: int = 10  # the scripted reviewer's reference: default recipe on the full real train split
+    cls_epochs: int = 5  # an arm's image budget: this many passes over the regime's real train cells, clipped to
+    cls_min_images: int = 10_000  # ... at least this (a 400-cell regime still gets ~80 optimiser steps) ...
+    cls_images: int = 40_000  # ... and at most this many images per classifier arm
+    strategy_seeds: int = 1  # seeds per strategy in the comparison; the chosen one then runs all `seeds`
     cls_batch: int = 128  # the default recipe's batch
     strategies: tuple[str, ...] = la.STRATEGIES
     share: float = 1.0
@@ -89,7 +97,8 @@ class LoopConfig:
 
 
 QUICK = dict(cells_per_class=40, regimes=("rare", "all"), rare_n=8, seeds=1, gan_steps=20, per_class=12,
-             cls_images=400, cls_batch=32, strategies=("none", "share"), fill_target=30, bootstrap=200,
+             reference_epochs=1, cls_images=400, cls_min_images=400, cls_batch=32, strategies=("none", "share"),
+             fill_target=30, bootstrap=200,
              min_confidence=0.0)  # a 20-step GAN convinces no reference: let the other three rules decide
 
 
@@ -108,7 +117,7 @@ class ProductLoop:
     def stage(self, name: str, seconds: float) -> None:
         self.results["stages"][name] = round(seconds, 1)
         if self.bar is not None:  # the bar counts planned seconds, so its ETA scales the plan by the measured pace
-            kind = next((k for k in ("import", "gan", "review") if k in name.lower()), "arm")
+            kind = next((k for k in ("import", "gan", "review", "reference") if k in name.lower()), "arm")
             self.bar.set_postfix_str(name)
             self.bar.update(round(plan(self.cfg)[kind]))
         self.write()
@@ -163,6 +172,10 @@ class ProductLoop:
         self.results["data"] = {"class_names": self.names, "cells": len(self.base_rows),
                                 "splits": importing.class_split_counts(self.base)}
         self.stage("import", time.monotonic() - t)
+        t = time.monotonic()
+        self.reference = self.train_reference()
+        self.results["reference"] = la.public({k: v for k, v in self.reference.items() if k != "model_path"})
+        self.stage("reference", time.monotonic() - t)
         strategy = None
         for i, regime in enumerate(cfg.regimes):
             strategies = cfg.strategies if i == 0 else (strategy,)
@@ -171,6 +184,23 @@ class ProductLoop:
                 strategy = self.results["regimes"][regime]["best_strategy"]
                 self.results["strategy"] = {"chosen": strategy, "by": "curated arm's mean val macro-F1",
                                             "regime": regime}
+
+    def train_reference(self) -> dict[str, Any]:
+        """The scripted reviewer's reference: the default recipe on the import's full real train split, scored on
+        the same real test cells as every arm (reported, never used to decide anything)."""
+        from db import datasets as ds_db
+
+        cfg = self.cfg
+        n_train = len(ds_db.real_images(self.base, split="train"))
+        index = gr.boot_index(len(ds_db.real_images(self.base, split="test")), 1, cfg.split_seed)
+        runner = la.ArmRunner(self.base, self.admin, self.overrides(), cfg.reference_epochs * n_train,
+                              self.params, index)
+        return runner.run("real", "none", 0, keep_model=True)
+
+    def arm_budget(self, n_real: int) -> int:
+        """A regime's image budget per arm: cls_epochs passes over its real train cells, clipped."""
+        cfg = self.cfg
+        return int(min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * n_real)))
 
     def regime(self, name: str, strategies: tuple[str, ...]) -> dict[str, Any]:
         """GAN, reference, candidates, scripted review and every arm of one regime."""
@@ -193,13 +223,14 @@ class ProductLoop:
         self.stage(f"{name}: GAN", time.monotonic() - t)
 
         index = gr.boot_index(len(test), cfg.bootstrap, cfg.split_seed)
-        runner = la.ArmRunner(dataset_id, self.admin, self.overrides(), cfg.cls_images, self.params, index)
+        budget = self.arm_budget(len(train))
+        out["image_budget_per_arm"] = budget
+        runner = la.ArmRunner(dataset_id, self.admin, self.overrides(), budget, self.params, index)
         records: list[dict[str, Any]] = []
         for seed in range(cfg.seeds):
             t = time.monotonic()
-            records.append(runner.run("real", "none", seed, keep_model=seed == 0))
+            records.append(runner.run("real", "none", seed))
             self.stage(f"{name}: real seed {seed}", time.monotonic() - t)
-        reference = records[0]
 
         t = time.monotonic()
         from wbc_core.gan_runs import generate_candidates
@@ -207,17 +238,23 @@ class ProductLoop:
         gen = generate_candidates(out["gan"]["run_id"], cfg.per_class, seed=cfg.split_seed)
         out["generation"] = {k: gen.get(k) for k in ("candidates", "checkpoint_step", "scoring")}
         out["generation"]["seconds"] = round(time.monotonic() - t, 1)
-        out["curation"] = self.review(dataset_id, reference)
+        out["curation"] = self.review(dataset_id, self.reference)
         self.stage(f"{name}: generate + review", time.monotonic() - t)
 
+        compare = range(min(cfg.seeds, cfg.strategy_seeds)) if len(strategies) > 1 else range(cfg.seeds)
         for strategy in strategies:
-            for seed in range(cfg.seeds):
+            for seed in compare:
                 t = time.monotonic()
                 records.append(runner.run("curated", strategy, seed))
                 self.stage(f"{name}: curated {strategy} seed {seed}", time.monotonic() - t)
             self._summarise(out, records)
         best = la.best_strategy(out["absolute"], strategies)
         out["best_strategy"] = best
+        for seed in (range(len(compare), cfg.seeds) if len(strategies) > 1 else ()):
+            t = time.monotonic()
+            records.append(runner.run("curated", best, seed))
+            self.stage(f"{name}: curated {best} seed {seed}", time.monotonic() - t)
+        self._summarise(out, records)
         for arm in ("unfiltered", "matched"):
             for seed in range(cfg.seeds):
                 t = time.monotonic()
@@ -233,7 +270,7 @@ class ProductLoop:
         out["runs"] = [la.public(r) for r in records]
         out["test_cells_identical"] = len({r["test_cells_hash"] for r in records}) == 1
         seen = [r["images_seen"] for r in records]  # whole epochs: the budget is met to within half an epoch
-        out["image_budget"] = {"target": self.cfg.cls_images, "min": min(seen), "max": max(seen)}
+        out["image_budget"] = {"target": out.get("image_budget_per_arm"), "min": min(seen), "max": max(seen)}
 
     def gan(self, dataset_id: int) -> dict[str, Any]:
         """The regime's GAN: the app's preset (CPU, or CUDA_PRESET on cuda) with the bench's steps, as a job body."""
@@ -311,27 +348,56 @@ class ProductLoop:
                     review_model.decide(ids, "scripted", "reject", reason=reasons[rule], user=self.reviewer)
 
 
-# Speeds for the plan and the ETA: a CPU-preset GAN step at 64 px and ResNet-18 64 px training images per second
-# (2 idle cores, bf16: BENCHMARKS.md), the fixed cost of one classifier job besides training (val/test scoring) and
-# of a regime's generation (its judge's training, scoring) + review (bench/results/product_loop_rare_small.json,
-# load ~1.5, so on the safe side).
-SPEED = {"gan_step_s": 0.218, "cls_images_per_s": 480.0, "arm_overhead_s": 8.0, "import_s": 15.0,
-         "review_s": 150.0}
+# Speeds for the plan and the ETA, 2 idle cores, bf16: a CPU-preset GAN step at 64 px in the app's GAN job
+# (compiled bf16: 0.33 s in bench/options.py's idle run, 0.37 with the job's logging, EMA and checkpoints),
+# ResNet-18 64 px training images per second (the classifier jobs of product_loop_rare_reduced_partial.json: 181-238),
+# the fixed cost of one classifier job besides training (val/test scoring), and of a regime's generation (its
+# judge's training, scoring) + review (product_loop_rare_small.json, load ~1.5, so on the safe side).
+SPEED = {"gan_step_s": 0.37, "cls_images_per_s": 200.0, "arm_overhead_s": 10.0, "import_s": 15.0,
+         "review_s": 170.0}
+TRAIN_SHARE = 0.7  # the app's split: 70% of each class is train
+
+
+def train_estimate(cfg: LoopConfig, regime: str) -> int:
+    """Real train cells of a regime, estimated from the folder before anything is imported (for the plan)."""
+    folder = Path(cfg.data)
+    counts = {d.name: sum(1 for _ in d.iterdir()) for d in folder.iterdir() if d.is_dir()} if folder.is_dir() else {}
+    if cfg.cells_per_class:
+        counts = {c: min(n, cfg.cells_per_class) for c, n in counts.items()}
+    train = {c: int(n * TRAIN_SHARE) for c, n in counts.items()}
+    try:
+        caps = ls.regime_caps(regime, sorted(train), cfg.rare_classes, cfg.rare_n)
+    except ValueError:
+        caps = {}
+    return sum(min(n, caps.get(c, n)) for c, n in train.items())
+
+
+def arm_seconds(cfg: LoopConfig, images: float) -> float:
+    return images / SPEED["cls_images_per_s"] + SPEED["arm_overhead_s"]
 
 
 def plan(cfg: LoopConfig) -> dict[str, float]:
-    """Estimated seconds of each kind of stage on 2 idle cores (the progress bar counts these seconds)."""
-    arm = cfg.cls_images / SPEED["cls_images_per_s"] + SPEED["arm_overhead_s"]
-    return {"import": SPEED["import_s"], "gan": cfg.gan_steps * SPEED["gan_step_s"], "arm": arm,
-            "review": SPEED["review_s"]}
+    """Estimated seconds of each kind of stage on 2 idle cores (the progress bar counts these seconds; "arm" is
+    the first regime's arm)."""
+    first = train_estimate(cfg, cfg.regimes[0]) if cfg.regimes else 0
+    budget = min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * first))
+    reference = arm_seconds(cfg, cfg.reference_epochs * train_estimate(cfg, "all"))
+    return {"import": SPEED["import_s"], "reference": reference, "gan": cfg.gan_steps * SPEED["gan_step_s"],
+            "arm": arm_seconds(cfg, budget), "review": SPEED["review_s"]}
 
 
 def planned_seconds(cfg: LoopConfig) -> float:
-    """The whole run's estimate: import, and per regime its GAN, review, and real + curated (per strategy) +
-    unfiltered + matched arms for every seed."""
+    """The whole run's estimate: import, the reference, and per regime its GAN, review, and real + curated (per
+    strategy) + unfiltered + matched arms, each at that regime's image budget."""
     p = plan(cfg)
-    arms = sum(cfg.seeds * (3 + (len(cfg.strategies) if i == 0 else 1)) for i in range(len(cfg.regimes)))
-    return p["import"] + len(cfg.regimes) * (p["gan"] + p["review"]) + arms * p["arm"]
+    total = p["import"] + p["reference"]
+    for i, regime in enumerate(cfg.regimes):
+        budget = min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * train_estimate(cfg, regime)))
+        compare = len(cfg.strategies) > 1 and i == 0
+        curated = (len(cfg.strategies) * min(cfg.seeds, cfg.strategy_seeds)
+                   + cfg.seeds - min(cfg.seeds, cfg.strategy_seeds)) if compare else cfg.seeds
+        total += p["gan"] + p["review"] + (3 * cfg.seeds + curated) * arm_seconds(cfg, budget)
+    return total
 
 
 def _names(text: str) -> tuple[str, ...]:

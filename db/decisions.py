@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, null, select, union_all
+from sqlalchemy import Float, and_, cast, func, literal, null, select, union_all
 from sqlalchemy.orm import aliased
 
 from db import validate
@@ -25,6 +25,9 @@ QUEUE_ORDERS = ("id", "judge_prob_desc", "judge_prob_asc", "nearest_real_desc", 
                 "p_accept_desc", "p_accept_uncertain")  # the last two: the dataset's latest acceptance model
 # Per-cell provenance that only candidates have: hidden from a reviewer in blind mode, since a real cell
 # would otherwise stand out by its empty GAN run.
+# A NULL sort key typed as a number: PostgreSQL types a bare NULL in a subquery's output as text, which a UNION
+# with scored rows then refuses.
+NO_KEY = cast(null(), Float)
 PROVENANCE_KEYS = ("gan_run_id", "checkpoint_step", "judge_prob", "nearest_real_distance")
 
 
@@ -125,9 +128,12 @@ def _standing_images(reviewer: str):  # noqa: ANN202
 
 def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "pending", limit: int = 48,
                  offset: int = 0, gan_run_id: int | None = None, order: str = "id",
-                 checkpoint_step: int | None = None, image_ids: Sequence[int] | None = None
-                 ) -> tuple[list[dict[str, Any]], int]:
+                 checkpoint_step: int | None = None, image_ids: Sequence[int] | None = None,
+                 candidate_total: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """One page of a class's candidates for a reviewer, with their own current verdict, and the total count.
+
+    candidate_total: how many candidates match, when the caller keeps that count (wbc_core.decision_tally);
+    None counts them here, a walk of the class's index entries (tens of ms at 1M candidates).
 
     image_ids keeps only those candidates (a selection handed over from the embedding map); no blind real cells
     are mixed into such a hand-picked queue.
@@ -153,14 +159,20 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
         # A run or step filter inspects one GAN run's output: real cells belong to none, and mixing them
         # into a small run's view would inflate their share there.
         with_blind = blind_mode and gan_run_id is None and checkpoint_step is None and image_ids is None
-        if order.startswith("p_accept_"):
-            column = _acceptance_key(s, dataset_id, uncertain=order == "p_accept_uncertain")
         cand = _queue_part(reviewer, state, not blind_mode).where(*where)
         descending = order.endswith("_desc")
-        parts = _candidate_parts(cand, column, descending, offset + limit)
-        total = _queue_count(s, reviewer, state, where)
+        key_range = None
+        if order.startswith("p_accept_"):
+            model_id = s.scalar(select(AcceptanceModel.id).where(AcceptanceModel.dataset_id == dataset_id)
+                                .order_by(AcceptanceModel.version.desc()).limit(1))
+            uncertain = order == "p_accept_uncertain"
+            parts = _acceptance_parts(s, cand, model_id or -1, uncertain, offset + limit)
+            column, key_range = None, _acceptance_range(s, model_id, uncertain)
+        else:
+            parts = _candidate_parts(cand, column, descending, offset + limit)
+        total = _queue_count(s, reviewer, state, where) if candidate_total is None else candidate_total
         if with_blind:
-            blind = _blind_part(s, dataset_id, class_name, reviewer, state, where, column)
+            blind = _blind_part(s, dataset_id, class_name, reviewer, state, where, column, key_range)
             parts.append(select(*blind.subquery().c))
             total += s.scalar(select(func.count()).select_from(blind.subquery())) or 0
         query = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
@@ -200,29 +212,69 @@ def _queue_count(s, reviewer: str, state: str, where: list) -> int:  # noqa: ANN
     return int(decided if state == "decided" else every - decided)
 
 
-def _acceptance_key(s, dataset_id: int, uncertain: bool):  # noqa: ANN001, ANN202
-    """Sort key from the latest acceptance model's score: p_accept, or |p_accept - 0.5| (unscored: NULL, last)."""
-    model_id = s.scalar(select(AcceptanceModel.id).where(AcceptanceModel.dataset_id == dataset_id)
-                        .order_by(AcceptanceModel.version.desc()).limit(1))
-    p = (select(AcceptanceScore.p_accept)
-         .where(AcceptanceScore.image_id == Image.id, AcceptanceScore.model_id == (model_id or -1))
-         .correlate(Image).scalar_subquery())
-    return func.abs(p - 0.5) if uncertain else p
+def _acceptance_parts(s, cand, model_id: int, uncertain: bool, need: int) -> list:  # noqa: ANN001
+    """The first `need` candidates by the model's score, as ordered walks of ix_acceptance_scores_model.
+
+    "Most likely accepted" walks the scores down from the top; "most uncertain" walks up and down from 0.5 and
+    the two meet in the page's sort. Both join images by primary key, where ordering by a per-row score lookup
+    sorted the whole class (0.5-1 s at 1M candidates). Unscored candidates (sorted last, by id) are fetched only
+    when the scored ones cannot fill the page: their anti-join would walk the whole class when all are scored.
+    """
+    score = AcceptanceScore
+    joined = cand.join(score, and_(score.image_id == Image.id, score.model_id == model_id))
+    if uncertain:
+        half = literal(0.5)
+        walks = [joined.where(score.p_accept >= half).add_columns(Image.id.label("k_id"),
+                                                                  (score.p_accept - half).label("k_1"))
+                 .order_by(score.p_accept.asc(), Image.id),
+                 joined.where(score.p_accept < half).add_columns(Image.id.label("k_id"),
+                                                                 (half - score.p_accept).label("k_1"))
+                 .order_by(score.p_accept.desc(), Image.id)]
+    else:
+        walks = [joined.add_columns(Image.id.label("k_id"), score.p_accept.label("k_1"))
+                 .order_by(score.p_accept.desc(), Image.id)]
+    parts = [select(*walk.limit(need).subquery().c) for walk in walks]
+    scored = s.scalar(select(func.count()).select_from(union_all(*parts).subquery() if len(parts) > 1
+                                                      else parts[0].subquery())) or 0
+    if scored < need:
+        unscored = ~select(score.image_id).where(score.image_id == Image.id, score.model_id == model_id).exists()
+        parts.append(select(*cand.where(unscored).add_columns(Image.id.label("k_id"), NO_KEY.label("k_1"))
+                            .order_by(Image.id).limit(need).subquery().c))
+    return parts
 
 
-def _blind_part(s, dataset_id: int, class_name: str, reviewer: str, state: str, where: list, column):  # noqa: ANN001, ANN202
-    """The reviewer's blind real cells of the class, with sort keys spread over the candidates' key range."""
+def _acceptance_range(s, model_id: int | None, uncertain: bool) -> tuple[float | None, float | None]:  # noqa: ANN001
+    """(lowest, highest) sort key of the model's scores, from the ends of its index (for blind cells' keys);
+    (None, None) without scores."""
+    if model_id is None:
+        return None, None
+    lo, hi = s.execute(select(func.min(AcceptanceScore.p_accept), func.max(AcceptanceScore.p_accept))
+                       .where(AcceptanceScore.model_id == model_id)).one()
+    if lo is None:
+        return None, None
+    return (0.0, max(abs(lo - 0.5), abs(hi - 0.5))) if uncertain else (float(lo), float(hi))
+
+
+def _blind_part(s, dataset_id: int, class_name: str, reviewer: str, state: str, where: list, column,  # noqa: ANN001, ANN202
+                key_range: tuple[float | None, float | None] | None = None):
+    """The reviewer's blind real cells of the class, with sort keys spread over the candidates' key range
+    (key_range when the caller knows it: the acceptance scores' range, read from their index's ends)."""
     # Sort keys are interpolated into the candidates' range by each item's stored hash position, so the
     # real cells sit among the candidates in every order (never all first or last). Real ids are smaller
     # than candidate ids (imported earlier), and real cells have no judge scores.
-    lo_id, hi_id, lo, hi = s.execute(select(func.min(Image.id), func.max(Image.id),
-                                            func.min(column if column is not None else Image.id),
-                                            func.max(column if column is not None else Image.id))
-                                     .where(*where)).one()
+    if key_range is not None:  # (None, None): no scores, so candidates sort by id only, and so do these
+        lo_id, hi_id = s.execute(select(func.min(Image.id), func.max(Image.id)).where(*where)).one()
+        lo, hi = key_range
+    elif column is None:  # sorted by id: the key is the id
+        lo_id, hi_id = s.execute(select(func.min(Image.id), func.max(Image.id)).where(*where)).one()
+        lo, hi = lo_id, hi_id
+    else:
+        lo_id, hi_id, lo, hi = s.execute(select(func.min(Image.id), func.max(Image.id), func.min(column),
+                                                func.max(column)).where(*where)).one()
     lo_id, hi_id = lo_id or 0, hi_id or 0
     k_id = literal(float(lo_id)) + BlindItem.position * float(hi_id - lo_id)
     # Unscored classes sort every candidate by id only; so do the real cells then.
-    k_1 = null() if lo is None else literal(float(lo)) + BlindItem.position * float(hi - lo)
+    k_1 = NO_KEY if lo is None else literal(float(lo)) + BlindItem.position * float(hi - lo)
     return (_queue_part(reviewer, state, False)
             .join(BlindItem, and_(BlindItem.image_id == Image.id, BlindItem.reviewer == reviewer))
             .where(BlindItem.dataset_id == dataset_id, Image.class_name == class_name)
@@ -313,6 +365,34 @@ def candidate_counts(dataset_id: int) -> dict[str, int]:
         rows = s.execute(select(Image.class_name, func.count()).where(
             Image.dataset_id == dataset_id, Image.origin == "synthetic").group_by(Image.class_name))
         return {c: int(n) for c, n in rows}
+
+
+def candidate_counts_with_recent(dataset_id: int, window: int) -> tuple[dict[str, int], list[int]]:
+    """(candidates per intended class, the ids of those within `window` ids of the highest), in one snapshot."""
+    mine = (Image.dataset_id == dataset_id, Image.origin == "synthetic")
+    newest = select(func.max(Image.id)).where(*mine).scalar_subquery()
+    # One statement, so PostgreSQL reads the counts and the window from the same snapshot (READ COMMITTED takes
+    # one per statement): a candidate committed in between would otherwise be taken as counted without being so.
+    both = union_all(
+        select(Image.class_name, func.count().label("n"), null().label("id")).where(*mine).group_by(Image.class_name),
+        select(Image.class_name, null().label("n"), Image.id).where(*mine, Image.id > newest - window))
+    counts: dict[str, int] = {}
+    recent: list[int] = []
+    with read_session() as s:
+        for class_name, n, image_id in s.execute(both):
+            if image_id is None:
+                counts[class_name] = int(n)
+            else:
+                recent.append(int(image_id))
+    return counts, recent
+
+
+def candidates_after(dataset_id: int, after_id: int) -> list[tuple[int, str]]:
+    """(id, intended class) of the dataset's candidates with id > after_id, oldest first (for running counts)."""
+    with read_session() as s:
+        return [(int(i), c) for i, c in s.execute(
+            select(Image.id, Image.class_name).where(Image.dataset_id == dataset_id, Image.origin == "synthetic",
+                                                     Image.id > after_id).order_by(Image.id))]
 
 
 def decisions_since(reviewer: str, since: datetime) -> tuple[int, datetime | None]:

@@ -12,7 +12,7 @@ from support import account
 from db import datasets
 from db import decisions as decisions_db
 from db.engine import write_session
-from db.models import Decision
+from db.models import Decision, Image
 from wbc_core import decision_tally, review_model
 from wbc_core.review_model import ConsensusRule, ReviewSettings
 
@@ -145,3 +145,62 @@ def test_reading_a_row_twice_changes_nothing():
 def test_only_postgresql_needs_the_periodic_re_read(cells, db_backend):
     # SQLite's single writer makes ids visible in commit order; PostgreSQL numbers rows before they commit.
     assert decision_tally.DecisionTally._late_commits_possible() == (db_backend == "postgresql")
+
+
+def _sql_total(dataset_id: int, class_name: str, reviewer: str, state: str) -> int:
+    return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=1)[1]
+
+
+def test_queue_totals_from_running_counts_match_the_sql_count(cells):
+    dataset_id, ids, blind = cells
+    rng = random.Random(11)
+    users = {name: account("reviewer", name) for name in REVIEWERS}
+    n = 18
+    for step in range(30):
+        reviewer = rng.choice(REVIEWERS)
+        action = rng.choice(("accept", "reject", "relabel", "undo", "add"))
+        if action == "add":  # a generation job adds candidates while people review
+            ids += datasets.add_images(dataset_id, [dict(origin="synthetic", class_name=rng.choice(CLASSES),
+                                                         split=None, sha256=f"s{n + k}", path=f"q{n + k}",
+                                                         width=8, height=8) for k in range(2)])
+            n += 2
+        elif action == "undo":
+            review_model.undo_last(dataset_id, reviewer, 1, user=users[reviewer])
+        else:
+            cell = rng.choice(ids + (blind if reviewer == "ann" else []))
+            review_model.decide([cell], reviewer, action, new_class="c" if action == "relabel" else None,
+                                user=users[reviewer])
+        for who in REVIEWERS:
+            for c in CLASSES:
+                for state in ("pending", "decided", "all"):
+                    shown = review_model.queue_page(dataset_id, c, who, state=state, page_size=1)[1]
+                    assert shown == _sql_total(dataset_id, c, who, state), (step, who, c, state)
+    assert any(review_model.queue_page(dataset_id, c, "ann", state="decided")[1] for c in CLASSES)
+
+
+def test_a_candidate_committed_late_with_a_lower_id_is_counted_once(cells, monkeypatch):
+    dataset_id, ids, _ = cells
+    summary = {r["class_name"]: r["candidates"] for r in review_model.class_summary(dataset_id)}
+    assert summary == decisions_db.candidate_counts(dataset_id)
+    top = max(ids)
+
+    def candidate(image_id: int, class_name: str) -> None:
+        with write_session() as s:
+            s.execute(insert(Image).values(id=image_id, dataset_id=dataset_id, origin="synthetic",
+                                           class_name=class_name, sha256=f"late{image_id}", path=f"l{image_id}",
+                                           width=8, height=8))
+
+    def shown() -> dict[str, int]:
+        return {r["class_name"]: r["candidates"] for r in review_model.class_summary(dataset_id)}
+
+    candidate(top + 1000, "a")  # ids well above the sequence's next ones: PostgreSQL's would collide otherwise
+    assert shown() == decisions_db.candidate_counts(dataset_id)
+    candidate(top + 995, "b")  # inside the look-back window below the newest: a late commit
+    assert shown() == decisions_db.candidate_counts(dataset_id) and shown()["b"] == summary["b"] + 1
+    assert shown() == decisions_db.candidate_counts(dataset_id)  # read again: counted once
+    monkeypatch.setattr(decision_tally, "LOOKBACK_IDS", 1)
+    candidate(top + 990, "c")  # beyond the look-back: waits for the periodic recount (PostgreSQL only)
+    assert shown()["c"] == summary["c"]
+    monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
+    monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    assert shown() == decisions_db.candidate_counts(dataset_id) and shown()["c"] == summary["c"] + 1

@@ -150,6 +150,30 @@ def test_review_orders_by_predicted_acceptance_and_uncertainty(cells, fake_judge
     assert "p_accept_desc" in review_model.QUEUE_ORDERS and "p_accept_uncertain" in review_model.QUEUE_ORDERS
 
 
+@pytest.mark.parametrize("unscored", [0, 5], ids=["all scored", "some unscored"])
+def test_acceptance_orders_page_through_exactly_the_sorted_queue(cells, unscored):
+    """Every page, at a small page size, is the slice of the queue sorted in Python: scored by the key (ties by
+    id), unscored last by id; some of them decided, so the pending filter applies inside the index walks."""
+    dataset_id, ids = cells
+    good, bad = ids["a"]
+    review_model.decide(good[:2], "bob", "accept", user=account("reviewer", "bob"))
+    model = acc_db.add_model(dataset_id, trained_on=1, cv_auc=None, calibration={}, summary={}, path="x")
+    cand = good + bad
+    values = [0.9, 0.1, 0.55, 0.45, 0.6, 0.4, 0.5, 0.5, 0.95, 0.05, 0.7, 0.3, 0.2, 0.8, 0.65, 0.35]
+    scored = dict(zip(cand[:len(cand) - unscored], values, strict=False))
+    acc_db.set_scores(model["id"], scored)
+    pending = [i for i in cand if i not in good[:2]]
+    for order, key in (("p_accept_desc", lambda i: -scored[i]), ("p_accept_uncertain", lambda i: abs(scored[i] - 0.5))):
+        expected = sorted((i for i in pending if i in scored), key=lambda i: (key(i), i))
+        expected += sorted(i for i in pending if i not in scored)
+        shown = []
+        for page in range(6):
+            rows, total = review_model.queue_page(dataset_id, "a", "bob", order=order, page=page, page_size=3)
+            shown += [r["id"] for r in rows]
+            assert total == len(pending)
+        assert shown == expected, order
+
+
 def test_quota_estimate_uses_the_current_acceptance_rate(cells):
     dataset_id, ids = cells
     _review(dataset_id, ids, n_good=2, n_bad=6)  # 2 of 8 decided accepted: 25%

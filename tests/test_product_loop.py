@@ -102,6 +102,26 @@ def test_budget_and_epoch_arithmetic():
     assert la.strategy_mix("fill", la.StrategyParams(target=50)).target == 50
 
 
+def test_each_regime_gets_its_own_clipped_image_budget_and_the_plan_counts_every_arm(tmp_path):
+    for name, n in {"basophil": 100, "ig": 50, "neutrophil": 200}.items():
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{i}.jpg").touch()
+    cfg = pl.parse_args(["--data", str(tmp_path), "--regimes", "rare,n10", "--rare-n", "5", "--cls-epochs", "4",
+                         "--cls-min-images", "100", "--cls-images", "500", "--seeds", "3", "--strategy-seeds", "1"])
+    assert pl.train_estimate(cfg, "rare") == 5 + 5 + 140 and pl.train_estimate(cfg, "n10") == 30
+    loop = pl.ProductLoop(cfg)
+    assert loop.arm_budget(150) == 500  # 4 x 150 = 600, capped
+    assert loop.arm_budget(30) == 120 and loop.arm_budget(10) == 100  # 40 is below the floor
+    # rare: 3 real + 5 strategies on 1 seed + 2 more seeds of the chosen one + 3 unfiltered + 3 matched = 16 arms;
+    # n10: 3 x 4 = 12 arms, each at its own budget.
+    p = pl.plan(cfg)
+    arms = (16 * pl.arm_seconds(cfg, 500) + 12 * pl.arm_seconds(cfg, 120))
+    expected = p["import"] + p["reference"] + 2 * (p["gan"] + p["review"]) + arms
+    assert pl.planned_seconds(cfg) == pytest.approx(expected)
+    assert p["reference"] == pytest.approx(pl.arm_seconds(cfg, cfg.reference_epochs * 245))
+
+
 def test_best_strategy_is_chosen_on_val_never_test():
     absolute = {"curated@none": {"val_macro_f1": 0.80, "test_macro_f1": 0.99},
                 "curated@fill": {"val_macro_f1": 0.85, "test_macro_f1": 0.10}, "real": {"val_macro_f1": 0.9}}
@@ -167,6 +187,10 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     assert pl.main(["--quick", "--data", str(DATA), "--out", str(out)]) == 0
     res = json.loads((out / "product_loop_quick.json").read_text())
     assert not res["partial"] and set(res["regimes"]) == set(pl.QUICK["regimes"])
+    # The scripted reviewer's reference: one classifier job on the import's full real train split.
+    assert res["reference"]["arm"] == "real" and res["reference"]["train_cells"] == sum(
+        res["data"]["splits"][c]["train"] for c in res["data"]["class_names"])
+    assert all(r["curation"]["reference_run"] == res["reference"]["run_id"] for r in res["regimes"].values())
     assert res["strategy"]["chosen"] in pl.QUICK["strategies"]
     test_hashes = set()
     for r in res["regimes"].values():

@@ -15,6 +15,12 @@ transaction can commit an id below one already read: each read goes back LOOKBAC
 starts over every FULL_REREAD_S seconds. A count can lag such a decision by at most that long, which the page's
 summaries (a few seconds old by design, pages.ui.refresh) allow; training sets never use a tally
 (review_model.consensus reads every current vote).
+
+Candidates per class are counted the same way (CandidateCount): images are only ever added while a dataset
+lives (they go only with the whole dataset), so the ids above the last one read are all that is new. Counting
+is not idempotent, so the ids counted within the look-back window are remembered to count each exactly once.
+Together they give the Review queue its "N pending" without walking a class's index entries (~60 ms of every
+key press at 1M candidates on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class DecisionTally:
         self._rulings: dict[int, tuple[int, str | None]] = {}  # cell -> (id, ruling vote; None once withdrawn)
         self._cells: dict[int, tuple[str, str]] = {}  # cell -> (intended class, origin)
         self._verdicts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self._standing: Counter = Counter()  # (reviewer, intended class) -> candidates with a current vote
+        self._stale: set[int] = set()  # cells whose votes changed since they were last judged
         self._rule: Any = None  # the rule self._outcomes were judged under
         self._outcomes: dict[int, tuple[str, str | None]] = {}  # synthetic cell -> (status, final class)
         self._status: dict[str, Counter] = defaultdict(Counter)
@@ -81,10 +89,8 @@ class DecisionTally:
     def counts(self, rule: Any, judge: Judge) -> TallyCounts:
         """Read the rows added since the last call, re-judge the cells they touched (all after a rule change)."""
         with self._lock:
-            if self._late_commits_possible() and time.monotonic() - self._read_from_scratch_at > FULL_REREAD_S:
-                self._start_over()
-            rows = self._rows_since_last_read()
-            touched = {row["image_id"] for row in rows if self._apply(row)}
+            self._catch_up()
+            touched, self._stale = self._stale, set()
             if rule != self._rule:
                 self._rule, touched = rule, set(self._cells)
                 self._outcomes.clear()
@@ -94,6 +100,18 @@ class DecisionTally:
                 self._rejudge(cell, judge)
             return TallyCounts({c: Counter(n) for c, n in self._status.items()}, Counter(self._final),
                                {k: Counter(n) for k, n in self._verdicts.items()})
+
+    def decided_candidates(self, reviewer: str, class_name: str) -> int:
+        """Candidates of a class on which the reviewer's latest vote stands (not undone), up to date now."""
+        with self._lock:
+            self._catch_up()
+            return self._standing[(reviewer, class_name)]
+
+    def _catch_up(self) -> None:
+        """Read the rows added since the last read; the cells they changed wait in _stale to be re-judged."""
+        if self._late_commits_possible() and time.monotonic() - self._read_from_scratch_at > FULL_REREAD_S:
+            self._start_over()
+        self._stale |= {row["image_id"] for row in self._rows_since_last_read() if self._apply(row)}
 
     @staticmethod
     def _late_commits_possible() -> bool:
@@ -124,11 +142,15 @@ class DecisionTally:
         held = self._votes[cell].get(row["reviewer"])
         if held is not None and held[0] >= decision_id:
             return False
-        mine = self._verdicts[(row["reviewer"], row["class_name"])]
+        slot = (row["reviewer"], row["class_name"])
+        mine = self._verdicts[slot]
+        synthetic = row["origin"] == "synthetic"
         if held is not None and held[1] is not None:
             mine[verdict_of(held[1])] -= 1
+            self._standing[slot] -= synthetic
         if vote is not None:
             mine[verdict_of(vote)] += 1
+            self._standing[slot] += synthetic
         self._votes[cell][row["reviewer"]] = (decision_id, vote)
         return True
 
@@ -159,20 +181,66 @@ class DecisionTally:
         return judge(votes, intended) if votes else None
 
 
-class _Tallies:
-    """Every tally of a process, one per dataset (held in the context's caches)."""
+class CandidateCount:
+    """Candidates per intended class of one dataset, counted once and then from the ids added since."""
+
+    def __init__(self, dataset_id: int) -> None:
+        self.dataset_id = dataset_id
+        self._lock = threading.Lock()
+        self._counted_at = 0.0
+        self._per_class: Counter = Counter()
+        self._newest = 0
+        self._recent: set[int] = set()  # ids counted within LOOKBACK_IDS of the newest: each is counted once
+
+    def per_class(self) -> Counter:
+        """Candidates per intended class now (a copy)."""
+        with self._lock:
+            stale = DecisionTally._late_commits_possible() and time.monotonic() - self._counted_at > FULL_REREAD_S
+            if not self._counted_at or stale:
+                counts, recent = decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS)
+                self._per_class, self._recent, self._counted_at = Counter(counts), set(recent), time.monotonic()
+                self._newest = max(recent, default=0)
+                return Counter(self._per_class)
+            for image_id, class_name in decisions_db.candidates_after(self.dataset_id,
+                                                                      max(0, self._newest - LOOKBACK_IDS)):
+                if image_id not in self._recent:  # new, or a late commit inside the window
+                    self._per_class[class_name] += 1
+                    self._recent.add(image_id)
+                    self._newest = max(self._newest, image_id)
+            floor = self._newest - LOOKBACK_IDS
+            self._recent = {i for i in self._recent if i > floor}
+            return Counter(self._per_class)
+
+
+class _PerDataset:
+    """One counter of a kind per dataset, for every session of a process (held in the context's caches)."""
+
+    kind: type = DecisionTally
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_dataset: dict[int, DecisionTally] = {}
+        self._by_dataset: dict[int, Any] = {}
 
-    def get(self, dataset_id: int) -> DecisionTally:
+    def get(self, dataset_id: int) -> Any:  # noqa: ANN401 - an instance of self.kind
         with self._lock:
             if dataset_id not in self._by_dataset:
-                self._by_dataset[dataset_id] = DecisionTally(dataset_id)
+                self._by_dataset[dataset_id] = self.kind(dataset_id)
             return self._by_dataset[dataset_id]
+
+
+class _Tallies(_PerDataset):
+    kind = DecisionTally
+
+
+class _CandidateCounts(_PerDataset):
+    kind = CandidateCount
 
 
 def tally_for(caches: Any, dataset_id: int) -> DecisionTally:  # noqa: ANN401 - wbc_core.context.Caches
     """The process's tally of a dataset, shared by every session of a server."""
     return caches.get("decision_tallies", _Tallies).get(dataset_id)
+
+
+def candidate_count_for(caches: Any, dataset_id: int) -> CandidateCount:  # noqa: ANN401 - wbc_core.context.Caches
+    """The process's running count of a dataset's candidates per class."""
+    return caches.get("candidate_counts", _CandidateCounts).get(dataset_id)

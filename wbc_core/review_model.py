@@ -24,7 +24,7 @@ from db.models import utcnow
 from wbc_core import limits
 from wbc_core.auth import PermissionDenied, User, authorize
 from wbc_core.context import current
-from wbc_core.decision_tally import TallyCounts, tally_for, vote_of
+from wbc_core.decision_tally import TallyCounts, candidate_count_for, tally_for, vote_of
 
 __all__ = ["QUEUE_ORDERS", "QUEUE_STATES", "REJECT_REASONS", "ConsensusRule", "Outcome", "ReviewError",
            "ReviewSettings", "accepted_candidates", "adjudicate", "class_summary", "consensus", "decide",
@@ -220,13 +220,13 @@ def class_summary(dataset_id: int, rule: ConsensusRule | None = None) -> list[di
     """Per intended class: candidates, accepted, rejected, disputed, pending; accepted_final, quota, quota_met.
 
     accepted_final counts accepted candidates by their final class (relabels applied): what the quota is on.
-    Counted from the process's decision tally (wbc_core.decision_tally: only new rows are read) plus candidate
-    counts in SQL: loading 100k candidate rows, or every current vote, would take a large part of a second.
+    Counted from the process's decision tally and running candidate counts (wbc_core.decision_tally: only new
+    rows are read): loading 100k candidate rows, or every current vote, would take a large part of a second.
     """
     settings = get_review_settings(dataset_id)
     tallied = _tally_counts(dataset_id, rule if rule is not None else settings.rule)
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for class_name, n in decisions_db.candidate_counts(dataset_id).items():
+    for class_name, n in _candidate_counts(dataset_id).items():
         per_class[class_name]["candidates"] = n
     for class_name, statuses in tallied.status.items():
         for status in ("accepted", "rejected", "disputed"):  # "pending" here: fewer votes than the rule needs
@@ -254,9 +254,20 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
     Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
     verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
     """
+    total = None
+    if gan_run_id is None and checkpoint_step is None and image_ids is None and state in QUEUE_STATES:
+        # The whole class: its count comes from the process's running counts, not a walk of the class in SQL.
+        candidates = _candidate_counts(dataset_id)[class_name]
+        decided = tally_for(current().caches, dataset_id).decided_candidates(reviewer, class_name)
+        total = {"all": candidates, "decided": decided, "pending": max(candidates - decided, 0)}[state]
     return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
-                                  checkpoint_step=checkpoint_step, image_ids=image_ids)
+                                  checkpoint_step=checkpoint_step, image_ids=image_ids, candidate_total=total)
+
+
+def _candidate_counts(dataset_id: int) -> Counter:
+    """Candidates per intended class, from the process's running count (wbc_core.decision_tally)."""
+    return candidate_count_for(current().caches, dataset_id).per_class()
 
 
 # -- settings and quotas -------------------------------------------------------------------------------------
@@ -316,7 +327,7 @@ def reviewer_progress(dataset_id: int) -> list[dict[str, Any]]:
     Counts include the reviewer's own blind real cells, so they match what that reviewer's queue shows.
     """
     counts = _tally_counts(dataset_id, get_review_settings(dataset_id).rule).verdicts
-    candidates = decisions_db.candidate_counts(dataset_id)
+    candidates = _candidate_counts(dataset_id)
     blind = Counter((b["reviewer"], b["class_name"]) for b in decisions_db.blind_items(dataset_id))
     out = []
     for reviewer, class_name in sorted({key for key, c in counts.items() if +c} | set(blind)):
