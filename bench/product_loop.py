@@ -230,6 +230,7 @@ class ProductLoop:
         for seed in range(cfg.seeds):
             t = time.monotonic()
             records.append(runner.run("real", "none", seed))
+            self._summarise(out, records)
             self.stage(f"{name}: real seed {seed}", time.monotonic() - t)
 
         t = time.monotonic()
@@ -242,27 +243,28 @@ class ProductLoop:
         self.stage(f"{name}: generate + review", time.monotonic() - t)
 
         compare = range(min(cfg.seeds, cfg.strategy_seeds)) if len(strategies) > 1 else range(cfg.seeds)
+        # Each arm is summarised before its stage is written, so a stopped run's files hold every finished arm.
         for strategy in strategies:
             for seed in compare:
                 t = time.monotonic()
                 records.append(runner.run("curated", strategy, seed))
+                self._summarise(out, records)
                 self.stage(f"{name}: curated {strategy} seed {seed}", time.monotonic() - t)
-            self._summarise(out, records)
         best = la.best_strategy(out["absolute"], strategies)
         out["best_strategy"] = best
         for seed in (range(len(compare), cfg.seeds) if len(strategies) > 1 else ()):
             t = time.monotonic()
             records.append(runner.run("curated", best, seed))
+            self._summarise(out, records)
             self.stage(f"{name}: curated {best} seed {seed}", time.monotonic() - t)
-        self._summarise(out, records)
         for arm in ("unfiltered", "matched"):
             for seed in range(cfg.seeds):
                 t = time.monotonic()
                 counts = next(r["synthetic_per_class"] for r in records
                               if r["arm"] == "curated" and r["strategy"] == best and r["seed"] == seed)
                 records.append(runner.run(arm, best, seed, curated_counts=counts))
-                self.stage(f"{name}: {arm} {best} seed {seed}", time.monotonic() - t)
                 self._summarise(out, records)
+                self.stage(f"{name}: {arm} {best} seed {seed}", time.monotonic() - t)
         return out
 
     def _summarise(self, out: dict[str, Any], records: list[dict[str, Any]]) -> None:

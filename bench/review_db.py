@@ -74,8 +74,26 @@ def populate(n_candidates: int, seed: int = 0) -> tuple[int, list[int]]:
             decisions_db.record_decisions(batch[:200], reviewer, "accept")
             decisions_db.record_decisions(batch[200:], reviewer, "reject", reason="GAN texture artefact")
         decisions_db.record_decisions(chosen[:50], reviewer, "undo")
+    score_every_candidate(dataset_id, ids, rng)
     settle()
     return dataset_id, ids
+
+
+def score_every_candidate(dataset_id: int, ids: list[int], rng: random.Random) -> None:
+    """An acceptance model that scored every candidate, as a retrain does (through db.acceptance.set_scores),
+    so the "most likely accepted" and "most uncertain" orders walk a full score index, not an empty one."""
+    from db import acceptance as acc_db
+
+    model = acc_db.add_model(dataset_id, trained_on=len(REVIEWERS) * DECISIONS_PER_REVIEWER, cv_auc=None,
+                             calibration={}, summary={}, path="bench")
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), CHUNK):
+        acc_db.set_scores(model["id"], {i: rng.random() for i in ids[start:start + CHUNK]})
+        done = min(start + CHUNK, len(ids))
+        rate = done / (time.perf_counter() - t0)
+        print(f"  scored {done:>9,} / {len(ids):,} candidates, {rate:,.0f} rows/s, "
+              f"ETA {(len(ids) - done) / rate:5.0f} s",
+              end="\r" if done < len(ids) else "\n", flush=True)
 
 
 def settle() -> None:

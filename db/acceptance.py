@@ -95,8 +95,11 @@ def score_count(model_id: int) -> int:
 
 
 def _decision_rows(dataset_id: int, after_id: int):  # noqa: ANN202 - a select
+    # "+ 0" keeps SQLite off the images indexes that start with dataset_id: at 1M candidates it walked them all
+    # and looked up decisions for each (240 ms on every tenth key press) instead of reading the few decision rows
+    # above after_id by primary key and their images by theirs.
     return (select(Decision.id, Decision.verdict).join(Image, Image.id == Decision.image_id)
-            .where(Decision.id > after_id, Image.dataset_id == dataset_id, Image.origin == "synthetic"))
+            .where(Decision.id > after_id, (Image.dataset_id + 0) == dataset_id, Image.origin == "synthetic"))
 
 
 def decision_counts(dataset_id: int, after_id: int = 0, limit: int | None = None) -> dict[str, int]:
