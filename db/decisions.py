@@ -217,12 +217,14 @@ def _queue_count(s, reviewer: str, state: str, where: list) -> int:  # noqa: ANN
 
 
 def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: int) -> list:  # noqa: ANN001
-    """The first `need` candidates by the model's score, as ordered walks of ix_acceptance_scores_model.
+    """The first `need` candidates by the model's score, as ordered walks of ix_acceptance_scores_asc/_desc.
 
     "Most likely accepted" walks the scores down from the top; "most uncertain" walks up and down from 0.5 and
-    the two meet in the page's sort. Both join images by primary key, where ordering by a per-row score lookup
-    sorted the whole class (0.5-1 s at 1M candidates). Unscored candidates (sorted last, by id) are fetched only
-    when the scored ones cannot fill the page: their anti-join would walk the whole class when all are scored.
+    the two meet in the page's sort. Each walk orders by (score, image id) exactly as its index does (0011), so
+    PostgreSQL stops after the page instead of sorting all of the model's scores. Both join images by primary
+    key, where ordering by a per-row score lookup sorted the whole class (0.5-1 s at 1M candidates). Unscored
+    candidates (sorted last, by id) are fetched only when the scored ones cannot fill the page: their anti-join
+    would walk the whole class when all are scored.
     by_score and cand are the same queue rows; by_score's filters leave the score index to lead the join.
     """
     score = AcceptanceScore
@@ -231,13 +233,13 @@ def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: i
         half = literal(0.5)
         walks = [joined.where(score.p_accept >= half).add_columns(Image.id.label("k_id"),
                                                                   (score.p_accept - half).label("k_1"))
-                 .order_by(score.p_accept.asc(), Image.id),
+                 .order_by(score.p_accept.asc(), score.image_id),
                  joined.where(score.p_accept < half).add_columns(Image.id.label("k_id"),
                                                                  (half - score.p_accept).label("k_1"))
-                 .order_by(score.p_accept.desc(), Image.id)]
+                 .order_by(score.p_accept.desc(), score.image_id)]
     else:
         walks = [joined.add_columns(Image.id.label("k_id"), score.p_accept.label("k_1"))
-                 .order_by(score.p_accept.desc(), Image.id)]
+                 .order_by(score.p_accept.desc(), score.image_id)]
     parts = [select(*walk.limit(need).subquery().c) for walk in walks]
     scored = s.scalar(select(func.count()).select_from(union_all(*parts).subquery() if len(parts) > 1
                                                       else parts[0].subquery())) or 0

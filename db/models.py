@@ -290,8 +290,13 @@ class AcceptanceScore(Base):
     """One model's predicted probability that a person accepts one candidate."""
 
     __tablename__ = "acceptance_scores"
-    __table_args__ = (Index("ix_acceptance_scores_model", "model_id", "p_accept"),)
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("acceptance_models.id", ondelete="CASCADE"), primary_key=True)
     p_accept: Mapped[float] = mapped_column(Float)
+
+
+# The acceptance orders' walks, ties by image id (migration 0011): "most likely" and the lower half of "most
+# uncertain" go down the scores, its upper half up.
+Index("ix_acceptance_scores_asc", AcceptanceScore.model_id, AcceptanceScore.p_accept, AcceptanceScore.image_id)
+Index("ix_acceptance_scores_desc", AcceptanceScore.model_id, AcceptanceScore.p_accept.desc(), AcceptanceScore.image_id)
