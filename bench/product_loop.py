@@ -197,11 +197,6 @@ class ProductLoop:
                               self.params, index)
         return runner.run("real", "none", 0, keep_model=True)
 
-    def arm_budget(self, n_real: int) -> int:
-        """A regime's image budget per arm: cls_epochs passes over its real train cells, clipped."""
-        cfg = self.cfg
-        return int(min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * n_real)))
-
     def regime(self, name: str, strategies: tuple[str, ...]) -> dict[str, Any]:
         """GAN, reference, candidates, scripted review and every arm of one regime."""
         from db import datasets as ds_db
@@ -223,7 +218,7 @@ class ProductLoop:
         self.stage(f"{name}: GAN", time.monotonic() - t)
 
         index = gr.boot_index(len(test), cfg.bootstrap, cfg.split_seed)
-        budget = self.arm_budget(len(train))
+        budget = arm_budget(cfg, len(train))
         out["image_budget_per_arm"] = budget
         runner = la.ArmRunner(dataset_id, self.admin, self.overrides(), budget, self.params, index)
         records: list[dict[str, Any]] = []
@@ -374,6 +369,12 @@ def train_estimate(cfg: LoopConfig, regime: str) -> int:
     return sum(min(n, caps.get(c, n)) for c, n in train.items())
 
 
+def arm_budget(cfg: LoopConfig, n_real: int) -> int:
+    """A regime's image budget per arm: cls_epochs passes over its real train cells, clipped to
+    [cls_min_images, cls_images]."""
+    return int(min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * n_real)))
+
+
 def arm_seconds(cfg: LoopConfig, images: float) -> float:
     return images / SPEED["cls_images_per_s"] + SPEED["arm_overhead_s"]
 
@@ -382,7 +383,7 @@ def plan(cfg: LoopConfig) -> dict[str, float]:
     """Estimated seconds of each kind of stage on 2 idle cores (the progress bar counts these seconds; "arm" is
     the first regime's arm)."""
     first = train_estimate(cfg, cfg.regimes[0]) if cfg.regimes else 0
-    budget = min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * first))
+    budget = arm_budget(cfg, first)
     reference = arm_seconds(cfg, cfg.reference_epochs * train_estimate(cfg, "all"))
     return {"import": SPEED["import_s"], "reference": reference, "gan": cfg.gan_steps * SPEED["gan_step_s"],
             "arm": arm_seconds(cfg, budget), "review": SPEED["review_s"]}
@@ -394,7 +395,7 @@ def planned_seconds(cfg: LoopConfig) -> float:
     p = plan(cfg)
     total = p["import"] + p["reference"]
     for i, regime in enumerate(cfg.regimes):
-        budget = min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * train_estimate(cfg, regime)))
+        budget = arm_budget(cfg, train_estimate(cfg, regime))
         compare = len(cfg.strategies) > 1 and i == 0
         curated = (len(cfg.strategies) * min(cfg.seeds, cfg.strategy_seeds)
                    + cfg.seeds - min(cfg.seeds, cfg.strategy_seeds)) if compare else cfg.seeds

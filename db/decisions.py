@@ -23,11 +23,11 @@ from db.vocabulary import VERDICTS
 QUEUE_STATES = ("pending", "decided", "all")
 QUEUE_ORDERS = ("id", "judge_prob_desc", "judge_prob_asc", "nearest_real_desc", "nearest_real_asc",
                 "p_accept_desc", "p_accept_uncertain")  # the last two: the dataset's latest acceptance model
-# Per-cell provenance that only candidates have: hidden from a reviewer in blind mode, since a real cell
-# would otherwise stand out by its empty GAN run.
 # A NULL sort key typed as a number: PostgreSQL types a bare NULL in a subquery's output as text, which a UNION
 # with scored rows then refuses.
 NO_KEY = cast(null(), Float)
+# Per-cell provenance that only candidates have: hidden from a reviewer in blind mode, since a real cell
+# would otherwise stand out by its empty GAN run.
 PROVENANCE_KEYS = ("gan_run_id", "checkpoint_step", "judge_prob", "nearest_real_distance")
 
 
@@ -145,13 +145,14 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
         raise ReviewError(f"state must be one of {QUEUE_STATES}")
     if order not in QUEUE_ORDERS:
         raise ReviewError(f"unknown order {order!r}; one of {', '.join(QUEUE_ORDERS)}")
-    where = [Image.dataset_id == dataset_id, Image.origin == "synthetic", Image.class_name == class_name]
+    besides_dataset = [Image.origin == "synthetic", Image.class_name == class_name]
     if gan_run_id is not None:
-        where.append(Image.gan_run_id == gan_run_id)
+        besides_dataset.append(Image.gan_run_id == gan_run_id)
     if checkpoint_step is not None:
-        where.append(Image.checkpoint_step == checkpoint_step)
+        besides_dataset.append(Image.checkpoint_step == checkpoint_step)
     if image_ids is not None:
-        where.append(Image.id.in_(sorted({int(i) for i in image_ids})))
+        besides_dataset.append(Image.id.in_(sorted({int(i) for i in image_ids})))
+    where = [Image.dataset_id == dataset_id, *besides_dataset]
     column = {"judge_prob": Image.judge_prob, "nearest_real": Image.nearest_real_distance}.get(order.rsplit("_", 1)[0])
     with read_session() as s:
         blind_mode = s.scalar(select(BlindItem.id).where(BlindItem.dataset_id == dataset_id,
@@ -169,7 +170,7 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
             # "+ 0": SQLite (no statistics) would otherwise walk the whole class by ix_images_queue, look up each
             # score and sort (87 vs 2 ms for 125k candidates); the score index's walk reaches the page directly.
             by_score = _queue_part(reviewer, state, not blind_mode).where((Image.dataset_id + 0) == dataset_id,
-                                                                          *where[1:])
+                                                                          *besides_dataset)
             parts = _acceptance_parts(s, by_score, cand, model_id or -1, uncertain, offset + limit)
             column, key_range = None, _acceptance_range(s, model_id, uncertain)
         else:
@@ -269,15 +270,12 @@ def _blind_part(s, dataset_id: int, class_name: str, reviewer: str, state: str, 
     # Sort keys are interpolated into the candidates' range by each item's stored hash position, so the
     # real cells sit among the candidates in every order (never all first or last). Real ids are smaller
     # than candidate ids (imported earlier), and real cells have no judge scores.
-    if key_range is not None:  # (None, None): no scores, so candidates sort by id only, and so do these
-        lo_id, hi_id = s.execute(select(func.min(Image.id), func.max(Image.id)).where(*where)).one()
-        lo, hi = key_range
-    elif column is None:  # sorted by id: the key is the id
-        lo_id, hi_id = s.execute(select(func.min(Image.id), func.max(Image.id)).where(*where)).one()
-        lo, hi = lo_id, hi_id
-    else:
+    if column is not None and key_range is None:
         lo_id, hi_id, lo, hi = s.execute(select(func.min(Image.id), func.max(Image.id), func.min(column),
                                                 func.max(column)).where(*where)).one()
+    else:  # key_range: the acceptance scores' (None, None without scores: by id only); no column: the key is the id
+        lo_id, hi_id = s.execute(select(func.min(Image.id), func.max(Image.id)).where(*where)).one()
+        lo, hi = key_range if key_range is not None else (lo_id, hi_id)
     lo_id, hi_id = lo_id or 0, hi_id or 0
     k_id = literal(float(lo_id)) + BlindItem.position * float(hi_id - lo_id)
     # Unscored classes sort every candidate by id only; so do the real cells then.

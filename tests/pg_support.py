@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from ci_support import skip_unless_ci
 
 BACKENDS = ("sqlite", "postgresql")
 SERVICE_USER = "wbcpg"
@@ -48,16 +48,10 @@ log_min_messages = warning
 """
 
 
-def in_ci() -> bool:
-    """Whether this is a CI run (CI=true), where a missing PostgreSQL fails instead of skipping."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def unavailable(reason: str) -> None:
     """Skip the calling test saying why PostgreSQL is missing; under CI fail loudly instead."""
-    if in_ci():
-        pytest.fail(f"CI runs every database test on PostgreSQL too, but {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL tests skipped: {reason} (install Debian's `postgresql` package to run them)")
+    skip_unless_ci(f"PostgreSQL tests skipped: {reason} (install Debian's `postgresql` package to run them)",
+                   f"CI runs every database test on PostgreSQL too, but {reason}")
 
 
 def find_bindir() -> Path | None:

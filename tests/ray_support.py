@@ -27,17 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-from pg_support import free_port, in_ci
+from ci_support import skip_unless_ci
+from pg_support import free_port
 
 MARKER = "WBC_TEST_RAY_CLUSTER"
 
 
 def unavailable(reason: str) -> None:
     """Skip the calling test saying why Ray is missing; under CI fail loudly instead."""
-    if in_ci():
-        pytest.fail(f"CI runs the Ray tests on a real local cluster, but {reason}", pytrace=False)
-    pytest.skip(f"Ray tests skipped: {reason} (pip install -r requirements-scale.txt to run them)")
+    skip_unless_ci(f"Ray tests skipped: {reason} (pip install -r requirements-scale.txt to run them)",
+                   f"CI runs the Ray tests on a real local cluster, but {reason}")
 
 
 def ray_command() -> Path | None:

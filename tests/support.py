@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from ci_support import skip_unless_ci  # noqa: F401 - tests import it from here too
 from PIL import Image
 
 
@@ -136,15 +137,6 @@ def account(role: str = "admin", name: str | None = None):  # noqa: ANN201 - a w
     name = name or role
     found = users_db.get_user(name)
     return found if found is not None else users_db.insert_user(name, "", role, None, "local")
-
-
-def skip_unless_ci(reason: str) -> None:
-    """Skip a test whose tool is missing on this machine; under CI=true fail instead (CI must run every test)."""
-    import os
-
-    if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-        pytest.fail(f"CI runs every test, but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
 
 
 def drawn_candidates(rng: np.random.Generator, class_name: str, kind: str, colour: tuple[int, int, int], n: int,

@@ -6,7 +6,7 @@ import random
 from collections import Counter, defaultdict
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from support import account
 
 from db import datasets
@@ -204,3 +204,13 @@ def test_a_candidate_committed_late_with_a_lower_id_is_counted_once(cells, monke
     monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
     monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
     assert shown() == decisions_db.candidate_counts(dataset_id) and shown()["c"] == summary["c"] + 1
+
+
+def test_candidate_counts_start_over_when_the_newest_counted_candidate_is_gone(cells):
+    # As after a dataset is deleted and its id reused: the newest candidate counted no longer exists.
+    dataset_id, ids, _ = cells
+    counter = decision_tally.CandidateCount(dataset_id)
+    assert counter.per_class() == decisions_db.candidate_counts(dataset_id)
+    with write_session() as s:
+        s.execute(delete(Image).where(Image.id == max(ids)))
+    assert counter.per_class() == decisions_db.candidate_counts(dataset_id)

@@ -110,9 +110,8 @@ def test_each_regime_gets_its_own_clipped_image_budget_and_the_plan_counts_every
     cfg = pl.parse_args(["--data", str(tmp_path), "--regimes", "rare,n10", "--rare-n", "5", "--cls-epochs", "4",
                          "--cls-min-images", "100", "--cls-images", "500", "--seeds", "3", "--strategy-seeds", "1"])
     assert pl.train_estimate(cfg, "rare") == 5 + 5 + 140 and pl.train_estimate(cfg, "n10") == 30
-    loop = pl.ProductLoop(cfg)
-    assert loop.arm_budget(150) == 500  # 4 x 150 = 600, capped
-    assert loop.arm_budget(30) == 120 and loop.arm_budget(10) == 100  # 40 is below the floor
+    assert pl.arm_budget(cfg, 150) == 500  # 4 x 150 = 600, capped
+    assert pl.arm_budget(cfg, 30) == 120 and pl.arm_budget(cfg, 10) == 100  # 40 is below the floor
     # rare: 3 real + 5 strategies on 1 seed + 2 more seeds of the chosen one + 3 unfiltered + 3 matched = 16 arms;
     # n10: 3 x 4 = 12 arms, each at its own budget.
     p = pl.plan(cfg)

@@ -196,13 +196,16 @@ class CandidateCount:
         """Candidates per intended class now (a copy)."""
         with self._lock:
             stale = DecisionTally._late_commits_possible() and time.monotonic() - self._counted_at > FULL_REREAD_S
-            if not self._counted_at or stale:
+            rows = [] if not self._counted_at or stale else decisions_db.candidates_after(
+                self.dataset_id, max(0, self._newest - LOOKBACK_IDS))
+            # The newest candidate counted is gone only when the dataset was deleted and its id reused (tests, a
+            # re-import), as in DecisionTally: then, and at the start or a periodic recount, count from scratch.
+            if not self._counted_at or stale or (self._newest and all(i != self._newest for i, _ in rows)):
                 counts, recent = decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS)
                 self._per_class, self._recent, self._counted_at = Counter(counts), set(recent), time.monotonic()
                 self._newest = max(recent, default=0)
                 return Counter(self._per_class)
-            for image_id, class_name in decisions_db.candidates_after(self.dataset_id,
-                                                                      max(0, self._newest - LOOKBACK_IDS)):
+            for image_id, class_name in rows:
                 if image_id not in self._recent:  # new, or a late commit inside the window
                     self._per_class[class_name] += 1
                     self._recent.add(image_id)
@@ -215,7 +218,7 @@ class CandidateCount:
 class _PerDataset:
     """One counter of a kind per dataset, for every session of a process (held in the context's caches)."""
 
-    kind: type = DecisionTally
+    kind: type  # what one dataset gets: DecisionTally or CandidateCount
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
