@@ -84,6 +84,9 @@ class LoopConfig:
     strategy_seeds: int = 1  # seeds per strategy in the comparison; the chosen one then runs all `seeds`
     cls_batch: int = 128  # the default recipe's batch
     strategies: tuple[str, ...] = la.STRATEGIES
+    # Every arm samples classes evenly (the recipe's balanced_sampling). The rare run of 2026-12-02 without it
+    # measured the class prior, not the synthetic cells: real cells sampled evenly beat every synthetic arm.
+    balanced: bool = True
     share: float = 1.0
     fill_target: int = 1000
     synthetic_weight: float = 0.5
@@ -94,6 +97,7 @@ class LoopConfig:
     policy: str = "reference"  # "reference" (scripted reviewer) or "expert" (decisions already in a database)
     expert_home: str = ""  # --policy expert: the WBC_HOME holding the dataset and its decisions
     expert_dataset: str = ""  # --policy expert: that dataset's name
+    tag: str = ""  # results go to product_loop[_quick][_TAG].json / .md, so a run never overwrites another's
 
 
 QUICK = dict(cells_per_class=40, regimes=("rare", "all"), rare_n=8, seeds=1, gan_steps=20, per_class=12,
@@ -125,7 +129,8 @@ class ProductLoop:
     def write(self) -> dict[str, Path]:
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        prefix = "product_loop_quick" if self.cfg.quick else "product_loop"
+        prefix = ("product_loop_quick" if self.cfg.quick else "product_loop") + (f"_{self.cfg.tag}" if self.cfg.tag
+                                                                                else "")
         self.results["wall_minutes"] = round((time.monotonic() - self.started) / 60, 2)
         self.results["goals"] = loop_report.goals(self.results, self.cfg.rare_classes)
         paths = {"json": out / f"{prefix}.json", "md": out / f"{prefix}.md"}
@@ -133,11 +138,13 @@ class ProductLoop:
         paths["md"].write_text(loop_report.markdown(self.results, self.cfg.rare_classes))
         return paths
 
-    def overrides(self) -> dict[str, Any]:
-        """The default recipe's config, with the bench's device, threads and batch."""
+    def overrides(self, arm: bool = True) -> dict[str, Any]:
+        """The default recipe's config, with the bench's device, threads and batch; an arm's also with --balanced
+        (the reference keeps the default recipe: it learns from every real train cell, so no class is rare)."""
         cfg = self.cfg
-        return {"batch_size": cfg.cls_batch, "device": cfg.device, "num_threads": cfg.threads,
-                "progress_every_s": 60.0}
+        values: dict[str, Any] = {"batch_size": cfg.cls_batch, "device": cfg.device, "num_threads": cfg.threads,
+                                  "progress_every_s": 60.0}
+        return {**values, "balanced_sampling": cfg.balanced} if arm else values
 
     # -- the protocol ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -193,7 +200,7 @@ class ProductLoop:
         cfg = self.cfg
         n_train = len(ds_db.real_images(self.base, split="train"))
         index = gr.boot_index(len(ds_db.real_images(self.base, split="test")), 1, cfg.split_seed)
-        runner = la.ArmRunner(self.base, self.admin, self.overrides(), cfg.reference_epochs * n_train,
+        runner = la.ArmRunner(self.base, self.admin, self.overrides(arm=False), cfg.reference_epochs * n_train,
                               self.params, index)
         return runner.run("real", "none", 0, keep_model=True)
 
@@ -414,8 +421,12 @@ def parse_args(argv: list[str] | None = None) -> LoopConfig:
     for f in dataclasses.fields(LoopConfig):
         if f.name == "quick":
             continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # type=bool would read "--balanced False" as True
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            continue
         kind = _names if isinstance(f.default, tuple) else type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+        p.add_argument(flag, type=kind, default=None)
     args = vars(p.parse_args(argv))
     values: dict[str, Any] = dict(QUICK) if args.pop("quick") else {}
     values["quick"] = bool(values)

@@ -183,8 +183,8 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     if not DATA.is_dir():
         pytest.fail(f"real data missing at {DATA}")
     out = tmp_path / "out"
-    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out)]) == 0
-    res = json.loads((out / "product_loop_quick.json").read_text())
+    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t"]) == 0
+    res = json.loads((out / "product_loop_quick_t.json").read_text())
     assert not res["partial"] and set(res["regimes"]) == set(pl.QUICK["regimes"])
     # The scripted reviewer's reference: one classifier job on the import's full real train split.
     assert res["reference"]["arm"] == "real" and res["reference"]["train_cells"] == sum(
@@ -209,7 +209,15 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     assert len(test_hashes) == 1  # the same real test cells for every regime and arm
     strategies = {run["strategy"] for run in res["regimes"]["rare"]["runs"] if run["arm"] == "curated"}
     assert strategies == set(pl.QUICK["strategies"])
-    assert "| goal |" in (out / "product_loop_quick.md").read_text()
+    assert "| goal |" in (out / "product_loop_quick_t.md").read_text()
+    # Every arm's own saved run config samples classes evenly (--balanced, the default); the reference does not.
+    assert all(run["balanced_sampling"] for r in res["regimes"].values() for run in r["runs"])
+    assert res["reference"]["balanced_sampling"] is False
+
+
+def test_balanced_and_tag_flags_parse_as_booleans_and_names():
+    assert pl.parse_args([]).balanced is True and pl.parse_args(["--no-balanced"]).balanced is False
+    assert pl.parse_args(["--balanced"]).balanced is True and pl.parse_args(["--tag", "x"]).tag == "x"
 
 
 def test_expert_policy_runs_every_arm_on_the_experts_decisions(wbc_home, tiny_folder, tmp_path):
