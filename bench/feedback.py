@@ -11,7 +11,8 @@ Protocol (issue 15), in a throw-away WBC_HOME:
   2. train the acceptance model (wbc_core.feedback.train_model, as the "feedback" job does);
   3. generate `per_class` more per class unsteered, and `per_class` steered (selection: `--steer K` x oversampling);
      with `--finetune-steps N` (> 0), also fine-tune the GAN for N steps with the acceptance model as a reward
-     (wbc_core.gan_finetune, weight `--finetune-weight`) and generate `per_class` from it plain ("finetuned") and with
+     (wbc_core.gan_finetune, weight `--finetune-weight`, anchor `--finetune-anchor`) and generate `per_class` from
+     it plain ("finetuned") and with
      selection on top ("finetuned_steered"), and, as the control that tells the reward's effect from that of N more
      steps of plain training, the same fine-tune at a negligible reward weight ("continued");
   4. the hidden policy judges every set.
@@ -66,6 +67,7 @@ class FeedbackConfig:
     steer: int = 5  # oversampling factor of steered generation
     finetune_steps: int = 400  # GAN fine-tuning steps with the acceptance reward (0 = no fine-tuned arms)
     finetune_weight: float = 0.01  # weight of the acceptance reward in G's loss (0.1 and 1.0 hack the model)
+    finetune_anchor: float = 1.0  # anchor to the parent's cells (wbc_core.gan_finetune.DEFAULT_ANCHOR_WEIGHT; 0 = off)
     finetune_control: int = 1  # 1: also the "continued" arm, the same steps at reward weight ~0 (0 = not)
     quota: int = 100  # accepted cells per class wanted (reviewer effort)
     gan_steps: int = 2000
@@ -188,10 +190,12 @@ class Bench:
             from wbc_core.gan_finetune import start_finetune
 
             t = time.monotonic()
-            tuned = start_finetune(gan, cfg.finetune_steps, cfg.finetune_weight, user=admin, launch=False)
+            tuned = start_finetune(gan, cfg.finetune_steps, cfg.finetune_weight, user=admin, launch=False,
+                                   anchor_weight=cfg.finetune_anchor)
             self.results["finetune"] = {"run": tuned, **self.inline(tuned)}
             if cfg.finetune_control:  # the smallest weight the limit allows: N more steps of plain GAN training
-                control = start_finetune(gan, cfg.finetune_steps, CONTROL_WEIGHT, user=admin, launch=False)
+                control = start_finetune(gan, cfg.finetune_steps, CONTROL_WEIGHT, user=admin, launch=False,
+                                         anchor_weight=0.0)  # plain training: nothing to hold it to
                 self.results["finetune_control"] = {"run": control, **self.inline(control)}
             self.stage("finetune", time.monotonic() - t)
 

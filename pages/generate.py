@@ -116,8 +116,9 @@ with st.expander("Fine-tune with the acceptance model"):
                "decisions) as an extra reward for the generator; the discriminator keeps training, so the cells stay "
                "realistic. It runs as a new GAN run whose checkpoints show here like any other; candidates from it "
                "are recorded as steered by that model.")
-    ft_cols = st.columns([1, 1, 2])
+    ft_cols = st.columns([1, 1, 1, 2])
     lim_steps, lim_weight = limits.bound("finetune_steps"), limits.bound("finetune_reward_weight")
+    lim_anchor = limits.bound("finetune_anchor_weight")
     ft_steps = ft_cols[0].number_input("Fine-tuning steps", int(lim_steps.min), int(lim_steps.max), 500, 50,
                                        key="ft_steps")
     ft_weight = ft_cols[1].number_input("Reward weight", 0.001, float(lim_weight.max), 0.01, 0.005, format="%.3f",
@@ -125,9 +126,15 @@ with st.expander("Fine-tune with the acceptance model"):
                                         help="weight of -log p(accepted) in the generator's loss, next to the "
                                              "adversarial loss (weight 1); large weights (0.1 and more on PBC) let "
                                              "the generator fool the acceptance model at the cost of realism")
-    if ft_cols[2].button("Start fine-tuning", key="finetune", disabled=not can_train or state["active"]):
+    ft_anchor = ft_cols[2].number_input("Anchor weight", 0.0, float(lim_anchor.max),
+                                        float(gan_finetune.DEFAULT_ANCHOR_WEIGHT), 0.5, key="ft_anchor",
+                                        help="keeps each cell close to what the parent generator drew from the same "
+                                             "latent code, so the reward cannot pull every cell to one look; 0 "
+                                             "turns it off")
+    if ft_cols[3].button("Start fine-tuning", key="finetune", disabled=not can_train or state["active"]):
         try:
-            tuned = gan_finetune.start_finetune(run_id, int(ft_steps), float(ft_weight), user=user)
+            tuned = gan_finetune.start_finetune(run_id, int(ft_steps), float(ft_weight), user=user,
+                                                anchor_weight=float(ft_anchor))
         except (ValueError, LookupError, PermissionError) as exc:
             widgets.show_error(exc)
         else:

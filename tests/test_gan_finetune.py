@@ -129,6 +129,43 @@ def test_reward_gradient_reaches_the_generator_and_raises_predicted_acceptance()
     assert set(reward.take_metrics()) == {"reward_p_accept"} and reward.take_metrics() == {}
 
 
+def test_the_anchor_starts_at_zero_and_holds_the_generator_near_its_parent():
+    import copy
+
+    import torch
+
+    from wbc_core.gan import GanConfig, build_networks
+
+    ref = fake_reference()
+    torch.manual_seed(0)
+    g, _ = build_networks(GanConfig(image_size=32, g_width=8, d_width=8, z_dim=16), 2)
+    parent = copy.deepcopy(g).requires_grad_(False)  # train mode, as gan_finetune.parent_generator leaves it
+    z, y = torch.randn(16, 16), torch.tensor([0, 1] * 8)
+
+    def tune(anchor_weight: float) -> tuple[float, float]:
+        """(anchor distance at the first step, after 15 steps) of a fine-tune from the parent's weights."""
+        live = copy.deepcopy(parent).requires_grad_(True)
+        reward = gan_finetune.build_reward(ref.judge.model, CLASSES, ref.train_features, fitted_blob(ref), CLASSES,
+                                           32, parent=parent)
+        opt = torch.optim.Adam(live.parameters(), lr=1e-2)
+        first = None
+        for _ in range(15):
+            opt.zero_grad()
+            reward.loss(live(z, y), y, z, 1.0, anchor_weight).backward()
+            first = reward.take_metrics()["anchor_distance"] if first is None else first
+            opt.step()
+        with torch.no_grad():
+            return first, float(reward.anchor(reward.features(live(z, y)), y, z))
+
+    free_first, free = tune(0.0)
+    held_first, held = tune(50.0)
+    assert held_first == pytest.approx(0.0, abs=1e-9), "the live generator starts as its parent"
+    assert free > 0 and held < 0.5 * free, (held, free)
+    no_parent = gan_finetune.build_reward(ref.judge.model, CLASSES, ref.train_features, fitted_blob(ref), CLASSES, 32)
+    with pytest.raises(gan_finetune.FinetuneError, match="needs the parent"):
+        no_parent.loss(parent(z, y), y, z, 1.0, 1.0)
+
+
 # -- starting a fine-tune ---------------------------------------------------------------------------------------
 
 @pytest.fixture()
@@ -179,6 +216,15 @@ def test_bad_numbers_are_refused_in_plain_words(gan_row, steps, weight, words):
     assert [r.id for r in runs_db.list_runs(kind="gan")] == [gan_row], "nothing was recorded"
 
 
+@pytest.mark.parametrize("anchor", [float("nan"), -0.5, 1e6, float("inf")])
+def test_bad_anchor_weights_are_refused_and_zero_turns_the_anchor_off(gan_row, anchor):
+    _add_model()
+    with pytest.raises(ValueError, match="anchor weight .* must be"):
+        gan_finetune.start_finetune(gan_row, 10, 0.1, user=account(), anchor_weight=anchor, launch=False)
+    off = gan_finetune.start_finetune(gan_row, 10, 0.1, user=account(), anchor_weight=0.0, launch=False)
+    assert runs_db.get_run(off).config["finetune"]["anchor_weight"] == 0.0
+
+
 def test_only_a_finished_gan_runs_newest_checkpoint_can_be_fine_tuned(gan_row):
     _add_model()
     with pytest.raises(ValueError, match=r"only the newest checkpoint of a run \(step 4 of run"):
@@ -200,7 +246,7 @@ def test_the_fine_tune_is_a_gan_run_that_records_its_parent_model_and_numbers(ga
     assert run.kind == "gan" and run.started_by == "ada" and run.status == "queued"
     assert run.config["finetune"] == {"parent_run": gan_row, "parent_step": 4, "acceptance_model_id": model["id"],
                                       "acceptance_model_version": model["version"], "reward_weight": 0.5,
-                                      "steps": 10, "seed": 0}
+                                      "anchor_weight": gan_finetune.DEFAULT_ANCHOR_WEIGHT, "steps": 10, "seed": 0}
     assert run.config["steps"] == 14 and run.config["checkpoint_every"] == 2  # parent's 2 <= 10 / 4 rounded up
     assert run.config["resume_from_checkpoint"] == f"runs/run_{gan_row:05d}/checkpoints/step_000004.pt"
     assert run.train_set_hash == "digest" and run.train_set_size == 8
@@ -221,6 +267,9 @@ def test_cli_gan_finetune_json(gan_row, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "queued" and launched == [out["run_id"]]
     assert runs_db.get_run(out["run_id"]).config["finetune"]["reward_weight"] == 2.0
+    assert main(["gan", "finetune", str(gan_row), "--steps", "8", "--reward-weight", "2", "--anchor-weight", "3",
+                 "--detach", "--json", "--as", "admin"]) == 0
+    assert runs_db.get_run(json.loads(capsys.readouterr().out)["run_id"]).config["finetune"]["anchor_weight"] == 3.0
     assert main(["--json", "gan", "finetune", str(gan_row), "--steps", "8", "--reward-weight", "nan",
                  "--as", "admin"]) == 2
     assert "acceptance reward weight must be" in json.loads(capsys.readouterr().out)["error"]
@@ -295,7 +344,7 @@ def test_the_fine_tune_job_writes_self_describing_checkpoints_and_steered_candid
             "acceptance_model_version": model["version"]}
     assert want.items() <= newest["finetune"].items() and is_full(newest)
     assert want.items() <= oldest["finetune"].items() and not is_full(oldest), "lightened ones still describe it"
-    assert "reward_p_accept" in newest["metrics"]
+    assert "reward_p_accept" in newest["metrics"] and newest["metrics"]["anchor_distance"] >= 0
     assert load_generator(current().home / saved[-1]["path"]).step == 8  # samples like any GAN checkpoint
 
     plain = gan_runs.generate_candidates(home, per_class=2, seed=0)
@@ -319,10 +368,12 @@ def test_generate_page_expander_starts_a_fine_tune(home, monkeypatch):
     assert not at.exception and not at.error
     at.number_input(key="ft_steps").set_value(20)
     at.number_input(key="ft_weight").set_value(0.5)
+    at.number_input(key="ft_anchor").set_value(2.5)
     at.button(key="finetune").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     [tuned] = launched
     assert runs_db.get_run(tuned).config["finetune"]["reward_weight"] == 0.5
+    assert runs_db.get_run(tuned).config["finetune"]["anchor_weight"] == 2.5
     assert any(f"Fine-tuning run {tuned} started" in str(t.value) for t in at.toast)
     at.run()
     assert at.selectbox(key="gan_run").value == tuned

@@ -11,7 +11,8 @@ Pending and disputed candidates teach nothing. Hidden real cells of the blinded 
 synthetic candidates are read, and blind items are dropped by id as a second guard.
 
 Features (`FEATURES`): the judge's penultimate features of the cell, the judge's probability of the class it is
-offered as, its distance to the nearest real train cell in judge features, and a one-hot of that class. Model:
+offered as, its distance to the nearest real train cell in judge features, a one-hot of that class, and the judge's
+features again in that class's own block (one block per class, zero in the others). Model:
 StandardScaler + L2 logistic regression (scikit-learn Pipeline). It reports a cross-validated AUC (k = up to 5 folds,
 fewer when a verdict has fewer examples) and a calibration curve (sklearn.calibration.calibration_curve on the
 out-of-fold predictions), both saved with the model.
@@ -44,7 +45,13 @@ if TYPE_CHECKING:
     from wbc_core.quality.judge import Reference
 
 FORMAT = "wbc-acceptance-model/1"
-FEATURES = ("judge_features", "judge_prob", "nearest_real_distance", "class_one_hot")
+FEATURES = ("judge_features", "judge_prob", "nearest_real_distance", "class_one_hot", "class_judge_features")
+# Why the per-class block: with the class only as an offset, the model is one direction in judge features shared by
+# every class, and steering along it (bench/feedback.py, session 6) pulled every class towards the look of the most
+# accepted one. With a block per class, each class has its own direction on top of the shared one (the L2 penalty
+# keeps a class's own part small until its decisions say otherwise). Models saved before it keep their feature
+# order in feature_spec and are read with it (`feature_order`).
+V1_FEATURES = FEATURES[:4]
 MIN_PER_LABEL = 3  # accepted and not-accepted examples each needed to fit a model
 # Before the first model, the check for both verdicts reads at most this many of the newest decision rows.
 RETRAIN_COUNT_WINDOW = 5_000
@@ -102,16 +109,33 @@ def cell_features(ref: Reference, images: torch.Tensor) -> tuple[torch.Tensor, t
     return scores.features, probs_from_features(ref.judge, scores.features), scores.nearest_distance
 
 
+def feature_order(blob: dict[str, Any]) -> tuple[str, ...]:
+    """The feature blocks a saved model was fitted on (models without a recorded order use today's FEATURES)."""
+    order = tuple(blob.get("feature_spec", {}).get("order") or FEATURES)
+    if order not in (FEATURES, V1_FEATURES):
+        raise FeedbackError(f"the acceptance model uses features {list(order)} that this version of the app does not "
+                            "compute; train the acceptance model again")
+    return order
+
+
+def input_width(order: tuple[str, ...], judge_dim: int, n_classes: int) -> int:
+    """Columns of a design matrix with these feature blocks."""
+    return judge_dim + 2 + n_classes + (n_classes * judge_dim if "class_judge_features" in order else 0)
+
+
 def design_matrix(feats: torch.Tensor, probs: torch.Tensor, nearest: torch.Tensor, class_index: list[int],
-                  n_classes: int) -> np.ndarray:
-    """The model's input rows (FEATURES, in order) for cells offered as the given class indices."""
+                  n_classes: int, order: tuple[str, ...] = FEATURES) -> np.ndarray:
+    """The model's input rows (the blocks of `order`, in order) for cells offered as the given class indices."""
     import numpy as np
 
     idx = np.asarray(class_index, dtype=np.int64)
     f = feats.detach().float().numpy()
     p = probs.detach().float().numpy()[np.arange(len(idx)), idx]
     one_hot = np.eye(n_classes, dtype=np.float32)[idx] if len(idx) else np.zeros((0, n_classes), np.float32)
-    return np.hstack([f, p[:, None], nearest.detach().float().numpy()[:, None], one_hot]).astype(np.float64)
+    blocks = [f, p[:, None], nearest.detach().float().numpy()[:, None], one_hot]
+    if "class_judge_features" in order:  # row i: f_i in block idx_i, zeros elsewhere
+        blocks.append((one_hot[:, :, None] * f[:, None, :]).reshape(len(idx), n_classes * f.shape[1]))
+    return np.hstack(blocks).astype(np.float64)
 
 
 def _decode(dataset_id: int, image_ids: list[int], size: int) -> torch.Tensor:
@@ -247,7 +271,7 @@ def predict(blob: dict[str, Any], ref: Reference, images: torch.Tensor, class_na
         return np.zeros(0)
     feats, probs, nearest = cell_features(ref, images)
     cls = {c: i for i, c in enumerate(blob["class_names"])}
-    x = design_matrix(feats, probs, nearest, [cls[c] for c in class_names], len(cls))
+    x = design_matrix(feats, probs, nearest, [cls[c] for c in class_names], len(cls), feature_order(blob))
     return blob["pipeline"].predict_proba(x)[:, 1]
 
 

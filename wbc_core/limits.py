@@ -161,6 +161,7 @@ _ALL = (
     # GAN fine-tuning with the acceptance model as a reward (wbc_core.gan_finetune)
     Limit("finetune_steps", 1, 100_000, True, "fine-tuning steps"),
     Limit("finetune_reward_weight", 0, 100, False, "acceptance reward weight", min_open=True),
+    Limit("finetune_anchor_weight", 0, 1000, False, "anchor weight (0: no anchor to the parent)"),
     # Import and demo
     Limit("split_fraction", 0, 0.5, False, "val or test fraction"),
     Limit("demo_per_class", 1, 5000, True, "demo cells per class"),

@@ -90,7 +90,7 @@ def steer_class(loaded: LoadedGenerator, class_index: int, per_class: int, facto
     """Sample factor * per_class cells of one class and keep per_class of them (see the module docstring)."""
     import numpy as np
 
-    from wbc_core.feedback import cell_features, design_matrix
+    from wbc_core.feedback import cell_features, design_matrix, feature_order
     from wbc_core.gan import sample_cells
 
     class_name = loaded.class_names[class_index]
@@ -98,7 +98,7 @@ def steer_class(loaded: LoadedGenerator, class_index: int, per_class: int, facto
     judged = _to_size(pool, ref.image_size)
     feats, probs, nearest = cell_features(ref, judged)
     cls = {c: i for i, c in enumerate(blob["class_names"])}
-    x = design_matrix(feats, probs, nearest, [cls[class_name]] * len(pool), len(cls))
+    x = design_matrix(feats, probs, nearest, [cls[class_name]] * len(pool), len(cls), feature_order(blob))
     p = blob["pipeline"].predict_proba(x)[:, 1]
     ref_class = ref.class_names.index(class_name)
     real = ref.val_features[ref.val_labels == ref_class]

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--steps", type=int, required=True, help="fine-tuning steps after the run's last step")
     f.add_argument("--reward-weight", type=float, required=True,
                    help="weight of -log p(accepted) in the generator's loss (the adversarial loss has weight 1)")
+    f.add_argument("--anchor-weight", type=float, default=None,
+                   help="weight of the anchor that keeps each cell near its parent's cell from the same latent code "
+                        "(default: wbc_core.gan_finetune.DEFAULT_ANCHOR_WEIGHT; 0: no anchor)")
     f.add_argument("--step", type=int, default=None, help="the checkpoint to start from (only the newest can be)")
     f.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
@@ -29,7 +32,8 @@ def _gan(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.cli.main import _follow, acting_user
 
     user = acting_user(args)
-    run_id = gan_finetune.start_finetune(args.run, args.steps, args.reward_weight, step=args.step, user=user)
+    run_id = gan_finetune.start_finetune(args.run, args.steps, args.reward_weight, step=args.step, user=user,
+                                         anchor_weight=args.anchor_weight)
     out = _follow(run_id, args.detach, "fine-tuning", user)
     if out.get("status") == "succeeded":
         tuned = out.get("finetune", {})

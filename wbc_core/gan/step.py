@@ -50,9 +50,10 @@ class GanStepper:
         self.d_call: Any = d.forward_with_class
         self.compile_plan: CompilePlan | None = None
         self.on_fallback: Callable[[str], None] | None = None  # told once if a compiled step falls back to eager
-        # An extra term of G's loss, extra(fake in [-1, 1], intended classes) -> scalar (wbc_core.gan_finetune's
-        # acceptance reward); None in plain training. It runs eager, after D's step, under the same autocast.
-        self.g_extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        # An extra term of G's loss, extra(fake in [-1, 1], intended classes, latent codes) -> scalar
+        # (wbc_core.gan_finetune's acceptance reward and its anchor to the parent); None in plain training.
+        # It runs eager, after D's step, under the same autocast.
+        self.g_extra: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed-precision context when this stepper uses AMP (CUDA, or CPU bf16), else a no-op."""
@@ -109,7 +110,7 @@ class GanStepper:
                 if self.aux_weight:  # G is pushed to make fakes that D's real-trained head calls the intended class
                     loss_g = loss_g + self.aux_weight * F.cross_entropy(cls_fake.float(), y_fake)
                 if self.g_extra is not None:
-                    loss_g = loss_g + self.g_extra(fake, y_fake).float()
+                    loss_g = loss_g + self.g_extra(fake, y_fake, z).float()
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self.scaler_g.step(self.opt_g)

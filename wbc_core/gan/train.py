@@ -50,7 +50,8 @@ class GanResult:
 class TrainHooks:
     """What a caller adds to plain GAN training (wbc_core.gan_finetune: the acceptance reward); all optional."""
 
-    g_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # extra G loss (GanStepper.g_extra)
+    # An extra G loss, g_loss(fake, intended classes, latent codes) (GanStepper.g_extra).
+    g_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     metrics: Callable[[], dict[str, float]] | None = None  # more metrics for each progress report (means since last)
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # more keys in every checkpoint and gan_config.json
     # A fine-tune that starts from a checkpoint of step S: resumed at S, the live generator starts from the EMA
