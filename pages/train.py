@@ -12,6 +12,9 @@ info = frame.require_dataset()
 can_train = signin.require_permission("train", "retrain classifiers")
 
 defaults = retrain.form_defaults()
+balance_advice = retrain.class_balance_advice(info.id)
+if balance_advice:
+    st.info(balance_advice)
 with st.form("train_classifier"):
     cols = st.columns(4)
     recipe = cols[0].radio("Recipe", retrain.LAUNCH_CHOICES, help="real: real train cells only (baseline); curated: "
@@ -39,7 +42,7 @@ with st.form("train_classifier"):
                                  help="cell: flips, 90° rotations, mild colour jitter; geometric: flips and 90° "
                                  "rotations only; none: no augmentation")
         c = st.columns(4)
-        balanced = c[0].checkbox("Balanced sampling", defaults["balanced_sampling"],
+        balanced = c[0].checkbox("Balanced sampling", defaults["balanced_sampling"] or bool(balance_advice),
                                  help="draw every class equally often")
         patience = c[1].number_input("Early stopping patience", 0, 100, defaults["early_stopping_patience"],
                                      help="epochs without val macro-F1 "

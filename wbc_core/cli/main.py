@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     s.add_argument("--workers", type=int, default=None, help="data-parallel training processes (DDP; default 1): "
                    "one GPU each on cuda, shares of the cores on cpu")
+    s.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw every class equally often (default: on when a class is rare, as the Train page)")
     add_mix_arguments(s)
     s.add_argument("--detach", action="store_true")
 
@@ -433,16 +435,22 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from db import runs
     from db.datasets import get_dataset
     from wbc_core import options
-    from wbc_core.retrain import start_classifier_run
+    from wbc_core.retrain import class_balance_advice, start_classifier_run
 
+    info = get_dataset(args.dataset)
+    advice = class_balance_advice(info.id) if args.balanced is None else None
     given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed,
-             "device": args.device, "workers": args.workers}
-    config = options.classifier_config(get_dataset(args.dataset).image_size, given)
+             "device": args.device, "workers": args.workers,
+             "balanced_sampling": args.balanced if args.balanced is not None else (True if advice else None)}
+    config = options.classifier_config(info.image_size, given)
     mix = mix_from_args(args)
     user = acting_user(args)
     run_id = start_classifier_run(args.dataset, args.recipe, config.to_dict(), synthetic_cap=args.synthetic_cap,
                                   mix=mix, user=user)
     out = _follow(run_id, args.detach, f"classifier ({args.recipe}{', ' + mix.describe() if mix else ''})", user)
+    if advice:
+        out["balanced_sampling"], out["advice"] = True, advice
+        out["_text"] = f"{advice} (--no-balanced turns it off)\n{out.get('_text', '')}"
     test = out.get("test")
     if isinstance(test, dict):
         out["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "per_class_f1", "confusion") if k in test}
