@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import delete, insert
 from support import account
 
-from db import datasets
+from db import datasets, review_queue
 from db import decisions as decisions_db
 from db.engine import write_session
 from db.models import Decision, Image
@@ -148,7 +148,7 @@ def test_only_postgresql_needs_the_periodic_re_read(cells, db_backend):
 
 
 def _sql_total(dataset_id: int, class_name: str, reviewer: str, state: str) -> int:
-    return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=1)[1]
+    return review_queue.review_queue(dataset_id, class_name, reviewer, state=state, limit=1)[1]
 
 
 def test_queue_totals_from_running_counts_match_the_sql_count(cells):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from support import account, draw_cell
 
-from db import datasets
+from db import datasets, review_queue
 from db import decisions as decisions_db
 from wbc_core import review_model
 from wbc_core.review_model import ConsensusRule, outcome_of
@@ -219,7 +219,7 @@ def test_blind_cells_are_interleaved_only_in_that_reviewers_queue(scored):
     assert positions != list(range(4)) and positions != list(range(10, 14))  # mixed in, not first or last
     assert all(set(r) == set(rows[0]) for r in rows)
     # Blind mode hides provenance on every row, so a real cell does not stand out by its empty GAN run.
-    assert all(r[k] is None for r in rows for k in decisions_db.PROVENANCE_KEYS)
+    assert all(r[k] is None for r in rows for k in review_queue.PROVENANCE_KEYS)
     assert all(review_model.is_blind_item(i, "ann") for i in blind) and not review_model.is_blind_item(ids[0], "ann")
     ordered, _ = review_model.queue_page(dataset_id, "a", "ann", order="judge_prob_desc", page_size=100)
     assert {k for k, r in enumerate(ordered) if r["id"] in blind} != set(range(10, 14))

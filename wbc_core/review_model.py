@@ -18,9 +18,11 @@ from typing import Any
 
 from db import datasets as ds_db
 from db import decisions as decisions_db
+from db import review_queue as queue_db
 from db.datasets import ImageRow
-from db.decisions import QUEUE_ORDERS, QUEUE_STATES, ReviewError
+from db.decisions import ReviewError
 from db.models import utcnow
+from db.review_queue import QUEUE_ORDERS, QUEUE_STATES
 from wbc_core import limits
 from wbc_core.auth import PermissionDenied, User, authorize
 from wbc_core.context import current
@@ -260,7 +262,7 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
         candidates = _candidate_counts(dataset_id)[class_name]
         decided = tally_for(current().caches, dataset_id).decided_candidates(reviewer, class_name)
         total = {"all": candidates, "decided": decided, "pending": max(candidates - decided, 0)}[state]
-    return decisions_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
+    return queue_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
                                   checkpoint_step=checkpoint_step, image_ids=image_ids, candidate_total=total)
 
