@@ -31,8 +31,11 @@ cores; bench/results/feedback_medium_finetune*.json): the reward is easily over-
 own p_accept of G's cells rose to 0.74 and the hidden reviewer's acceptance rose (3.5% -> 14.9%, all of it eosinophils),
 but coverage fell from 0.19 to 0.003 and the FD ratio rose five-fold; at 0.01 the same, milder (coverage 0.03, FD ratio
 x2.6), while the control (the same 400 steps at a negligible weight) improved coverage and FD ratio. A likely cause: the
-model is one linear direction in judge features shared by all classes (the class enters only as an offset), so pushing
-it moves every class towards the look of the most-accepted one. Keep the weight small and check coverage.
+model was one linear direction in judge features shared by all classes (the class entered only as an offset), so
+pushing it moved every class towards the look of the most-accepted one. Since then the model has a per-class block and
+the fine-tune an anchor: at weight 0.01 with anchor 1.0 coverage stayed at 0.197 (FD ratio 22.7), but the gain fell to
++2.2 points, below the control's +4.5, as the anchor also holds G against ordinary GAN learning. The default keeps the
+anchor (1.0: no collapse); a smaller weight trades safety for gain and is not measured yet.
 """
 
 from __future__ import annotations
