@@ -108,7 +108,8 @@ def test_each_regime_gets_its_own_clipped_image_budget_and_the_plan_counts_every
         for i in range(n):
             (tmp_path / name / f"{i}.jpg").touch()
     cfg = pl.parse_args(["--data", str(tmp_path), "--regimes", "rare,n10", "--rare-n", "5", "--cls-epochs", "4",
-                         "--cls-min-images", "100", "--cls-images", "500", "--seeds", "3", "--strategy-seeds", "1"])
+                         "--cls-min-images", "100", "--cls-images", "500", "--seeds", "3", "--strategy-seeds", "1",
+                         "--strategies", ",".join(la.STRATEGIES)])
     assert pl.train_estimate(cfg, "rare") == 5 + 5 + 140 and pl.train_estimate(cfg, "n10") == 30
     assert pl.arm_budget(cfg, 150) == 500  # 4 x 150 = 600, capped
     assert pl.arm_budget(cfg, 30) == 120 and pl.arm_budget(cfg, 10) == 100  # 40 is below the floor
@@ -119,6 +120,14 @@ def test_each_regime_gets_its_own_clipped_image_budget_and_the_plan_counts_every
     expected = p["import"] + p["reference"] + 2 * (p["gan"] + p["review"]) + arms
     assert pl.planned_seconds(cfg) == pytest.approx(expected)
     assert p["reference"] == pytest.approx(cfg.reference_epochs * 245 / pl.SPEED["reference_images_per_s"])
+
+
+def test_the_default_full_run_is_planned_within_the_issues_120_minutes():
+    if not DATA.is_dir():
+        pytest.fail(f"real data missing at {DATA}")
+    cfg = pl.parse_args(["--data", str(DATA)])
+    assert cfg.regimes == ("rare", "n50", "all") and cfg.seeds >= 3
+    assert pl.planned_seconds(cfg) <= 120 * 60
 
 
 def test_best_strategy_is_chosen_on_val_never_test():
