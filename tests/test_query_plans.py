@@ -79,3 +79,15 @@ def test_acceptance_orders_walk_the_score_index(dataset):
         assert "RIGHT PART OF ORDER BY" not in page, page  # the index gives the walk's whole order, ties too
         assert "ix_images" not in page.split("SCALAR SUBQUERY")[0], page  # no walk of the class's own index
 
+
+
+def test_the_decided_state_sorts_the_reviewers_decided_candidates_instead_of_walking_the_class_in_key_order(dataset):
+    dataset_id, ids = dataset
+    model = acc_db.add_model(dataset_id, trained_on=3, cv_auc=None, calibration={}, summary={}, path="x")
+    acc_db.set_scores(model["id"], {i: i / 10 for i in ids})
+    for order in ("judge_prob_desc", "nearest_real_asc", "p_accept_desc", "p_accept_uncertain"):
+        page = plans_of(lambda o=order: review_model.queue_page(dataset_id, "a", "ann", "decided", order=o,
+                                                                page_size=2))[-1]
+        inner = page.split("SCAN anon")[0]  # the decided ids and keys, before the page rows are joined to them
+        assert "LIST SUBQUERY" in inner and "SEARCH decisions_1 USING INDEX ix_decisions_reviewer" in inner, page
+        assert inner.rstrip(" |").endswith("USE TEMP B-TREE FOR ORDER BY"), page  # sorted, not walked in order
