@@ -160,8 +160,8 @@ def _decided_parts(rows, where: list, column, score: tuple[int, bool] | None, de
         scores = AcceptanceScore
         top = top.outerjoin(scores, and_(scores.image_id == Image.id, scores.model_id == model_id))
         key = func.abs(scores.p_accept - 0.5) if uncertain else scores.p_accept + 0
-    else:
-        key = Image.id + 0 if column is None else column + 0
+    else:  # a judge or distance column (by id, review_queue keeps the walk)
+        key = column + 0
     ordered = key.desc().nulls_last() if descending else key.asc().nulls_last()
     first = (top.add_columns(cast(key, Float).label("top_key")).where(*where).order_by(ordered, Image.id)
              .limit(need).subquery())

@@ -48,8 +48,9 @@ def class_balance_advice(dataset_id: int) -> str | None:
     """A plain-words recommendation of balanced sampling when the dataset's real train split has a rare class
     (fewer than RARE_CLASS_RATIO x the largest class's cells); None when the classes are balanced enough."""
     counts = {c: 0 for c in ds_db.get_dataset(dataset_id).class_names}
-    for row in ds_db.real_images(dataset_id, split="train"):
-        counts[row.class_name] = counts.get(row.class_name, 0) + 1
+    for row in ds_db.image_counts(dataset_id):  # one grouped count, as the page reruns this on every interaction
+        if row["origin"] == "real" and row["split"] == "train":
+            counts[row["class_name"]] = counts.get(row["class_name"], 0) + row["n"]
     largest = max(counts.values(), default=0)
     rare = sorted((n, c) for c, n in counts.items() if n < RARE_CLASS_RATIO * largest)
     if not rare:
