@@ -296,27 +296,7 @@ class Bench:
         return out
 
     def _effort(self, ids: list[int], verdicts: dict[int, bool], p: dict[int, float]) -> dict[str, Any]:
-        """Decisions to reach the quota per class: oldest first vs most likely accepted (the app's p_accept_desc)."""
-        out: dict[str, Any] = {}
-        total = {"oldest_first": 0, "most_likely_accepted": 0}
-        for c in self.names:
-            chosen = [i for i in ids if self.cls[i] == c]
-            available = sum(verdicts[i] for i in chosen)
-            quota = min(self.cfg.quota, available)
-            orders = {"oldest_first": sorted(chosen),
-                      "most_likely_accepted": sorted(chosen, key=lambda i: (-p.get(i, -1.0), i))}
-            row: dict[str, Any] = {"quota": quota, "quota_asked": self.cfg.quota, "accepted_available": available}
-            for name, order in orders.items():
-                hits, needed = 0, 0
-                for needed, i in enumerate(order, start=1):  # noqa: B007 - needed is read after the loop
-                    hits += verdicts[i]
-                    if hits >= quota:
-                        break
-                row[name] = needed if quota else 0
-                total[name] += row[name]
-            out[c] = row
-        saved = 1 - total["most_likely_accepted"] / total["oldest_first"] if total["oldest_first"] else None
-        return {"per_class": out, "total": total, "fewer_decisions": saved}
+        return reviewer_effort(ids, {i: self.cls[i] for i in ids}, verdicts, p, self.cfg.quota)
 
     def _goals(self) -> dict[str, Any]:
         comp = self.results["comparison"]
@@ -355,8 +335,50 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"{c:<14}" + "".join(fmt(comp[a][c][metric]) for a in arms))
     eff = results["effort"]
     print(f"decisions to quota: oldest first {eff['total']['oldest_first']}, most likely accepted "
-          f"{eff['total']['most_likely_accepted']} (fewer: {eff['fewer_decisions']})")
+          f"{eff['total']['most_likely_accepted']} (fewer: {eff['fewer_decisions']}; not measurable, under "
+          f"{eff['min_accepted']} accepted: {', '.join(eff['not_measurable']) or 'none'})")
     print("goals:", json.dumps(results["goals"]))
+
+
+# A class whose set holds fewer accepted cells than this says nothing about ordering: with one accepted cell either
+# order "needs" however far down it happens to sit (the medium run of 2026-12-02 had a negative saving that way).
+MIN_MEASURABLE_ACCEPTED = 10
+
+
+def reviewer_effort(ids: list[int], class_of: dict[int, str], verdicts: dict[int, bool], p: dict[int, float],
+                    quota: int) -> dict[str, Any]:
+    """Decisions to reach the quota per class: oldest first vs most likely accepted (the app's p_accept_desc).
+
+    The quota is capped at the class's accepted cells (so both orders reach it). Classes with fewer than
+    min(quota, MIN_MEASURABLE_ACCEPTED) accepted cells are reported but marked not measurable and left out of the
+    totals; `fewer_decisions` is None when no class is measurable."""
+    out: dict[str, Any] = {}
+    total = {"oldest_first": 0, "most_likely_accepted": 0}
+    unmeasurable = []
+    for c in sorted(set(class_of.values())):
+        chosen = [i for i in ids if class_of[i] == c]
+        available = sum(verdicts[i] for i in chosen)
+        capped = min(quota, available)
+        measurable = available >= min(quota, MIN_MEASURABLE_ACCEPTED)
+        orders = {"oldest_first": sorted(chosen),
+                  "most_likely_accepted": sorted(chosen, key=lambda i: (-p.get(i, -1.0), i))}
+        row: dict[str, Any] = {"quota": capped, "quota_asked": quota, "accepted_available": available,
+                               "measurable": measurable}
+        for name, order in orders.items():
+            hits, needed = 0, 0
+            for needed, i in enumerate(order, start=1):  # noqa: B007 - needed is read after the loop
+                hits += verdicts[i]
+                if hits >= capped:
+                    break
+            row[name] = needed if capped else 0
+            if measurable:
+                total[name] += row[name]
+        if not measurable:
+            unmeasurable.append(c)
+        out[c] = row
+    saved = 1 - total["most_likely_accepted"] / total["oldest_first"] if total["oldest_first"] else None
+    return {"per_class": out, "total": total, "fewer_decisions": saved, "not_measurable": unmeasurable,
+            "min_accepted": MIN_MEASURABLE_ACCEPTED}
 
 
 def parse_args(argv: list[str] | None = None) -> FeedbackConfig:

@@ -1,17 +1,19 @@
 """Speed options for the classifier's and the GAN's training steps, against eager, with the machine's ceiling.
 
     python bench/options.py [--rounds 3] [--steps 2] [--tag NAME] [--only classifier|gan] [--no-avx2]
+                            [--kinds native,avx2,affinity] [--focus]
 
-For each CPU kind (this CPU as it is, then an AVX2-only CPU emulated in a subprocess with ONEDNN_MAX_CPU_ISA=AVX2
-and ATEN_CPU_CAPABILITY=avx2, set before torch is imported, plus WBC_CPU_BF16=0 because such a CPU has no bf16),
+For each CPU kind (this CPU as it is, then an AVX2-only CPU emulated in a subprocess with ONEDNN_MAX_CPU_ISA=AVX2,
+ATEN_CPU_CAPABILITY=avx2 and MKL_ENABLE_INSTRUCTIONS=AVX2, set before torch is imported, plus WBC_CPU_BF16=0 because
+such a CPU has no bf16; optionally this CPU with OpenMP threads pinned to cores),
 it builds every variant first (paying torch.compile's warm-up, which is timed), then times `--steps` steps of each
 variant in turn, `--rounds` times, so load from other users of the machine falls on all variants alike. Rows report
 the median seconds per step, images/s, the speed-up over eager fp32 (NCHW, the reference), achieved GFLOP/s (FLOPs
 per step counted once with torch.utils.flop_counter) and the fraction of the matmul ceiling (bench/ceiling.py,
 measured in the same process). Writes bench/results/options[_TAG].json and .md.
 Variants: eager/compiled (inductor), NCHW/channels_last, fp32/bf16 (bf16 only where native), batch size, 1 thread.
-Compiled fp32 channels_last is left out: eager fp32 channels_last measured 3x slower than NCHW on this CPU and
-compiling it did not recover NCHW's speed (25.7 vs 40.7 images/s in a first AVX2 probe).
+Compiled fp32 channels_last is measured too (a first AVX2 probe on the EPYC had it at 25.7 vs NCHW's 40.7 images/s),
+and for the classifier a fused AdamW update on top of the compiled step.
 """
 
 from __future__ import annotations
@@ -30,10 +32,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "WBC_CPU_BF16": "0"}
+# MKL_ENABLE_INSTRUCTIONS too: oneDNN's cap leaves MKL's matmul on AVX-512 (measured 253 GFLOP/s capped that way on
+# the Xeon of 2026-12-02 against 97 with MKL capped as well), so the ceiling and every linear layer ran un-emulated.
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "WBC_CPU_BF16": "0"}
 
 
-def _variants(workload: str, bf16: bool) -> list[dict]:
+# The CPU kinds a run can measure: label and the environment its child process starts with. "affinity": this CPU
+# with OpenMP's threads pinned one per core (GNU OpenMP reads these at start-up, so they need their own process).
+KINDS = {"native": ("this CPU (native)", {}), "avx2": ("AVX2-only CPU (emulated)", AVX2_ENV),
+         "affinity": ("this CPU, OMP_PROC_BIND=close OMP_PLACES=cores", {"OMP_PROC_BIND": "close",
+                                                                          "OMP_PLACES": "cores"})}
+
+
+def _variants(workload: str, bf16: bool, focus: bool = False) -> list[dict]:
     """(name, compiled, channels_last, bf16, batch, threads) of every variant; the first is the reference."""
     batch = 128 if workload == "classifier" else 64  # ClassifierConfig's and GanConfig's default batch
     rows = [dict(name="eager fp32", compiled=False, cl=False, bf16=False, batch=batch, threads=0),
@@ -43,7 +55,15 @@ def _variants(workload: str, bf16: bool) -> list[dict]:
                  threads=0),
             dict(name=f"eager fp32 batch {batch * 2}", compiled=False, cl=False, bf16=False, batch=batch * 2,
                  threads=0),
-            dict(name="eager fp32 1 thread", compiled=False, cl=False, bf16=False, batch=batch, threads=1)]
+            dict(name="eager fp32 1 thread", compiled=False, cl=False, bf16=False, batch=batch, threads=1),
+            dict(name="compiled fp32 channels_last", compiled=True, cl=True, bf16=False, batch=batch, threads=0)]
+    if workload == "classifier":  # the GAN's two Adams live inside GanStepper; the classifier's is ours to swap
+        rows += [dict(name="eager fp32 fused AdamW", compiled=False, cl=False, bf16=False, batch=batch, threads=0,
+                      fused=True),
+                 dict(name="compiled fp32 fused AdamW", compiled=True, cl=False, bf16=False, batch=batch, threads=0,
+                      fused=True)]
+    if focus:  # batch size and one thread measured slower on every CPU so far (0.6-0.9x): time is spent elsewhere
+        rows = [r for r in rows if r["batch"] == batch and not r["threads"]]
     if bf16:
         rows += [dict(name="eager bf16 channels_last", compiled=False, cl=True, bf16=True, batch=batch, threads=0),
                  dict(name="compiled bf16 channels_last", compiled=True, cl=True, bf16=True, batch=batch, threads=0),
@@ -66,6 +86,9 @@ def _classifier_step(v: dict):  # noqa: ANN202
     model = WBCClassifier(build_model(cfg.model, 8, cfg.image_size), [0.5] * 3, [0.25] * 3, 8, cfg.image_size)
     model.to(memory_format=fmt).train()
     opt = make_optimizer(model, cfg, torch.device("cpu"))
+    if v.get("fused"):  # one fused kernel for the whole AdamW update instead of per-tensor foreach ops
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     forward = torch.compile(model) if v["compiled"] else model
     x = torch.rand(v["batch"], 3, cfg.image_size, cfg.image_size).contiguous(memory_format=fmt)
     y = torch.randint(8, (v["batch"],))
@@ -122,7 +145,7 @@ def _flops(make, v: dict) -> float:  # noqa: ANN001
     return float(counter.get_total_flops())
 
 
-def child(workload: str, rounds: int, steps: int) -> dict:
+def child(workload: str, rounds: int, steps: int, focus: bool = False) -> dict:
     """Measure every variant of `workload` in this process (interleaved rounds); returns the JSON result."""
     import torch
 
@@ -133,7 +156,7 @@ def child(workload: str, rounds: int, steps: int) -> dict:
     current()  # the home's context: the inductor cache lives in its cache folder, as for training jobs
     cache = configure_cache()
     make = _classifier_step if workload == "classifier" else _gan_step
-    variants = _variants(workload, bf16_native())
+    variants = _variants(workload, bf16_native(), focus)
     ceiling = measure_ceiling(repeats=10)
     base_threads = torch.get_num_threads()
     flops = {}
@@ -207,20 +230,28 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     p.add_argument("--only", choices=("classifier", "gan"), default=None)
     p.add_argument("--no-avx2", action="store_true", help="skip the emulated AVX2-only CPU")
+    p.add_argument("--kinds", default="", help="comma-separated CPU kinds to run instead: " + ", ".join(KINDS))
+    p.add_argument("--focus", action="store_true", help="leave out the batch-size and 1-thread variants")
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.rounds, args.steps)))
+        print(json.dumps(child(args.child, args.rounds, args.steps, args.focus)))
         return
     workloads = [args.only] if args.only else ["classifier", "gan"]
-    kinds = [("this CPU (native)", {})] + ([] if args.no_avx2 else [("AVX2-only CPU (emulated)", AVX2_ENV)])
+    names = [k.strip() for k in args.kinds.split(",") if k.strip()] or (
+        ["native"] if args.no_avx2 else ["native", "avx2"])
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        p.error(f"unknown --kinds {unknown}: choose among {', '.join(KINDS)}")
+    kinds = [KINDS[n] for n in names]
     runs = []
     for label, env in kinds:
         results = []
         for w in workloads:
-            cmd = [sys.executable, __file__, "--child", w, "--rounds", str(args.rounds), "--steps", str(args.steps)]
+            cmd = [sys.executable, __file__, "--child", w, "--rounds", str(args.rounds), "--steps", str(args.steps),
+                   *(["--focus"] if args.focus else [])]
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"{label} {w} failed:\n{proc.stderr[-3000:]}")

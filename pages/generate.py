@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages.ui import frame, signin, widgets
 from wbc_core import gan_finetune, gan_runs, generation, jobs, limits, quality_views, views
+from wbc_core.compile import REQUESTS as COMPILE_CHOICES
 
 user = frame.ensure_frame()
 st.title("Generate")
@@ -43,9 +44,13 @@ with st.expander("Train a new GAN", expanded=True):
         aux = cols[4].number_input("Class head (AC-GAN)", 0.0, 10.0, float(defaults["aux_weight"]), 0.1,
                                    help="weight of the discriminator's class loss; 0 = projection only")
         seed = cols[5].number_input("Seed", 0, 10**6, 0)
+        compiled = st.columns(6)[0].selectbox("Compile (torch.compile)", COMPILE_CHOICES, key="gan_compile",
+                                              help="auto: compile G and D where it measured faster on this kind of "
+                                              "device and the planned steps win back the warm-up; on / off force it")
         if st.form_submit_button("Start GAN training", type="primary", disabled=not can_train):
             chosen = {"steps": int(steps), "batch_size": int(batch), "g_width": int(width), "d_width": int(width),
-                      "image_size": int(size), "aux_weight": float(aux), "seed": int(seed)}
+                      "image_size": int(size), "aux_weight": float(aux), "seed": int(seed),
+                      "compile": compiled}
             try:
                 run_id = gan_runs.start_gan_run(info.id, {**defaults, **chosen}, user=user)
             except (ValueError, LookupError, PermissionError) as exc:

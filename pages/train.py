@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages.ui import frame, signin, widgets
 from wbc_core import jobs, limits, mixing, retrain, views
+from wbc_core.compile import REQUESTS as COMPILE_CHOICES
 from wbc_core.jobs import groups
 
 user = frame.ensure_frame()
@@ -76,13 +77,19 @@ with st.form("train_classifier"):
                                     defaults["workers"],
                                     help="data-parallel training processes: one GPU each on CUDA, a share of the "
                                     "cores each on CPU; the batch is split between them")
+        f = st.columns(4)
+        compiled = f[0].selectbox("Compile (torch.compile)", COMPILE_CHOICES, key="train_compile",
+                                  help="auto: compile the training step where it measured faster on this kind of "
+                                  "device and the run is long enough to win back the warm-up (a minute or more on a "
+                                  "CPU); on / off force it. Each run records which it did and why.")
     if st.form_submit_button("Retrain", type="primary", disabled=not can_train):
         overrides = {"model": other_model.strip() or model, "epochs": int(epochs), "batch_size": int(batch),
                      "optimizer": optimizer, "lr": float(lr), "weight_decay": float(weight_decay),
                      "label_smoothing": float(smoothing), "schedule": schedule, "augment": augment,
                      "balanced_sampling": bool(balanced), "early_stopping_patience": int(patience),
                      "device": device, "amp": bool(amp), "num_threads": int(threads),
-                     "pretrained_path": pretrained.strip() or None, "workers": int(workers)}
+                     "pretrained_path": pretrained.strip() or None, "workers": int(workers),
+                     "compile": compiled}
         try:
             mix = mixing.mix_from_options(strategy, float(share), int(target), float(weight), int(finetune),
                                           drop_unused=True)

@@ -225,7 +225,7 @@ def test_compiled_classifier_matches_eager_and_saves_plain_keys(wbc_home, monkey
     with inductor_config.patch(fallback_random=True):
         compiled = train_classifier(tiny(), tiny(12), CLASSES, cfg, wbc_home / "compiled")
     assert compiled.speed == {"compiled": True, "channels_last": False, "notes": [],
-                              "reason": "compiled: 2.00x eager measured on cpu fp32, warm-up 0 s"}
+                              "reason": "compiled: 2.00x eager measured on cpu fp32, warm-up 0 s (test)"}
     monkeypatch.setattr(wbc_compile, "MEASURED", {})
     eager = train_classifier(tiny(), tiny(12), CLASSES, cfg, wbc_home / "eager")
     assert eager.speed["compiled"] is False
@@ -249,3 +249,115 @@ def test_gan_run_announces_compiling_and_records_the_fall_back(wbc_home, monkeyp
     ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert ckpt["speed"]["compiled"] is False and ckpt["speed"]["notes"] == [events[1].message]
     assert ckpt["metrics"]["compiled"] == 0.0
+
+
+# --- the user's own choice: compile auto / on / off in both configs ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["yes", "", "ON", 1, None])
+def test_configs_refuse_a_compile_choice_that_is_not_auto_on_or_off(bad):
+    with pytest.raises(ValueError, match="compile must be"):
+        ClassifierConfig(compile=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile must be"):
+        GanConfig(compile=bad)  # type: ignore[arg-type]
+
+
+def test_compile_choice_round_trips_through_the_saved_config():
+    assert ClassifierConfig.from_dict(ClassifierConfig(compile="off").to_dict()).compile == "off"
+    assert GanConfig.from_dict(GanConfig(compile="on").to_dict()).compile == "on"
+    legacy = {k: v for k, v in ClassifierConfig().to_dict().items() if k != "compile"}  # saved before the knob
+    assert ClassifierConfig.from_dict(legacy).compile == "auto"
+
+
+def test_compile_off_keeps_a_classifier_eager_where_the_plan_would_compile(wbc_home, compile_measured_faster,
+                                                                         broken_compiler, monkeypatch):
+    """broken_compiler fails any compiled call: with compile="off" nothing is compiled, so nothing falls back."""
+    monkeypatch.setattr(wbc_compile, "c_compiler", lambda: "/usr/bin/g++")
+    events: list[ProgressEvent] = []
+    auto = train_classifier(tiny(), tiny(12), CLASSES, classifier_config(), wbc_home / "auto")
+    assert auto.speed["notes"], "the auto plan compiles here (and the broken compiler then falls back)"
+    off = train_classifier(tiny(), tiny(12), CLASSES, classifier_config(compile="off"), wbc_home / "off",
+                           progress=events.append)
+    assert off.speed == {"compiled": False, "channels_last": False, "notes": [],
+                         "reason": "eager: compiling was turned off"}
+    assert not any("compiled step failed" in e.message for e in events)
+
+
+def test_compile_on_compiles_a_gan_the_measurements_would_leave_eager(wbc_home, monkeypatch, broken_compiler):
+    monkeypatch.setattr(wbc_compile, "c_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(wbc_compile, "MEASURED", {})  # nothing measured: "auto" stays eager
+    train_gan(tiny(), CLASSES, tiny_gan_config(), wbc_home / "auto")
+    assert json.loads((wbc_home / "auto" / "gan_config.json").read_text())["speed"]["compiled"] is False
+    out = wbc_home / "on"
+    result = train_gan(tiny(), CLASSES, tiny_gan_config(compile="on"), out)
+    assert json.loads((out / "gan_config.json").read_text())["speed"]["reason"] == "compiled: asked for"
+    speed = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["speed"]
+    assert speed["notes"] and "compiled step failed" in speed["notes"][0]  # it did compile (and fell back)
+
+
+def test_cli_saves_the_compile_choice_in_both_runs_configs(wbc_home, tmp_path, monkeypatch, capsys):
+    from support import account
+
+    from db import runs as runs_db
+    from wbc_core import importing, jobs
+    from wbc_core.cli.main import main
+
+    folder = tmp_path / "cells"
+    for c, colour in zip(CLASSES, [(200, 0, 0), (0, 200, 0), (0, 0, 200)], strict=True):
+        (folder / c).mkdir(parents=True)
+        for i in range(10):
+            from PIL import Image
+
+            Image.new("RGB", (32, 32), tuple(v + i for v in colour)).save(folder / c / f"{i}.png")
+    importing.import_folder(folder, "tiny", size=32, user=account())
+    monkeypatch.setattr(jobs, "launch", lambda run_id: None)
+    assert main(["train", "--dataset", "tiny", "--epochs", "1", "--compile", "off", "--detach", "--json",
+                 "--as", "admin"]) == 0
+    assert runs_db.get_run(json.loads(capsys.readouterr().out)["run_id"]).config["compile"] == "off"
+    assert main(["train-gan", "--dataset", "tiny", "--steps", "2", "--batch", "8", "--compile", "on", "--detach",
+                 "--json", "--as", "admin"]) == 0
+    assert runs_db.get_run(json.loads(capsys.readouterr().out)["run_id"]).config["compile"] == "on"
+    assert main(["train", "--dataset", "tiny", "--compile", "maybe", "--as", "admin"]) != 0
+
+
+# --- per CPU kind: a row for the ISA level first, and the layout it was measured in ------------------------------
+
+
+def test_a_cpu_kinds_own_row_comes_first_and_brings_its_layout(monkeypatch):
+    monkeypatch.setattr(wbc_compile, "c_compiler", lambda: "/usr/bin/g++")
+    nhwc = replace(FAST, compiled_channels_last=True, source="the AVX512 row")
+    monkeypatch.setattr(wbc_compile, "MEASURED", {("gan", "cpu", "fp32"): FAST,
+                                                  ("gan", "cpu", "fp32", "AVX512"): nhwc})
+    monkeypatch.setattr(wbc_compile, "cpu_kind", lambda: "AVX512")
+    long = wbc_compile.plan("gan", "cpu", "fp32", 3000)
+    assert long.compiled and long.channels_last and "the AVX512 row" in long.reason
+    short = wbc_compile.plan("gan", "cpu", "fp32", 20)
+    assert not short.compiled and not short.channels_last  # the row's eager layout is NCHW
+    assert not wbc_compile.plan("gan", "cpu", "fp32", 3000, work_scale=0.0).channels_last  # another model
+    assert wbc_compile.plan("gan", "cpu", "fp32", 1, request="on").channels_last
+    monkeypatch.setattr(wbc_compile, "cpu_kind", lambda: "AVX2")  # no row of its own: the general one
+    other = wbc_compile.plan("gan", "cpu", "fp32", 3000)
+    assert other.compiled and not other.channels_last and other.reason.endswith("(test)")
+
+
+def test_this_machine_has_a_cpu_kind():
+    kind = wbc_compile.cpu_kind()
+    assert kind and kind == torch.backends.cpu.get_cpu_capability().upper()
+
+
+def test_a_gan_run_trains_in_the_layout_its_row_measured_faster(wbc_home, monkeypatch):
+    eager_nhwc = replace(FAST, eager_channels_last=True, warmup_s=1e9)  # never worth compiling: eager, NHWC
+    monkeypatch.setattr(wbc_compile, "MEASURED", {("gan", "cpu", "fp32"): eager_nhwc})
+    monkeypatch.setattr("wbc_core.gan.train.compile_plan",
+                        lambda *a, **k: wbc_compile.plan(*a, **{**k, "work_scale": 1.0}))
+    result = train_gan(tiny(), CLASSES, tiny_gan_config(), wbc_home / "nhwc")
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["speed"]["compiled"] is False and ckpt["speed"]["channels_last"] is True
+    kernels = [t for t in ckpt["discriminator"].values() if t.ndim == 4 and t.shape[1] > 1 and t.shape[-1] > 1]
+    assert kernels and all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                           for t in kernels)
+    monkeypatch.setattr(wbc_compile, "MEASURED", {})
+    plain = train_gan(tiny(), CLASSES, tiny_gan_config(), wbc_home / "nchw")
+    ckpt = torch.load(plain.last_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["speed"]["channels_last"] is False
+    assert all(t.is_contiguous() for t in ckpt["discriminator"].values() if t.ndim == 4)

@@ -43,3 +43,22 @@ def test_quick_feedback_bench_reports_every_number(tmp_path):
             assert 0 <= row[order] <= results["config"]["per_class"]
         assert row["quota"] == min(row["quota_asked"], row["accepted_available"])
     assert set(results["goals"]) >= {"acceptance_gain_points", "coverage_drop", "fewer_decisions"}
+
+
+def test_effort_leaves_out_classes_with_too_few_accepted_cells_to_say_anything():
+    from bench.feedback import MIN_MEASURABLE_ACCEPTED, reviewer_effort
+
+    ids = list(range(60))
+    class_of = {i: "many" if i < 40 else "one" for i in ids}
+    # "many": every other cell accepted, and the model ranks exactly those first; "one": a single accepted cell,
+    # last in age order and ranked first, which alone would claim a 95% saving.
+    verdicts = {i: (i % 2 == 0) if i < 40 else i == 59 for i in ids}
+    p = {i: 0.9 if verdicts[i] else 0.1 for i in ids}
+    out = reviewer_effort(ids, class_of, verdicts, p, quota=10)
+    assert out["per_class"]["many"] == {"quota": 10, "quota_asked": 10, "accepted_available": 20,
+                                        "measurable": True, "oldest_first": 19, "most_likely_accepted": 10}
+    assert out["per_class"]["one"]["measurable"] is False and out["not_measurable"] == ["one"]
+    assert out["total"] == {"oldest_first": 19, "most_likely_accepted": 10}  # "one" left out
+    assert out["fewer_decisions"] == 1 - 10 / 19 and out["min_accepted"] == MIN_MEASURABLE_ACCEPTED
+    none = reviewer_effort(ids[40:], {i: "one" for i in ids[40:]}, verdicts, p, quota=10)
+    assert none["fewer_decisions"] is None

@@ -143,3 +143,16 @@ def test_presets_fill_the_form_and_cuda_is_refused_plainly_without_a_gpu(home, m
     at = at.form_submit_button[0].click().run()
     assert len(at.error) == 1 and "no CUDA GPU" in at.error[0].value and "CPU preset" in at.error[0].value
     assert len(runs_db.list_runs(kind="gan")) == before  # nothing queued that could only fail
+
+
+def test_the_gan_form_saves_the_compile_choice(home, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "launch", lambda run_id: None)  # queued only: this test reads the saved config
+    at = page()
+    assert next(w for w in at.selectbox if w.label == "Compile (torch.compile)").value == "auto"
+    next(w for w in at.selectbox if w.label == "Compile (torch.compile)").set_value("off")
+    next(w for w in at.number_input if w.label == "Batch").set_value(16)  # the home has 50 train cells
+    before = {r.id for r in runs_db.list_runs(kind="gan")}
+    at = at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [new] = [r for r in runs_db.list_runs(kind="gan") if r.id not in before]
+    assert runs_db.get_run(new.id).config["compile"] == "off"

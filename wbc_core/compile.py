@@ -34,6 +34,10 @@ class Measured:
     compiled_step_s: float  # seconds per torch.compile'd step, same precision and layout
     warmup_s: float  # first two compiled steps minus two eager ones: what compiling costs once per process
     source: str  # where the numbers come from
+    # The layout each time was measured in, and the one a run then uses: NHWC where it measured faster (fp32 on
+    # CPU too); mixed precision always runs NHWC (oneDNN's bf16 kernels, tensor cores).
+    eager_channels_last: bool = False
+    compiled_channels_last: bool = False
 
     @property
     def speedup(self) -> float:
@@ -47,8 +51,26 @@ class Measured:
 # GAN 1.35x). bf16 rows: native AVX512-BF16, compiled vs eager bf16 channels_last. Default models and batches
 # (ResNet-18 64 px batch 128; GAN 64 px batch 64, widths 64). Classifier warm-ups are doubled: an epoch's batches
 # come in two sizes (n / batch rounded both ways), and each size is compiled once. CUDA was not measured (no GPU
-# in this session), so it stays eager, as does anything missing here.
-MEASURED: dict[tuple[str, str, str], Measured] = {
+# in this session), so it stays eager, as does anything missing here. Those fp32 rows are the general ones, for
+# a CPU kind without a row of its own (the emulation capped oneDNN and ATen but not MKL's matmul: a partial one).
+#
+# Rows of a CPU kind (wbc_core.compile.cpu_kind) come first. bench/options.py --focus, 2026-12-02: a 2-core Intel
+# Xeon @ 2.60 GHz with AVX-512 and no bf16, idle (the bench alone, load 1.2-1.8), 5 interleaved rounds of 2 steps,
+# medians (options_intel_nobf16.json); cold-cache warm-ups from the same day's first run
+# (options_intel_nobf16_first.json). AVX2 rows: the same CPU capped to AVX2 in oneDNN, ATen and MKL. Each row
+# compares the fastest eager layout with the fastest compiled one, and the run then uses those layouts.
+MEASURED: dict[tuple[str, ...], Measured] = {
+    # ResNet-18: NHWC eager 1.16x NCHW (1.04x in the first run); compiling adds nothing on top (0.99x): eager NHWC.
+    ("classifier", "cpu", "fp32", "AVX512"): Measured(1.2035, 1.2105, 2 * 80.7, "Xeon AVX-512 no bf16, "
+                                                      "options_intel_nobf16.json", True, True),
+    # AVX2: compiled 0.88x (NCHW) and 0.94x (NHWC) of eager NCHW, NHWC eager 0.94x: eager NCHW, no compile.
+    ("classifier", "cpu", "fp32", "AVX2"): Measured(1.7815, 1.8900, 2 * 63.9, "Xeon capped to AVX2, "
+                                                    "options_intel_nobf16.json", False, True),
+    # GAN: eager NHWC 1.21x NCHW; compiled NHWC 1.43x NCHW (1.81x in the first run), so 1.18x over eager NHWC.
+    ("gan", "cpu", "fp32", "AVX512"): Measured(0.7846, 0.6656, 57.7, "Xeon AVX-512 no bf16, "
+                                               "options_intel_nobf16.json", True, True),
+    ("gan", "cpu", "fp32", "AVX2"): Measured(1.0152, 0.9177, 42.8, "Xeon capped to AVX2, options_intel_nobf16.json",
+                                             True, True),
     ("classifier", "cpu", "fp32"): Measured(2.570, 2.242, 2 * 87.5, "AVX2 emulated, options_classifier.json"),
     ("classifier", "cpu", "bf16"): Measured(6.969, 5.463, 2 * 366.0, "AVX512-BF16, options_classifier.json"),
     ("gan", "cpu", "fp32"): Measured(1.342, 1.093, 93.6, "AVX2 emulated, options_gan.json"),
@@ -125,31 +147,54 @@ def plan(workload: str, device_type: str, precision: str, planned_steps: int, re
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     if request not in REQUESTS:
         raise ValueError(f"compile must be one of {REQUESTS}, got {request!r}")
-    # channels_last in fp32 on CPU: 3.4x slower for ResNet-18 training on the idle machine, 1.17x faster in the
-    # loaded interleaved run (options_classifier.json): not shown faster, so NCHW stays (the previous default).
-    channels_last = amp
+    # channels_last in fp32 on CPU follows the measured row (eager_/compiled_channels_last): for ResNet-18 it was
+    # 3.4x slower on the idle EPYC and 1.17x faster in a loaded run, so NCHW stays there unless a row says otherwise.
+    measured = measured_for(workload, device_type, precision)
+    measured_model = measured is not None and work_scale > 0  # the layouts too were measured on the default model
+    eager_layout = amp or (measured_model and measured.eager_channels_last)
+    compiled_layout = amp or (measured_model and measured.compiled_channels_last)
     if request == "off":
-        return CompilePlan(False, channels_last, "eager: compiling was turned off")
+        return CompilePlan(False, eager_layout, "eager: compiling was turned off")
     problem = inductor_problem(device_type)
     if problem:
-        return CompilePlan(False, channels_last, f"eager: {problem}")
+        return CompilePlan(False, eager_layout, f"eager: {problem}")
     if request == "on":
-        return CompilePlan(True, channels_last, "compiled: asked for")
-    measured = MEASURED.get((workload, device_type, precision))
+        return CompilePlan(True, compiled_layout, "compiled: asked for")
     if measured is not None and work_scale <= 0:
-        return CompilePlan(False, channels_last, f"eager: compiling was measured for the default {workload} "
-                                                 "model only")
+        return CompilePlan(False, eager_layout, f"eager: compiling was measured for the default {workload} "
+                                                "model only")
     if measured is None:
-        return CompilePlan(False, channels_last, f"eager: compiling the {workload} on {device_type} {precision} "
-                                                 "was not measured faster")
+        return CompilePlan(False, eager_layout, f"eager: compiling the {workload} on {device_type} {precision} "
+                                                "was not measured faster")
     if measured.speedup <= 1.0:
-        return CompilePlan(False, channels_last, f"eager: compiled steps measured {measured.speedup:.2f}x eager "
-                                                 f"on {device_type} {precision} ({measured.source})")
+        return CompilePlan(False, eager_layout, f"eager: compiled steps measured {measured.speedup:.2f}x eager "
+                                                f"on {device_type} {precision} ({measured.source})")
     if not worth_compiling(planned_steps, measured, work_scale):
-        return CompilePlan(False, channels_last, f"eager: {planned_steps} steps would not win back the "
-                                                 f"{measured.warmup_s:.0f} s compile warm-up")
-    return CompilePlan(True, channels_last, f"compiled: {measured.speedup:.2f}x eager measured on {device_type} "
-                                            f"{precision}, warm-up {measured.warmup_s:.0f} s")
+        return CompilePlan(False, eager_layout, f"eager: {planned_steps} steps would not win back the "
+                                                f"{measured.warmup_s:.0f} s compile warm-up")
+    return CompilePlan(True, compiled_layout, f"compiled: {measured.speedup:.2f}x eager measured on {device_type} "
+                                              f"{precision}, warm-up {measured.warmup_s:.0f} s ({measured.source})")
+
+
+def cpu_kind() -> str:
+    """This CPU's kind for the measurements: torch's ISA level ("AVX512", "AVX2", "DEFAULT", ...), with "-BF16" where
+    an AVX-512 CPU also has bf16 units (AVX512-BF16 or AMX). fp32 gains differ by kind (bench/options.py): channels_last
+    fp32 was 3.4x slower for ResNet-18 on an AVX512-BF16 EPYC and 1.16x faster on an AVX-512 Xeon without bf16."""
+    import torch
+
+    from wbc_core.precision import cpu_bf16_hardware
+
+    isa = torch.backends.cpu.get_cpu_capability().upper()
+    return f"{isa}-BF16" if isa.startswith("AVX512") and cpu_bf16_hardware() else isa
+
+
+def measured_for(workload: str, device_type: str, precision: str) -> Measured | None:
+    """The measurement for this kind of device: on a CPU its ISA level's own row first, then the kind's general one."""
+    if device_type == "cpu":
+        found = MEASURED.get((workload, device_type, precision, cpu_kind()))
+        if found is not None:
+            return found
+    return MEASURED.get((workload, device_type, precision))
 
 
 def cache_folder(cache_root: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wbc_core import limits
+from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
 
 SMALL_CNN = "small_cnn"
 # The names of classifier.presets.PRESETS, repeated here so that reading or checking a config does not load torch
@@ -52,6 +53,9 @@ class ClassifierConfig:
     amp: bool = True  # mixed precision + channels_last: CUDA bf16/fp16(+GradScaler), CPU bf16 where native
     pretrained_path: str | None = None  # optional local state-dict / wbc checkpoint to start from; never downloaded
     num_threads: int = 0  # torch CPU threads during training; 0 = leave torch's default
+    # torch.compile for the training step: "auto" follows the measurements for this device (wbc_core.compile:
+    # compiled only where it measured faster and the planned steps win back the warm-up), "on" or "off" force it.
+    compile: str = "auto"
     progress_every_s: float = 1.0  # seconds between within-epoch progress events (UI wants one at least every 2 s)
     # Data-parallel processes (DistributedDataParallel; gloo on CPU, nccl on CUDA with one GPU each). The global batch
     # stays batch_size (each process takes its shard), so 1 and N workers follow the same lr schedule.
@@ -73,6 +77,8 @@ class ClassifierConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.augment not in AUGMENT_PRESETS:
             raise ValueError(f"augment must be one of {AUGMENT_PRESETS}, got {self.augment!r}")
+        if self.compile not in COMPILE_REQUESTS:
+            raise ValueError(f"compile must be one of {COMPILE_REQUESTS}, got {self.compile!r}")
         if not _DEVICE_RE.match(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.pretrained_path is not None and not self.pretrained_path:
@@ -115,7 +121,7 @@ def _check_types(cfg: ClassifierConfig) -> None:
         "lr": (int, float), "weight_decay": (int, float), "label_smoothing": (int, float), "schedule": (str,),
         "augment": (str,), "balanced_sampling": (bool,), "early_stopping_patience": (int,), "seed": (int,),
         "device": (str,), "amp": (bool,), "pretrained_path": (str, type(None)), "num_threads": (int,),
-        "progress_every_s": (int, float), "workers": (int,),
+        "progress_every_s": (int, float), "workers": (int,), "compile": (str,),
     }
     for name, types in expected.items():
         value = getattr(cfg, name)

@@ -166,7 +166,7 @@ class _Run:
         # Measured on ResNet-18 at 64 px, batch 128: other models are not compiled, other sizes scale the saving.
         scale = config.batch_size / 128 * (config.image_size / 64) ** 2 if config.model == "resnet18" else 0.0
         self.speed = compile_plan("classifier", device.type, _precision(amp_dtype(device) if self.use_amp else None),
-                                  steps_planned, amp=self.use_amp, work_scale=scale)
+                                  steps_planned, request=config.compile, amp=self.use_amp, work_scale=scale)
         if self.speed.channels_last:
             self.model.to(memory_format=torch.channels_last)  # tensor cores and oneDNN's bf16 kernels want NHWC
         # uint8 data lives on the device for the whole run: 8.5k 64-px cells are ~100 MB; batches are index gathers.

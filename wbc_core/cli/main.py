@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
 from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 
 EXIT_ERROR = 2
@@ -83,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--aux-weight", type=float, default=None, help="AC-GAN class-head weight (0 = projection only)")
+    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
+                   help="torch.compile G and D: auto (default: where measured faster for the planned steps), on, off")
     s.add_argument("--preset", choices=["cpu", "cuda"], default=None,
                    help="start from a preset: cpu (GanConfig defaults) or cuda (CUDA_PRESET: wider, 128 px, 40k "
                         "steps, needs a GPU); the flags above override it")
@@ -128,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
                    "one GPU each on cuda, shares of the cores on cpu")
     s.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="draw every class equally often (default: on when a class is rare, as the Train page)")
+    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
+                   help="torch.compile the training step: auto (default: where measured faster), on or off")
     add_mix_arguments(s)
     s.add_argument("--detach", action="store_true")
 
@@ -334,7 +339,8 @@ def _train_gan(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.gan_runs import start_gan_run
 
     given = {"steps": args.steps, "image_size": args.size, "batch_size": args.batch, "width": args.width,
-             "seed": args.seed, "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight}
+             "seed": args.seed, "checkpoint_every": args.checkpoint_every, "aux_weight": args.aux_weight,
+             "compile": args.compile}
     config = options.gan_config(ds_db.get_dataset(args.dataset).image_size, args.preset, given)
     user = acting_user(args)
     return _follow(start_gan_run(args.dataset, config.to_dict(), user=user), args.detach, "GAN", user)
@@ -440,7 +446,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     info = get_dataset(args.dataset)
     advice = class_balance_advice(info.id) if args.balanced is None else None
     given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed,
-             "device": args.device, "workers": args.workers,
+             "device": args.device, "workers": args.workers, "compile": args.compile,
              "balanced_sampling": args.balanced if args.balanced is not None else (True if advice else None)}
     config = options.classifier_config(info.image_size, given)
     mix = mix_from_args(args)

@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
 from wbc_core.vocabulary import RECIPES
 
 
@@ -32,6 +33,8 @@ def _training_flags(s: argparse.ArgumentParser) -> None:
                    help="mixed precision + channels_last: CUDA AMP, CPU bf16 where native (default on)")
     s.add_argument("--pretrained", default=None, help="local state dict / wbc checkpoint to start from")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0 = torch default)")
+    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
+                   help="torch.compile the training step: auto (default: where measured faster), on or off")
     s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count")
     s.add_argument("--detach", action="store_true", help="start the runs and return at once")
 
@@ -80,7 +83,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
               "lr": args.lr, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
               "schedule": args.schedule, "augment": args.augment, "balanced_sampling": args.balanced,
               "early_stopping_patience": args.patience, "device": args.device, "amp": args.amp,
-              "pretrained_path": args.pretrained, "num_threads": args.threads}
+              "pretrained_path": args.pretrained, "num_threads": args.threads, "compile": args.compile}
     return {k: v for k, v in values.items() if v is not None}
 
 

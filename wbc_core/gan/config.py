@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wbc_core import limits
+from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
 
 if TYPE_CHECKING:  # torch is imported only where a device is resolved: reading defaults must not load it
     import torch
@@ -42,6 +43,8 @@ class GanConfig:
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps"
     amp: bool = True  # mixed precision + channels_last: CUDA bf16/fp16, CPU bf16 where native (wbc_core.precision)
     num_threads: int = 0  # CPU intra-op threads; 0 keeps torch's default
+    # torch.compile for G and D: "auto" follows the measurements for this device (wbc_core.compile), "on"/"off" force
+    compile: str = "auto"
     # AC-GAN class loss weight: D cross-entropy on real cells, G on fakes; 0 = projection only. Measured on PBC at
     # 64 px, 22 CPU minutes (BENCHMARKS.md), ResNet-18 judge: 0.3 gives acceptance 67% vs 39% without, at the best
     # coverage and FD; 1.0 gives 88% but less variety (coverage 0.29 vs 0.43), so 1.0 is the GPU preset's choice.
@@ -154,6 +157,8 @@ def _problems(c: GanConfig) -> list[str]:
             p.append(f"diffaug ops must be among {', '.join(DIFFAUG_OPS)}, got {', '.join(bad)}")
     if not isinstance(c.device, str) or not _DEVICE_RE.match(c.device):
         p.append(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}")
+    if c.compile not in COMPILE_REQUESTS:
+        p.append(f"compile must be one of {', '.join(COMPILE_REQUESTS)}, got {c.compile!r}")
     if not isinstance(c.amp, bool):
         p.append(f"amp must be a bool, got {c.amp!r}")
     if not isinstance(c.quality_every_checkpoint, bool):

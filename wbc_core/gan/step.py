@@ -55,6 +55,13 @@ class GanStepper:
         # It runs eager, after D's step, under the same autocast.
         self.g_extra: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Run G, D and the batches in this layout from now on (the compile plan's choice, wbc_core.compile)."""
+        if memory_format != self.memory_format:
+            self.memory_format = memory_format
+            self.g.to(memory_format=memory_format)
+            self.d.to(memory_format=memory_format)
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed-precision context when this stepper uses AMP (CUDA, or CPU bf16), else a no-op."""
         if self.amp_dtype is None:
