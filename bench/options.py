@@ -121,9 +121,7 @@ def _gan_step(v: dict):  # noqa: ANN202
     stepper = GanStepper(g, d, cfg, torch.device("cpu"))
     # The stepper picks precision itself (bf16 where native); force the variant's choice.
     stepper.amp_dtype = torch.bfloat16 if v["bf16"] else None
-    stepper.memory_format = torch.channels_last if v["cl"] else torch.contiguous_format
-    g.to(memory_format=stepper.memory_format)
-    d.to(memory_format=stepper.memory_format)
+    stepper.use_memory_format(torch.channels_last if v["cl"] else torch.contiguous_format)
     if v["compiled"]:
         compile_gan_stepper(stepper)
     real = torch.rand(v["batch"], 3, cfg.image_size, cfg.image_size).mul(2).sub(1)

@@ -341,8 +341,19 @@ def test_a_cpu_kinds_own_row_comes_first_and_brings_its_layout(monkeypatch):
 
 
 def test_this_machine_has_a_cpu_kind():
-    kind = wbc_compile.cpu_kind()
-    assert kind and kind == torch.backends.cpu.get_cpu_capability().upper()
+    from wbc_core.precision import cpu_bf16_hardware
+
+    isa = torch.backends.cpu.get_cpu_capability().upper()
+    expected = f"{isa}-BF16" if isa.startswith("AVX512") and cpu_bf16_hardware() else isa
+    assert isa and wbc_compile.cpu_kind() == expected
+
+
+def test_a_cpu_with_bf16_units_is_its_own_kind(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr("wbc_core.precision.cpu_bf16_hardware", lambda: True)
+    assert wbc_compile.cpu_kind() == "AVX512-BF16"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # capped: bf16 needs AVX-512
+    assert wbc_compile.cpu_kind() == "AVX2"
 
 
 def test_a_gan_run_trains_in_the_layout_its_row_measured_faster(wbc_home, monkeypatch):

@@ -189,7 +189,7 @@ def cpu_kind() -> str:
 
 
 def measured_for(workload: str, device_type: str, precision: str) -> Measured | None:
-    """The measurement for this kind of device: on a CPU its ISA level's own row first, then the kind's general one."""
+    """The measurement for this kind of device: on a CPU the row of its kind (cpu_kind) first, else the general row."""
     if device_type == "cpu":
         found = MEASURED.get((workload, device_type, precision, cpu_kind()))
         if found is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
+from wbc_core.cli import add_compile_flag
 from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 
 EXIT_ERROR = 2
@@ -84,8 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--aux-weight", type=float, default=None, help="AC-GAN class-head weight (0 = projection only)")
-    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
-                   help="torch.compile G and D: auto (default: where measured faster for the planned steps), on, off")
+    add_compile_flag(s, "G and D")
     s.add_argument("--preset", choices=["cpu", "cuda"], default=None,
                    help="start from a preset: cpu (GanConfig defaults) or cuda (CUDA_PRESET: wider, 128 px, 40k "
                         "steps, needs a GPU); the flags above override it")
@@ -131,8 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                    "one GPU each on cuda, shares of the cores on cpu")
     s.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="draw every class equally often (default: on when a class is rare, as the Train page)")
-    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
-                   help="torch.compile the training step: auto (default: where measured faster), on or off")
+    add_compile_flag(s, "the training step")
     add_mix_arguments(s)
     s.add_argument("--detach", action="store_true")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wbc_core.compile import REQUESTS as COMPILE_REQUESTS
+from wbc_core.cli import add_compile_flag
 from wbc_core.vocabulary import RECIPES
 
 
@@ -33,8 +33,7 @@ def _training_flags(s: argparse.ArgumentParser) -> None:
                    help="mixed precision + channels_last: CUDA AMP, CPU bf16 where native (default on)")
     s.add_argument("--pretrained", default=None, help="local state dict / wbc checkpoint to start from")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (0 = torch default)")
-    s.add_argument("--compile", choices=COMPILE_REQUESTS, default=None,
-                   help="torch.compile the training step: auto (default: where measured faster), on or off")
+    add_compile_flag(s, "the training step")
     s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count")
     s.add_argument("--detach", action="store_true", help="start the runs and return at once")
 
