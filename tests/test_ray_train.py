@@ -76,6 +76,7 @@ def test_two_ddp_workers_stop_together_when_rank_0_is_cancelled(tmp_path):
     assert events[0].metrics["world_size"] == 2.0
     assert load_classifier(result.checkpoint).class_names == CLASSES  # rank 0 still left a usable checkpoint
     assert not (tmp_path / ddp.SHARD_FILE).exists()
+    assert (tmp_path / ddp.RANK_LOG.format(rank=1)).exists()  # rank 1 wrote its output there, not into the job log
 
 
 @pytest.mark.slow

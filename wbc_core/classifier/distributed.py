@@ -29,9 +29,11 @@ import torch
 from wbc_core.classifier.config import ClassifierConfig
 from wbc_core.classifier.models import resolve_device
 from wbc_core.classifier.sampling import steps_per_epoch
-from wbc_core.types import LabelledImages, ProgressFn, ShouldStopFn
+from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn
 
 SHARD_FILE = "ddp_data.pt"  # the frozen train/val tensors the spawned ranks load (removed when training ends)
+RANK_LOG = "rank{rank}.log"  # a spawned rank's stdout and stderr, C++ aborts included (kept in the run folder)
+LOG_TAIL_LINES = 15  # lines of a failed rank's log quoted in the run's error
 GROUP_TIMEOUT = datetime.timedelta(minutes=10)  # a rank that vanished makes the others fail after this at the latest
 JOIN_POLL_SECONDS = 0.2  # how often rank 0 checks, while the group forms, that the spawned ranks are still alive
 
@@ -98,10 +100,14 @@ def train_distributed(train: LabelledImages, val: LabelledImages, class_names: l
             result = _rank(0, world, port, train, val, class_names, config, out_dir, progress, should_stop,
                            train_weights, dead_rank=dead_rank)
         except Exception:
-            ranks.join(timeout=5)  # a rank that failed first is the cause: raise its traceback instead
+            try:
+                ranks.join(timeout=5)  # a rank that failed first is the cause: raise its error instead
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+                raise RuntimeError(rank_failure(exc, out_dir, world)) from exc
             raise
-        while not ranks.join():  # raises with the rank's traceback when one failed
-            pass
+        problem = wait_for_ranks(ranks, out_dir, world)
+        if problem:
+            progress(ProgressEvent(step=result.epochs_done, total=config.epochs, message=problem))
         return result
     finally:
         for process in ranks.processes:
@@ -109,6 +115,36 @@ def train_distributed(train: LabelledImages, val: LabelledImages, class_names: l
                 process.terminate()
         with contextlib.suppress(OSError):
             shared.unlink()
+
+
+def rank_failure(exc: Exception, out_dir: Path, world: int) -> str:
+    """A spawned rank's failure in plain words, with the end of its log: a rank killed by a signal (a C++ abort, the
+    out-of-memory killer) leaves no Python traceback, only what it printed before it died."""
+    index = getattr(exc, "error_index", 0) + 1
+    how = str(exc).strip() or type(exc).__name__  # a Python error's traceback, or "terminated with signal ..."
+    log = out_dir / RANK_LOG.format(rank=index)
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        tail = []
+    quoted = ("; the end of its log (" + str(log) + "):\n" + "\n".join(tail)) if any(tail) else \
+        f"; it left nothing in {log}"
+    return f"training rank {index} of {world} failed: {how}{quoted}"
+
+
+def wait_for_ranks(ranks: Any, out_dir: Path, world: int) -> str | None:  # noqa: ANN401 - torch's ProcessContext
+    """Wait until every spawned rank has ended, once rank 0 holds the trained model. A rank can only end badly now
+    after its last collective (a rank that failed earlier fails rank 0's collectives with it), so its part is in
+    rank 0's weights already: such an ending (seen in CI as a SIGABRT while a rank's process tore itself down)
+    becomes a warning for the run's log, not a failed run. None when every rank ended cleanly."""
+    import torch.multiprocessing as mp
+
+    try:
+        while not ranks.join():
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        return f"warning: {rank_failure(exc, out_dir, world)}\n(after training had finished: the model is complete)"
+    return None
 
 
 @contextlib.contextmanager
@@ -128,11 +164,28 @@ def _plain_main() -> Iterator[None]:
 
 def _rank_main(index: int, world: int, port: int, shared: str, class_names: list[str], config: dict[str, Any],
                out_dir: str) -> None:
-    """A spawned rank (1..N-1): load the frozen tensors, train its shards, report nothing itself."""
+    """A spawned rank (1..N-1): load the frozen tensors, train its shards, report nothing itself. Its output goes to
+    RANK_LOG in the run folder, where rank 0 finds it when this rank fails (a Ray job's log is not a file here)."""
+    _output_to(Path(out_dir) / RANK_LOG.format(rank=index + 1))
     data = torch.load(shared, weights_only=True)
     train, val = LabelledImages(*data["train"]), LabelledImages(*data["val"])
     _rank(index + 1, world, port, train, val, class_names, ClassifierConfig.from_dict(config), Path(out_dir),
           lambda _event: None, lambda: False, data["weights"])
+    # Skip the interpreter's teardown: this rank's part is done and it owns no file to close, while C++ destructors
+    # of the process group and thread pools running at exit are where a rank was seen to abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _output_to(log: Path) -> None:
+    """Send this process's stdout and stderr, at the file-descriptor level (C++ messages too), to log."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _join(rank: int, world: int, port: int, dead_rank: Callable[[], str | None] | None):  # noqa: ANN202 - TCPStore
