@@ -59,7 +59,9 @@ from tqdm import tqdm  # noqa: E402
 from bench import gain_report as gr  # noqa: E402
 from bench import loop_arms as la  # noqa: E402
 from bench import loop_report  # noqa: E402
+from bench import loop_resume as lr  # noqa: E402
 from bench import loop_support as ls  # noqa: E402
+from bench.loop_plan import SPEED, arm_budget, arm_seconds, plan, planned_seconds, train_estimate  # noqa: E402, F401
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class LoopConfig:
     expert_home: str = ""  # --policy expert: the WBC_HOME holding the dataset and its decisions
     expert_dataset: str = ""  # --policy expert: that dataset's name
     tag: str = ""  # results go to product_loop[_quick][_TAG].json / .md, so a run never overwrites another's
+    resume: bool = False  # carry on a stopped run of the same tag and config (bench/loop_resume.py)
 
 
 QUICK = dict(cells_per_class=40, regimes=("rare", "all"), rare_n=8, seeds=1, gan_steps=20, per_class=12,
@@ -122,6 +125,14 @@ class ProductLoop:
         self.results: dict[str, Any] = {"benchmark": "product_loop", "quick": cfg.quick, "partial": True,
                                         "config": dataclasses.asdict(cfg), "machine": ls.machine(), "stages": {},
                                         "regimes": {}}
+        self.previous: dict[str, Any] | None = None
+        self.earlier_minutes = 0.0  # the stopped sessions' wall time, when resumed
+        if cfg.resume:
+            self.previous = lr.load_partial(results_paths(cfg)["json"], cfg)
+            self.results = lr.resumed_state(self.previous, cfg.seeds)
+            self.earlier_minutes = sum(s.get("wall_minutes") or 0 for s in self.results["sessions"])
+            self.results["sessions"].append({"machine": ls.machine(), "resumed": True, "kept_regimes":
+                                             list(self.results["regimes"])})
         self.params = la.StrategyParams(cfg.share, cfg.fill_target, cfg.synthetic_weight)
 
     # -- plumbing --------------------------------------------------------------------------------------------
@@ -134,13 +145,13 @@ class ProductLoop:
         self.write()
 
     def write(self) -> dict[str, Path]:
-        out = Path(self.cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        prefix = ("product_loop_quick" if self.cfg.quick else "product_loop") + (f"_{self.cfg.tag}" if self.cfg.tag
-                                                                                else "")
-        self.results["wall_minutes"] = round((time.monotonic() - self.started) / 60, 2)
+        paths = results_paths(self.cfg)
+        paths["json"].parent.mkdir(parents=True, exist_ok=True)
+        minutes = (time.monotonic() - self.started) / 60
+        self.results["wall_minutes"] = round(self.earlier_minutes + minutes, 2)  # all sessions of the run
+        if self.cfg.resume:
+            self.results["sessions"][-1]["wall_minutes"] = round(minutes, 2)
         self.results["goals"] = loop_report.goals(self.results, self.cfg.rare_classes)
-        paths = {"json": out / f"{prefix}.json", "md": out / f"{prefix}.md"}
         paths["json"].write_text(json.dumps(self.results, indent=2, default=float) + "\n")
         paths["md"].write_text(loop_report.markdown(self.results, self.cfg.rare_classes))
         return paths
@@ -185,13 +196,25 @@ class ProductLoop:
         self.base_rows = ds_db.real_images(self.base)
         self.results["data"] = {"class_names": self.names, "cells": len(self.base_rows),
                                 "splits": importing.class_split_counts(self.base)}
-        self.stage("import", time.monotonic() - t)
+        kept = lr.reference_checkpoint(results_paths(cfg)["json"])
+        if self.previous is not None:
+            test = ds_db.real_images(self.base, split="test")
+            lr.check_test_cells(self.previous, ls.cells_hash([r.sha256 for r in test]))
+        self.stage("import" if self.previous is None else "resume: import", time.monotonic() - t)
         t = time.monotonic()
-        self.reference = self.train_reference()
-        self.results["reference"] = la.public({k: v for k, v in self.reference.items() if k != "model_path"})
-        self.stage("reference", time.monotonic() - t)
-        strategy = None
+        if self.previous is not None and kept.is_file():  # the stopped run's own scripted reviewer
+            self.reference = {**self.previous["reference"], "model_path": str(kept)}
+        else:
+            self.reference = self.train_reference()
+            self.results["reference"] = la.public({k: v for k, v in self.reference.items() if k != "model_path"})
+            lr.keep_reference(current_absolute(self.reference["model_path"]), results_paths(cfg)["json"])
+            self.stage("reference" if self.previous is None else "resume: reference retrained",
+                       time.monotonic() - t)
+        done = lr.finished_regimes(self.previous, cfg.seeds) if self.previous is not None else []
+        strategy = self.results.get("strategy", {}).get("chosen") if done else None
         for i, regime in enumerate(cfg.regimes):
+            if regime in done:  # kept as the stopped run wrote it
+                continue
             strategies = cfg.strategies if i == 0 else (strategy,)
             self.results["regimes"][regime] = self.regime(regime, strategies)
             if i == 0:
@@ -359,64 +382,16 @@ class ProductLoop:
                     review_model.decide(ids, "scripted", "reject", reason=reasons[rule], user=self.reviewer)
 
 
-# Speeds for the plan and the ETA, 2 idle cores, bf16: a CPU-preset GAN step at 64 px in the app's GAN job
-# (compiled bf16: 0.33 s in bench/options.py's idle run, 0.37 with the job's logging, EMA and checkpoints),
-# ResNet-18 64 px training images per second (the classifier jobs of product_loop_rare_reduced_partial.json: 181-238),
-# the fixed cost of one classifier job besides training (val/test scoring), and of a regime's generation (its
-# judge's training, scoring) + review (product_loop_rare_small.json, load ~1.5, so on the safe side).
-# The reference trains at about 120-130 images/s (ten epochs with a val pass each, unbalanced: 705-816 s for 84,950
-# images in product_loop_rare.json and product_loop_balanced.json), so it has a speed of its own.
-SPEED = {"gan_step_s": 0.37, "cls_images_per_s": 200.0, "reference_images_per_s": 120.0, "arm_overhead_s": 10.0,
-         "import_s": 15.0, "review_s": 170.0}
-TRAIN_SHARE = 0.7  # the app's split: 70% of each class is train
+def results_paths(cfg: LoopConfig) -> dict[str, Path]:
+    """product_loop[_quick][_TAG].json / .md in the output folder."""
+    prefix = ("product_loop_quick" if cfg.quick else "product_loop") + (f"_{cfg.tag}" if cfg.tag else "")
+    return {"json": Path(cfg.out) / f"{prefix}.json", "md": Path(cfg.out) / f"{prefix}.md"}
 
 
-def train_estimate(cfg: LoopConfig, regime: str) -> int:
-    """Real train cells of a regime, estimated from the folder before anything is imported (for the plan)."""
-    folder = Path(cfg.data)
-    counts = {d.name: sum(1 for _ in d.iterdir()) for d in folder.iterdir() if d.is_dir()} if folder.is_dir() else {}
-    if cfg.cells_per_class:
-        counts = {c: min(n, cfg.cells_per_class) for c, n in counts.items()}
-    train = {c: int(n * TRAIN_SHARE) for c, n in counts.items()}
-    try:
-        caps = ls.regime_caps(regime, sorted(train), cfg.rare_classes, cfg.rare_n)
-    except ValueError:
-        caps = {}
-    return sum(min(n, caps.get(c, n)) for c, n in train.items())
+def current_absolute(stored: str) -> Path:
+    from wbc_core.context import current
 
-
-def arm_budget(cfg: LoopConfig, n_real: int) -> int:
-    """A regime's image budget per arm: cls_epochs passes over its real train cells, clipped to
-    [cls_min_images, cls_images]."""
-    return int(min(cfg.cls_images, max(cfg.cls_min_images, cfg.cls_epochs * n_real)))
-
-
-def arm_seconds(cfg: LoopConfig, images: float) -> float:
-    return images / SPEED["cls_images_per_s"] + SPEED["arm_overhead_s"]
-
-
-def plan(cfg: LoopConfig) -> dict[str, float]:
-    """Estimated seconds of each kind of stage on 2 idle cores (the progress bar counts these seconds; "arm" is
-    the first regime's arm)."""
-    first = train_estimate(cfg, cfg.regimes[0]) if cfg.regimes else 0
-    budget = arm_budget(cfg, first)
-    reference = cfg.reference_epochs * train_estimate(cfg, "all") / SPEED["reference_images_per_s"]
-    return {"import": SPEED["import_s"], "reference": reference, "gan": cfg.gan_steps * SPEED["gan_step_s"],
-            "arm": arm_seconds(cfg, budget), "review": SPEED["review_s"]}
-
-
-def planned_seconds(cfg: LoopConfig) -> float:
-    """The whole run's estimate: import, the reference, and per regime its GAN, review, and real + curated (per
-    strategy) + unfiltered + matched arms, each at that regime's image budget."""
-    p = plan(cfg)
-    total = p["import"] + p["reference"]
-    for i, regime in enumerate(cfg.regimes):
-        budget = arm_budget(cfg, train_estimate(cfg, regime))
-        compare = len(cfg.strategies) > 1 and i == 0
-        curated = (len(cfg.strategies) * min(cfg.seeds, cfg.strategy_seeds)
-                   + cfg.seeds - min(cfg.seeds, cfg.strategy_seeds)) if compare else cfg.seeds
-        total += p["gan"] + p["review"] + (3 * cfg.seeds + curated) * arm_seconds(cfg, budget)
-    return total
+    return current().absolute(stored)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -463,6 +438,14 @@ def main_config(cfg: LoopConfig) -> int:
 
 
 def _main(cfg: LoopConfig) -> int:
+    try:
+        return _run_main(cfg)
+    except lr.ResumeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_main(cfg: LoopConfig) -> int:
     if cfg.policy == "expert":
         results = loop_report.run_expert(cfg)
         path = Path(cfg.out) / "product_loop_expert.json"
@@ -470,9 +453,16 @@ def _main(cfg: LoopConfig) -> int:
         path.write_text(json.dumps({"config": dataclasses.asdict(cfg), **results}, indent=2, default=float) + "\n")
         print(f"wrote {path}")
         return 0
-    print(f"planned: about {planned_seconds(cfg) / 60:.0f} min on 2 idle cores ({json.dumps(plan(cfg))} s per stage)")
-    with tqdm(total=round(planned_seconds(cfg)), unit="s", smoothing=0.05) as bar:
-        loop = ProductLoop(cfg, bar)
+    loop = ProductLoop(cfg)  # a resumed run reads and checks the stopped one's results here
+    done: tuple[str, ...] = ()
+    if loop.previous is not None:
+        done = tuple(lr.finished_regimes(loop.previous, cfg.seeds))
+        print(f"resuming {results_paths(cfg)['json']}: keeping {', '.join(done) or 'no regime'}")
+    planned = planned_seconds(cfg, done, reference=not (loop.previous is not None and lr.reference_checkpoint(
+        results_paths(cfg)["json"]).is_file()))
+    print(f"planned: about {planned / 60:.0f} min on 2 idle cores ({json.dumps(plan(cfg))} s per stage)")
+    with tqdm(total=round(planned), unit="s", smoothing=0.05) as bar:
+        loop.bar = bar
         results = loop.run()
     print(loop_report.markdown(results, cfg.rare_classes))
     print(f"done in {results['wall_minutes']:.1f} min; results in {Path(cfg.out)}")
