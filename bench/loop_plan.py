@@ -1,8 +1,8 @@
 """The product loop's plan: seconds per stage on 2 idle cores, for the printed estimate and the progress bar's ETA.
 
-The speeds were measured on the AMD EPYC (AVX512-BF16) machine; the Xeon with AMX of 2026-12-02 ran the same
-stages 1.2x (GAN) to 2x (reference) slower (BENCHMARKS.md), so there the bar's ETA, which scales the plan by the
-measured pace, is what to read.
+The speeds were measured on the AMD EPYC (AVX512-BF16) machine. The Xeon with AMX ran the full default run
+(sessions 10-11, product_loop_full.json) with its stages 1.5-2.9x slower than this plan, 238 min in all instead of
+120 (BENCHMARKS.md), so there the bar's ETA, which scales the plan by the measured pace, is what to read.
 """
 
 from __future__ import annotations

@@ -222,6 +222,27 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     # Every arm's own saved run config samples classes evenly (--balanced, the default); the reference does not.
     assert all(run["balanced_sampling"] for r in res["regimes"].values() for run in r["runs"])
     assert res["reference"]["balanced_sampling"] is False
+    check_resume_redoes_only_the_unfinished_regime(out, res)
+
+
+def check_resume_redoes_only_the_unfinished_regime(out: Path, finished: dict) -> None:
+    """Stop the run as a killed session leaves it (partial, the all-data regime's last arm missing), resume it:
+    rare is kept as it was, all is redone, and the kept reference model is reused, not retrained."""
+    path = out / "product_loop_quick_t.json"
+    stopped = json.loads(path.read_text())
+    best = stopped["regimes"]["all"]["best_strategy"]
+    del stopped["stages"][f"all: matched {best} seed 0"]
+    stopped["partial"] = True
+    path.write_text(json.dumps(stopped))
+    assert (out / "product_loop_quick_t.reference.pt").is_file()
+    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t", "--resume"]) == 0
+    res = json.loads(path.read_text())
+    assert not res["partial"] and len(res["sessions"]) == 2 and res["sessions"][-1]["kept_regimes"] == ["rare"]
+    assert res["regimes"]["rare"] == finished["regimes"]["rare"]
+    assert f"all: matched {best} seed 0" in res["stages"]  # written again: the all-data regime ran again
+    assert "resume: reference retrained" not in res["stages"]
+    assert res["reference"]["run_id"] == finished["reference"]["run_id"]
+    assert res["wall_minutes"] > finished["wall_minutes"]
 
 
 def test_balanced_and_tag_flags_parse_as_booleans_and_names():
