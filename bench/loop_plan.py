@@ -7,6 +7,8 @@ The speeds were measured on the AMD EPYC (AVX512-BF16) machine. The Xeon with AM
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,26 @@ def plan(cfg: Any) -> dict[str, float]:
             "arm": arm_seconds(cfg, budget), "review": SPEED["review_s"]}
 
 
+def curated_arms(cfg: Any, index: int) -> int:
+    """Curated arms of the regime at position `index`: the first regime compares the strategies on
+    strategy_seeds seeds, then runs the chosen one on the other seeds."""
+    if len(cfg.strategies) > 1 and index == 0:
+        compared = min(cfg.seeds, cfg.strategy_seeds)
+        return len(cfg.strategies) * compared + cfg.seeds - compared
+    return cfg.seeds
+
+
+def regime_seconds(cfg: Any, index: int, regime: str, n_real: int | None = None) -> tuple[float, float]:
+    """(fixed, scalable) planned seconds of one regime on 2 idle cores: its review and the arms' fixed costs do
+    not shrink with a budget; its GAN steps and its arms' training images do. n_real: its real train cells when
+    known (else estimated from the folder)."""
+    p = plan(cfg)
+    arms = 3 * cfg.seeds + curated_arms(cfg, index)  # real, unfiltered, matched on every seed, plus curated
+    images = arm_budget(cfg, train_estimate(cfg, regime) if n_real is None else n_real)
+    fixed = p["review"] + arms * SPEED["arm_overhead_s"]
+    return fixed, p["gan"] + arms * images / SPEED["cls_images_per_s"]
+
+
 def planned_seconds(cfg: Any, done: tuple[str, ...] = (), reference: bool = True) -> float:
     """The whole run's estimate: import, the reference, and per regime its GAN, review, and real + curated (per
     strategy) + unfiltered + matched arms, each at that regime's image budget. A resumed run leaves out the
@@ -65,13 +87,51 @@ def planned_seconds(cfg: Any, done: tuple[str, ...] = (), reference: bool = True
     p = plan(cfg)
     total = p["import"] + (p["reference"] if reference else 0.0)
     for i, regime in enumerate(cfg.regimes):
-        if regime in done:
-            continue
-        budget = arm_budget(cfg, train_estimate(cfg, regime))
-        compare = len(cfg.strategies) > 1 and i == 0
-        curated = (len(cfg.strategies) * min(cfg.seeds, cfg.strategy_seeds)
-                   + cfg.seeds - min(cfg.seeds, cfg.strategy_seeds)) if compare else cfg.seeds
-        total += p["gan"] + p["review"] + (3 * cfg.seeds + curated) * arm_seconds(cfg, budget)
+        if regime not in done:
+            total += sum(regime_seconds(cfg, i, regime))
     return total
 
 
+# A regime never gets less than this share of the configured GAN steps and arm images: below it the GAN renders
+# no usable cell and an arm does not converge, so a run that cannot fit says so instead of reporting noise.
+MIN_SCALE = 0.25
+BUDGET_SAFETY = 0.93  # aim below the budget: the pace of a shared 2-core VM moved by 1.5x within one run
+
+
+@dataclass(frozen=True)
+class RegimeBudget:
+    """What a regime got under --budget-minutes, and why (saved with the regime's results)."""
+
+    scale: float  # share of the configured GAN steps and arm images (1 = as configured)
+    gan_steps: int
+    arm_images: int
+    pace: float  # this machine's measured seconds per planned second, over the stages done so far
+    minutes_left: float  # of the budget, when the regime started
+    planned_minutes: float  # the remaining regimes at this scale and pace
+    note: str
+
+    def message(self, regime: str, budget_minutes: float) -> str:
+        return (f"budget: {self.minutes_left:.0f} of {budget_minutes:.0f} min left, pace {self.pace:.2f}x the plan; "
+                f"{regime}: {self.gan_steps} GAN steps, {self.arm_images} images per arm ({self.note})")
+
+
+def fit_regime(cfg: Any, index: int, n_real: int, elapsed_s: float, pace: float) -> RegimeBudget:
+    """Scale the regime at `index` (and, for the estimate, every regime after it) so that the rest of the run fits
+    in cfg.budget_minutes at the measured pace: GAN steps and arm images shrink by one common factor, never grow,
+    and never go below MIN_SCALE. elapsed_s: budget time used so far (every session of the run)."""
+    fixed = scalable = 0.0
+    for i in range(index, len(cfg.regimes)):
+        f, s = regime_seconds(cfg, i, cfg.regimes[i], n_real if i == index else None)
+        fixed, scalable = fixed + f, scalable + s
+    left = cfg.budget_minutes * 60 * BUDGET_SAFETY - elapsed_s
+    pace = pace if math.isfinite(pace) and pace > 0 else 1.0
+    wanted = (left / pace - fixed) / scalable if scalable > 0 else 1.0
+    scale = min(1.0, max(MIN_SCALE, wanted))
+    note = ("as configured: the rest fits" if scale >= 1.0 else
+            f"scaled to {scale:.2f}: the rest would take {(fixed + scalable) * pace / 60:.0f} min at this pace"
+            if wanted >= MIN_SCALE else
+            f"at the floor ({MIN_SCALE:.2f}): the run will overrun its budget at this pace; give it more minutes")
+    return RegimeBudget(round(scale, 3), max(1, round(cfg.gan_steps * scale)),
+                        max(1, round(arm_budget(cfg, n_real) * scale)), round(pace, 3),
+                        round(cfg.budget_minutes - elapsed_s / 60, 1), round((fixed + scalable * scale) * pace / 60, 1),
+                        note)

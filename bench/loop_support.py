@@ -177,3 +177,23 @@ def machine() -> dict[str, Any]:
     return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def decide_as_reviewer(rows: list[Any], decisions: Any, names: list[str], user: Any) -> None:  # noqa: ANN401
+    """One decide() call per class and outcome, as a reviewer working class by class on the Review page."""
+    from wbc_core import review_model
+
+    why = {"disagree": ~decisions.agrees, "unrealistic": decisions.agrees & ~decisions.realistic,
+           "memorised": decisions.memorised & decisions.agrees & decisions.realistic,
+           "duplicate": decisions.duplicate}
+    reasons = {"disagree": "does not look like its class", "unrealistic": "does not look like a real cell",
+               "memorised": "a copy of a real cell", "duplicate": "a near-duplicate of an accepted cell"}
+    for c in names:
+        mine = [i for i, r in enumerate(rows) if r.class_name == c]
+        acc = [rows[i].id for i in mine if bool(decisions.accepted[i])]
+        if acc:
+            review_model.decide(acc, "scripted", "accept", user=user)
+        for rule, mask in why.items():
+            ids = [rows[i].id for i in mine if bool(mask[i]) and not bool(decisions.accepted[i])]
+            if ids:
+                review_model.decide(ids, "scripted", "reject", reason=reasons[rule], user=user)

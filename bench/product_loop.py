@@ -30,6 +30,8 @@ so every regime and arm is scored on the same real test cells (checked per run b
 Compile: left to the app's plan (wbc_core.compile), which compiles only where the planned steps win it back.
 
     .venv/bin/python bench/augmentation_gain.py [--quick] [--regimes rare,n50,all] [--gan-steps N] [--device cuda]
+--budget-minutes (default 120) fits the run to this machine: each regime's GAN steps and arm images shrink
+by one factor to what is left at the measured pace (loop_plan.fit_regime); 0 runs exactly as configured.
 Writes product_loop[_quick][_TAG].json / .md after every stage. Every arm samples classes evenly by default
 (--no-balanced for the recipe's plain default).
 """
@@ -61,7 +63,16 @@ from bench import loop_arms as la  # noqa: E402
 from bench import loop_report  # noqa: E402
 from bench import loop_resume as lr  # noqa: E402
 from bench import loop_support as ls  # noqa: E402
-from bench.loop_plan import SPEED, arm_budget, arm_seconds, plan, planned_seconds, train_estimate  # noqa: E402, F401
+from bench.loop_plan import (  # noqa: E402, F401 (planned_seconds, train_estimate: the tests' names for them)
+    SPEED,
+    RegimeBudget,
+    arm_budget,
+    arm_seconds,
+    fit_regime,
+    plan,
+    planned_seconds,
+    train_estimate,
+)
 
 
 @dataclass(frozen=True)
@@ -108,11 +119,15 @@ class LoopConfig:
     expert_dataset: str = ""  # --policy expert: that dataset's name
     tag: str = ""  # results go to product_loop[_quick][_TAG].json / .md, so a run never overwrites another's
     resume: bool = False  # carry on a stopped run of the same tag and config (bench/loop_resume.py)
+    # Fit the whole run into this many minutes on the machine at hand (0: run as configured): before each regime
+    # the pace measured so far scales its GAN steps and arm images down (loop_plan.fit_regime). The plan's speeds
+    # are one machine's; the Xeon with AMX ran the configured run in 238 min, not 120.
+    budget_minutes: float = 120.0
 
 
 QUICK = dict(cells_per_class=40, regimes=("rare", "all"), rare_n=8, seeds=1, gan_steps=20, per_class=12,
              reference_epochs=1, cls_images=400, cls_min_images=400, cls_batch=32, strategies=("none", "share"),
-             fill_target=30, bootstrap=200,
+             fill_target=30, bootstrap=200, budget_minutes=0.0,
              min_confidence=0.0)  # a 20-step GAN convinces no reference: let the other three rules decide
 
 
@@ -134,15 +149,35 @@ class ProductLoop:
             self.results["sessions"].append({"machine": ls.machine(), "resumed": True, "kept_regimes":
                                              list(self.results["regimes"])})
         self.params = la.StrategyParams(cfg.share, cfg.fill_target, cfg.synthetic_weight)
+        self.measured_s = self.planned_s = 0.0  # this session's stages: seconds taken and planned (the pace)
+        self.stage_plan = plan(cfg)  # planned seconds per kind of stage, for the regime being run
 
     # -- plumbing --------------------------------------------------------------------------------------------
     def stage(self, name: str, seconds: float) -> None:
         self.results["stages"][name] = round(seconds, 1)
+        kind = next((k for k in ("import", "gan", "review", "reference") if k in name.lower()), "arm")
+        self.measured_s += seconds
+        self.planned_s += self.stage_plan[kind]
         if self.bar is not None:  # the bar counts planned seconds, so its ETA scales the plan by the measured pace
-            kind = next((k for k in ("import", "gan", "review", "reference") if k in name.lower()), "arm")
             self.bar.set_postfix_str(name)
-            self.bar.update(round(plan(self.cfg)[kind]))
+            self.bar.update(round(self.stage_plan[kind]))
         self.write()
+
+    def fit_budget(self, index: int, n_real: int) -> RegimeBudget:
+        """This regime's GAN steps and arm images under --budget-minutes, at the pace measured so far."""
+        elapsed = self.earlier_minutes * 60 + time.monotonic() - self.started
+        pace = self.measured_s / self.planned_s if self.planned_s > 0 else 1.0
+        fitted = fit_regime(self.cfg, index, n_real, elapsed, pace)
+        self.stage_plan = {**plan(self.cfg), "gan": fitted.gan_steps * SPEED["gan_step_s"],
+                           "arm": arm_seconds(self.cfg, fitted.arm_images)}
+        message = fitted.message(self.cfg.regimes[index], self.cfg.budget_minutes)
+        if self.bar is not None:  # the bar's total follows the fitted plan, so it still ends at 100%
+            self.bar.total = self.bar.n + round(fitted.planned_minutes * 60 / fitted.pace)
+            self.bar.write(message)
+            self.bar.refresh()
+        else:
+            print(message)
+        return fitted
 
     def write(self) -> dict[str, Path]:
         paths = results_paths(self.cfg)
@@ -216,7 +251,7 @@ class ProductLoop:
             if regime in done:  # kept as the stopped run wrote it
                 continue
             strategies = cfg.strategies if i == 0 else (strategy,)
-            self.results["regimes"][regime] = self.regime(regime, strategies)
+            self.results["regimes"][regime] = self.regime(regime, strategies, i)
             if i == 0:
                 strategy = self.results["regimes"][regime]["best_strategy"]
                 self.results["strategy"] = {"chosen": strategy, "by": "curated arm's mean val macro-F1",
@@ -234,7 +269,7 @@ class ProductLoop:
                               self.params, index)
         return runner.run("real", "none", 0, keep_model=True)
 
-    def regime(self, name: str, strategies: tuple[str, ...]) -> dict[str, Any]:
+    def regime(self, name: str, strategies: tuple[str, ...], index: int = 0) -> dict[str, Any]:
         """GAN, reference, candidates, scripted review and every arm of one regime."""
         from db import datasets as ds_db
 
@@ -251,11 +286,14 @@ class ProductLoop:
         out["audit"] = {"train_cells_hash": ls.cells_hash([r.sha256 for r in train]),
                         "test_cells_hash": ls.cells_hash([r.sha256 for r in test]), "test_cells": len(test),
                         "test_cells_in_train": len({r.sha256 for r in train} & {r.sha256 for r in test})}
-        out["gan"] = self.gan(dataset_id)
+        fitted = self.fit_budget(index, len(train)) if cfg.budget_minutes > 0 else None
+        if fitted is not None:
+            out["budget"] = dataclasses.asdict(fitted)
+        out["gan"] = self.gan(dataset_id, fitted.gan_steps if fitted else cfg.gan_steps)
         self.stage(f"{name}: GAN", time.monotonic() - t)
 
         index = gr.boot_index(len(test), cfg.bootstrap, cfg.split_seed)
-        budget = arm_budget(cfg, len(train))
+        budget = fitted.arm_images if fitted else arm_budget(cfg, len(train))
         out["image_budget_per_arm"] = budget
         runner = la.ArmRunner(dataset_id, self.admin, self.overrides(), budget, self.params, index)
         records: list[dict[str, Any]] = []
@@ -306,17 +344,16 @@ class ProductLoop:
         seen = [r["images_seen"] for r in records]  # whole epochs: the budget is met to within half an epoch
         out["image_budget"] = {"target": out.get("image_budget_per_arm"), "min": min(seen), "max": max(seen)}
 
-    def gan(self, dataset_id: int) -> dict[str, Any]:
-        """The regime's GAN: the app's preset (CPU, or CUDA_PRESET on cuda) with the bench's steps, as a job body."""
+    def gan(self, dataset_id: int, steps: int) -> dict[str, Any]:
+        """The regime's GAN: the app's preset (CPU, or CUDA_PRESET on cuda) with `steps` steps, as a job body."""
         from db import runs as runs_db
         from wbc_core.gan_runs import preset_values, start_gan_run
 
         cfg = self.cfg
         preset = "cuda" if cfg.device.startswith("cuda") else "cpu"
-        values = {**preset_values(preset, cfg.size), "steps": cfg.gan_steps, "checkpoint_every": cfg.gan_steps,
-                  "sample_every": cfg.gan_steps, "seed": cfg.split_seed, "device": cfg.device,
-                  "num_threads": cfg.threads, "ema_start": min(500, cfg.gan_steps // 4),
-                  "log_every": max(1, cfg.gan_steps // 10)}
+        values = {**preset_values(preset, cfg.size), "steps": steps, "checkpoint_every": steps,
+                  "sample_every": steps, "seed": cfg.split_seed, "device": cfg.device, "num_threads": cfg.threads,
+                  "ema_start": min(500, steps // 4), "log_every": max(1, steps // 10)}
         if cfg.quick:
             values.update(g_width=16, d_width=16, batch_size=32)
         run_id = start_gan_run(dataset_id, values, launch=False, user=self.admin)
@@ -353,7 +390,7 @@ class ProductLoop:
                                                      self.names, cfg.size))
         rows = ds_db.candidates(dataset_id)
         decisions = policy.explain(store.labelled(dataset_id, rows, self.names, cfg.size), context)
-        self.decide(rows, decisions)
+        ls.decide_as_reviewer(rows, decisions, self.names, self.reviewer)
         return {"policy": "reference", "reference_run": reference["run_id"],
                 "reference_val_macro_f1": reference["val_macro_f1"], "min_confidence": cfg.min_confidence,
                 "candidates": len(rows), "accepted": int(decisions.accepted.sum()),
@@ -361,25 +398,6 @@ class ProductLoop:
                                                                           strict=True) if r.class_name == c))
                                        for c in self.names},
                 "rejections": decisions.rejections, "seconds": round(time.monotonic() - t, 1)}
-
-    def decide(self, rows: list[Any], decisions: Any) -> None:  # noqa: ANN401
-        """One decide() call per class and outcome, as a reviewer working class by class on the Review page."""
-        from wbc_core import review_model
-
-        why = {"disagree": ~decisions.agrees, "unrealistic": decisions.agrees & ~decisions.realistic,
-               "memorised": decisions.memorised & decisions.agrees & decisions.realistic,
-               "duplicate": decisions.duplicate}
-        reasons = {"disagree": "does not look like its class", "unrealistic": "does not look like a real cell",
-                   "memorised": "a copy of a real cell", "duplicate": "a near-duplicate of an accepted cell"}
-        for c in self.names:
-            mine = [i for i, r in enumerate(rows) if r.class_name == c]
-            acc = [rows[i].id for i in mine if bool(decisions.accepted[i])]
-            if acc:
-                review_model.decide(acc, "scripted", "accept", user=self.reviewer)
-            for rule, mask in why.items():
-                ids = [rows[i].id for i in mine if bool(mask[i]) and not bool(decisions.accepted[i])]
-                if ids:
-                    review_model.decide(ids, "scripted", "reject", reason=reasons[rule], user=self.reviewer)
 
 
 def results_paths(cfg: LoopConfig) -> dict[str, Path]:
@@ -461,6 +479,9 @@ def _run_main(cfg: LoopConfig) -> int:
     planned = planned_seconds(cfg, done, reference=not (loop.previous is not None and lr.reference_checkpoint(
         results_paths(cfg)["json"]).is_file()))
     print(f"planned: about {planned / 60:.0f} min on 2 idle cores ({json.dumps(plan(cfg))} s per stage)")
+    if cfg.budget_minutes > 0:
+        print(f"budget: {cfg.budget_minutes:.0f} min; before each regime the pace measured so far scales its GAN "
+              "steps and arm images to fit (--budget-minutes 0 runs as configured)")
     with tqdm(total=round(planned), unit="s", smoothing=0.05) as bar:
         loop.bar = bar
         results = loop.run()

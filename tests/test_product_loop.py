@@ -11,6 +11,7 @@ import pytest
 
 from bench import augmentation_gain as ag
 from bench import loop_arms as la
+from bench import loop_plan as lp
 from bench import loop_support as ls
 from bench import product_loop as pl
 
@@ -186,13 +187,17 @@ def test_one_entry_point_dispatches_proxy_and_product(monkeypatch):
 DATA = Path(os.environ.get("WBC_PBC128", Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc128"))
 
 
+BUDGET = ("--budget-minutes", "0.01")
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     if not DATA.is_dir():
         pytest.fail(f"real data missing at {DATA}")
     out = tmp_path / "out"
-    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t"]) == 0
+    # A budget no run can meet: every regime is fitted at the floor, so its GAN and arms show the fitted sizes.
+    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t", *BUDGET]) == 0
     res = json.loads((out / "product_loop_quick_t.json").read_text())
     assert not res["partial"] and set(res["regimes"]) == set(pl.QUICK["regimes"])
     # The scripted reviewer's reference: one classifier job on the import's full real train split.
@@ -215,6 +220,10 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
         assert sum(sum(v.values()) for v in rej.values()) + r["curation"]["accepted"] == r["curation"]["candidates"]
         budget = {run["images_seen"] for run in r["runs"]}
         assert r["gains"] and r["best_strategy"] and budget
+        fitted = r["budget"]
+        assert fitted["scale"] == lp.MIN_SCALE and "overrun" in fitted["note"]
+        assert r["gan"]["steps"] == fitted["gan_steps"] == round(pl.QUICK["gan_steps"] * lp.MIN_SCALE)
+        assert r["image_budget_per_arm"] == fitted["arm_images"] < pl.QUICK["cls_images"]
     assert len(test_hashes) == 1  # the same real test cells for every regime and arm
     strategies = {run["strategy"] for run in res["regimes"]["rare"]["runs"] if run["arm"] == "curated"}
     assert strategies == set(pl.QUICK["strategies"])
@@ -235,7 +244,7 @@ def check_resume_redoes_only_the_unfinished_regime(out: Path, finished: dict) ->
     stopped["partial"] = True
     path.write_text(json.dumps(stopped))
     assert (out / "product_loop_quick_t.reference.pt").is_file()
-    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t", "--resume"]) == 0
+    assert pl.main(["--quick", "--data", str(DATA), "--out", str(out), "--tag", "t", *BUDGET, "--resume"]) == 0
     res = json.loads(path.read_text())
     assert not res["partial"] and len(res["sessions"]) == 2 and res["sessions"][-1]["kept_regimes"] == ["rare"]
     assert res["regimes"]["rare"] == finished["regimes"]["rare"]

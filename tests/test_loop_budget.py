@@ -1,0 +1,81 @@
+"""--budget-minutes (bench/loop_plan.fit_regime): each regime's GAN steps and arm images fit what is left."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import loop_plan as lp
+from bench import product_loop as pl
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A class folder shaped like PBC's: two rare-to-be classes and a common one (files are only counted)."""
+    root = tmp_path_factory.mktemp("cells")
+    for name, n in {"basophil": 1200, "ig": 2800, "neutrophil": 3300}.items():
+        (root / name).mkdir()
+        for i in range(n):
+            (root / name / f"{i}.jpg").touch()
+    return root
+
+
+def config(folder, *extra: str) -> pl.LoopConfig:
+    return pl.parse_args(["--data", str(folder), *extra])
+
+
+def test_a_run_that_fits_keeps_its_configured_steps_and_images(folder):
+    cfg = config(folder, "--budget-minutes", "10000")
+    fitted = lp.fit_regime(cfg, 0, 3000, elapsed_s=600, pace=1.0)
+    assert fitted.scale == 1.0 and fitted.gan_steps == cfg.gan_steps
+    assert fitted.arm_images == lp.arm_budget(cfg, 3000) and "as configured" in fitted.note
+
+
+def test_a_slow_machine_gets_fewer_steps_and_images_by_one_factor_and_the_rest_fits(folder):
+    cfg = config(folder, "--budget-minutes", "120")
+    elapsed = 12 * 60
+    full = lp.fit_regime(cfg, 0, 3000, elapsed, pace=1.0)
+    slow = lp.fit_regime(cfg, 0, 3000, elapsed, pace=1.8)
+    assert lp.MIN_SCALE < slow.scale < full.scale <= 1.0
+    assert slow.gan_steps == round(cfg.gan_steps * slow.scale)
+    assert slow.arm_images == round(lp.arm_budget(cfg, 3000) * slow.scale)
+    # The remaining regimes at this scale and pace land on the budget's aim, not beyond it.
+    assert elapsed / 60 + slow.planned_minutes == pytest.approx(120 * lp.BUDGET_SAFETY, abs=0.2)
+    assert slow.minutes_left == 108.0 and slow.pace == 1.8
+
+
+def test_later_regimes_count_only_themselves(folder):
+    cfg = config(folder, "--budget-minutes", "120")
+    first = lp.fit_regime(cfg, 0, 3000, 30 * 60, pace=1.5)
+    last = lp.fit_regime(cfg, len(cfg.regimes) - 1, 3000, 30 * 60, pace=1.5)
+    assert last.scale > first.scale  # the same time left, for one regime instead of three
+
+
+def test_a_budget_that_cannot_fit_stops_at_the_floor_and_says_it_will_overrun(folder):
+    cfg = config(folder, "--budget-minutes", "30")
+    fitted = lp.fit_regime(cfg, 0, 3000, elapsed_s=40 * 60, pace=2.0)
+    assert fitted.scale == lp.MIN_SCALE and fitted.gan_steps == round(cfg.gan_steps * lp.MIN_SCALE)
+    assert "overrun" in fitted.note and fitted.minutes_left < 0
+
+
+@pytest.mark.parametrize("pace", [math.nan, 0.0, -1.0, math.inf])
+def test_a_meaningless_pace_counts_as_the_plan(folder, pace):
+    cfg = config(folder, "--budget-minutes", "120")
+    assert lp.fit_regime(cfg, 0, 3000, 600, pace) == lp.fit_regime(cfg, 0, 3000, 600, 1.0)
+
+
+def test_the_loop_fits_each_regime_at_its_measured_pace_and_plans_its_stages_with_it(folder):
+    cfg = config(folder, "--budget-minutes", "60")
+    loop = pl.ProductLoop(cfg)
+    loop.measured_s, loop.planned_s = 900.0, 450.0  # import and reference took twice the plan
+    fitted = loop.fit_budget(0, 3000)
+    assert fitted.pace == 2.0 and fitted.scale < 1.0
+    # Later stages are counted at the fitted sizes, so the pace of the next fit compares like with like.
+    assert loop.stage_plan["gan"] == pytest.approx(fitted.gan_steps * lp.SPEED["gan_step_s"])
+    assert loop.stage_plan["arm"] == pytest.approx(lp.arm_seconds(cfg, fitted.arm_images))
+
+
+def test_the_default_run_is_budgeted_and_quick_is_not():
+    assert pl.parse_args([]).budget_minutes == 120 and pl.parse_args(["--quick"]).budget_minutes == 0
+    assert pl.parse_args(["--budget-minutes", "0"]).budget_minutes == 0
