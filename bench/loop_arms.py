@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench import gain_report as gr
-from bench.loop_support import budget_epochs, cells_hash, finetune_epochs, run_inline
+from bench.loop_support import budget_epochs, cells_hash, finetune_epochs, run_inline, validation_interval
 
 ARMS = ("real", "unfiltered", "curated", "matched")
 RECIPE_OF = {"real": "real", "unfiltered": "all-synthetic", "curated": "curated", "matched": "all-synthetic"}
@@ -135,8 +135,8 @@ class ArmRunner:
         if two:
             mix = replace(mix, finetune_epochs=f)
         explicit = mixed if arm == "matched" else None
-        run_id = start_classifier_run(self.dataset_id, RECIPE_OF[arm], {**self.overrides, "epochs": epochs,
-                                                                        "seed": seed},
+        values = {**self.overrides, "epochs": epochs, "seed": seed, "val_every": validation_interval(epochs)}
+        run_id = start_classifier_run(self.dataset_id, RECIPE_OF[arm], values,
                                       mix=mix, launch=False, user=self.user, training_set=explicit,
                                       group_name=f"bench {arm} {strategy}")
         result = run_inline(run_id)

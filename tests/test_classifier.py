@@ -289,6 +289,18 @@ def test_early_stopping_stops_after_patience(data, tmp_path):
     assert result.epochs_done == result.best_epoch + 1 < 10
 
 
+def test_val_every_validates_every_nth_epoch_and_the_last_and_keeps_the_best_of_those(data, tmp_path):
+    events = []
+    result = train_classifier(*data, CLASSES, fast_config(epochs=5, val_every=2), tmp_path, progress=events.append)
+    validated = [int(h["epoch"]) for h in result.history if "val_macro_f1" in h]
+    assert validated == [2, 4, 5] and [int(h["epoch"]) for h in result.history] == [1, 2, 3, 4, 5]
+    assert result.best_epoch in validated and result.epochs_done == 5
+    assert sum("validating" in e.message for e in events) == 3
+    assert load_classifier(result.checkpoint).epoch == result.best_epoch
+    with pytest.raises(ValueError, match="val_every"):
+        fast_config(val_every=0)
+
+
 def test_same_seed_gives_same_result_and_leaves_global_rng_alone(data, tmp_path):
     torch.manual_seed(123)
     rng_before = torch.random.get_rng_state()

@@ -93,6 +93,7 @@ def test_budget_and_epoch_arithmetic():
     assert ls.budget_epochs(100, 400, 128) == 2  # at least 8 optimiser steps: 4 per epoch, so 2 epochs
     assert ls.budget_epochs(100, 400, 128) * -(-400 // 128) >= ls.MIN_STEPS
     assert ls.finetune_epochs(8) == 2 and ls.finetune_epochs(2) == 1 and ls.finetune_epochs(1) == 0
+    assert [ls.validation_interval(e) for e in (1, 3, 4, 5, 16, 25)] == [1, 1, 1, 2, 4, 7]  # ~4 val passes
     assert la.arm_epochs(30_000, 10_000, 6_000, 128, two_stage=False) == (3, 0)
     epochs, f = la.arm_epochs(40_000, 4_000, 2_000, 128, two_stage=True)  # 10 epochs -> fine-tune 2 (real only)
     assert f == 2 and (epochs - f) * 4_000 + f * 2_000 == 40_000

@@ -143,6 +143,7 @@ _ALL = (
     Limit("classifier_weight_decay", 0, 1, False, "weight decay", max_open=True),
     Limit("classifier_label_smoothing", 0, 1, False, "label smoothing", max_open=True),
     Limit("classifier_patience", 0, 1000, True, "early stopping patience in epochs"),
+    Limit("classifier_val_every", 1, 1000, True, "epochs between validations"),
     # Data-parallel training processes (DDP): one per GPU on CUDA, one per core share on CPU (gloo)
     Limit("classifier_workers", 1, 64, True, "classifier training processes"),
     Limit("progress_every_s", 0, 3600, False, "seconds between progress reports", min_open=True),

@@ -223,14 +223,20 @@ class _Run:
                     early = True
                     break
                 continue
+            if epoch % cfg.val_every and epoch != cfg.epochs:  # not a validation epoch: report training only
+                metrics = {"train_loss": train_loss, "images_per_sec": ips,
+                           "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": time.perf_counter() - t0}
+                self.history.append({"epoch": float(epoch), **metrics})
+                self._emit(epoch, metrics, f"epoch {epoch}/{cfg.epochs}: loss {train_loss:.3f} (validated every "
+                                           f"{cfg.val_every} epochs)")
+                self._agreed(False)  # the other ranks wait for rank 0's word after every epoch
+                continue
             self._emit(epoch - 1, {"epoch_fraction": 1.0}, f"epoch {epoch}/{cfg.epochs}: validating")
             report = self._validate()
             improved = report["macro_f1"] > self.best_f1
             if improved:
                 self._save_best(epoch, report)
-                since_best = 0
-            else:
-                since_best += 1
+            since_best = epoch - self.best_epoch  # epochs, whichever of them were validated
             metrics = {"train_loss": train_loss, "val_loss": report["loss"], "val_accuracy": report["accuracy"],
                        "val_macro_f1": report["macro_f1"], "images_per_sec": ips,
                        "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": time.perf_counter() - t0,

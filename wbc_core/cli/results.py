@@ -28,6 +28,9 @@ def _training_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="draw every class equally often (default off)")
     s.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs (0 = off)")
+    s.add_argument("--val-every", type=int, default=None,
+                   help="validate every N epochs and after the last (default 1); the best weights are chosen among "
+                        "the validated epochs")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision + channels_last: CUDA AMP, CPU bf16 where native (default on)")
@@ -81,7 +84,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "optimizer": args.optimizer,
               "lr": args.lr, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
               "schedule": args.schedule, "augment": args.augment, "balanced_sampling": args.balanced,
-              "early_stopping_patience": args.patience, "device": args.device, "amp": args.amp,
+              "early_stopping_patience": args.patience, "val_every": args.val_every, "device": args.device,
+              "amp": args.amp,
               "pretrained_path": args.pretrained, "num_threads": args.threads, "compile": args.compile}
     return {k: v for k, v in values.items() if v is not None}
 
