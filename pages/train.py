@@ -82,6 +82,11 @@ with st.form("train_classifier"):
                                   help="auto: compile the training step where it measured faster on this kind of "
                                   "device and the run is long enough to win back the warm-up (a minute or more on a "
                                   "CPU); on / off force it. Each run records which it did and why.")
+        val_limit = limits.bound("classifier_val_every")
+        val_every = f[1].number_input("Validate every (epochs)", val_limit.widget_min, val_limit.widget_max,
+                                      defaults["val_every"], help="val passes every N epochs and after the last; "
+                                      "the best weights are chosen among those. Raise it for many short epochs on "
+                                      "a small set, where validating can take more time than training")
     if st.form_submit_button("Retrain", type="primary", disabled=not can_train):
         overrides = {"model": other_model.strip() or model, "epochs": int(epochs), "batch_size": int(batch),
                      "optimizer": optimizer, "lr": float(lr), "weight_decay": float(weight_decay),
@@ -89,7 +94,7 @@ with st.form("train_classifier"):
                      "balanced_sampling": bool(balanced), "early_stopping_patience": int(patience),
                      "device": device, "amp": bool(amp), "num_threads": int(threads),
                      "pretrained_path": pretrained.strip() or None, "workers": int(workers),
-                     "compile": compiled}
+                     "compile": compiled, "val_every": int(val_every)}
         try:
             mix = mixing.mix_from_options(strategy, float(share), int(target), float(weight), int(finetune),
                                           drop_unused=True)

@@ -162,6 +162,8 @@ def test_train_refuses_nan_and_out_of_range_synthetic_caps(tiny, capsys):
         capsys, "train", "--dataset", tiny, "--epochs", "100000")
     assert "batch_size must be a whole number from 2 to 4,096" in refused(
         capsys, "train", "--dataset", tiny, "--batch", "1000000")
+    assert "val_every must be a whole number from 1 to 1,000" in refused(
+        capsys, "train", "--dataset", tiny, "--val-every", "0")
     assert runs_db.list_runs() == []
 
 

@@ -90,6 +90,7 @@ def test_train_form_starts_an_ablation_with_the_advanced_options(home):
     by_label(at.number_input, "Share (× real per class)").set_value(0.5)
     by_label(at.selectbox, "Device").set_value("cpu")
     by_label(at.selectbox, "Compile (torch.compile)").set_value("off")
+    by_label(at.number_input, "Validate every (epochs)").set_value(2)
     ok(at.form_submit_button[0].click().run())
     new = sorted(r.id for r in runs_db.list_runs(kind="classifier") if r.id not in before)
     runs = [runs_db.get_run(r) for r in new]
@@ -98,8 +99,8 @@ def test_train_form_starts_an_ablation_with_the_advanced_options(home):
         assert len({r.group_name for r in runs}) == 1 and runs[0].group_name.startswith("ablation-")
         c = runs[0].config
         assert (c["model"], c["epochs"], c["seed"], c["optimizer"], c["label_smoothing"],
-                c["early_stopping_patience"], c["balanced_sampling"], c["device"], c["compile"]) == (
-            "small_cnn", 2, 7, "sgd", 0.0, 3, False, "cpu", "off")
+                c["early_stopping_patience"], c["balanced_sampling"], c["device"], c["compile"], c["val_every"]) == (
+            "small_cnn", 2, 7, "sgd", 0.0, 3, False, "cpu", "off", 2)
         # The mix applies to the arms with synthetic cells; the real arm stays the plain baseline.
         assert [r.config["mix"] for r in runs] == [None] + [
             {"strategy": "share", "share": 0.5, "target": None, "synthetic_weight": None, "finetune_epochs": None}] * 2
@@ -122,9 +123,10 @@ def test_train_form_defaults_are_the_classifier_config_defaults(home):
              by_label(at.number_input, "Weight decay").value, by_label(at.number_input, "Label smoothing").value,
              by_label(at.selectbox, "LR schedule").value, by_label(at.selectbox, "Augmentation").value,
              by_label(at.checkbox, "Balanced sampling").value, by_label(at.checkbox, "Mixed precision").value,
-             by_label(at.selectbox, "Compile (torch.compile)").value)
+             by_label(at.selectbox, "Compile (torch.compile)").value,
+             by_label(at.number_input, "Validate every (epochs)").value)
     assert shown == (d.epochs, d.batch_size, d.optimizer, d.lr, d.weight_decay, d.label_smoothing, d.schedule,
-                     d.augment, d.balanced_sampling, d.amp, d.compile)
+                     d.augment, d.balanced_sampling, d.amp, d.compile, d.val_every)
     assert list(by_label(at.selectbox, "Augmentation").options) == list(PRESETS)
 
 

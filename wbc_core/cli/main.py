@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="resnet18 (default), small_cnn or any torchvision model name")
     s.add_argument("--batch", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--val-every", type=int, default=None, help="validate every N epochs and after the last (default 1)")
     s.add_argument("--synthetic-cap", type=float, default=None, help="max synthetic per class, x real count "
                    "(the same as --mix share --mix-share X)")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
@@ -444,7 +445,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     info = get_dataset(args.dataset)
     advice = class_balance_advice(info.id) if args.balanced is None else None
     given = {"epochs": args.epochs, "model": args.model, "batch_size": args.batch, "seed": args.seed,
-             "device": args.device, "workers": args.workers, "compile": args.compile,
+             "device": args.device, "workers": args.workers, "compile": args.compile, "val_every": args.val_every,
              "balanced_sampling": args.balanced if args.balanced is not None else (True if advice else None)}
     config = options.classifier_config(info.image_size, given)
     mix = mix_from_args(args)
