@@ -69,15 +69,15 @@ def curated_arms(cfg: Any, index: int) -> int:
     return cfg.seeds
 
 
-def regime_seconds(cfg: Any, index: int, regime: str, n_real: int | None = None) -> tuple[float, float]:
-    """(fixed, scalable) planned seconds of one regime on 2 idle cores: its review and the arms' fixed costs do
-    not shrink with a budget; its GAN steps and its arms' training images do. n_real: its real train cells when
-    known (else estimated from the folder)."""
+def regime_parts(cfg: Any, index: int, regime: str, n_real: int | None = None) -> dict[str, float]:
+    """Planned seconds of one regime on 2 idle cores, by what a budget can shrink: its GAN steps ("gan") and its
+    arms' training images ("arm_images") scale; the arms' fixed costs ("arm_fixed") and the review do not.
+    n_real: its real train cells when known (else estimated from the folder)."""
     p = plan(cfg)
     arms = 3 * cfg.seeds + curated_arms(cfg, index)  # real, unfiltered, matched on every seed, plus curated
     images = arm_budget(cfg, train_estimate(cfg, regime) if n_real is None else n_real)
-    fixed = p["review"] + arms * SPEED["arm_overhead_s"]
-    return fixed, p["gan"] + arms * images / SPEED["cls_images_per_s"]
+    return {"gan": p["gan"], "arm_images": arms * images / SPEED["cls_images_per_s"],
+            "arm_fixed": arms * SPEED["arm_overhead_s"], "review": p["review"]}
 
 
 def planned_seconds(cfg: Any, done: tuple[str, ...] = (), reference: bool = True) -> float:
@@ -88,7 +88,7 @@ def planned_seconds(cfg: Any, done: tuple[str, ...] = (), reference: bool = True
     total = p["import"] + (p["reference"] if reference else 0.0)
     for i, regime in enumerate(cfg.regimes):
         if regime not in done:
-            total += sum(regime_seconds(cfg, i, regime))
+            total += sum(regime_parts(cfg, i, regime).values())
     return total
 
 
@@ -98,6 +98,9 @@ MIN_SCALE = 0.25
 BUDGET_SAFETY = 0.93  # aim below the budget: the pace of a shared 2-core VM moved by 1.5x within one run
 
 
+PACE_KINDS = ("gan", "arm", "review")  # the stage kinds a regime's budget depends on
+
+
 @dataclass(frozen=True)
 class RegimeBudget:
     """What a regime got under --budget-minutes, and why (saved with the regime's results)."""
@@ -105,33 +108,46 @@ class RegimeBudget:
     scale: float  # share of the configured GAN steps and arm images (1 = as configured)
     gan_steps: int
     arm_images: int
-    pace: float  # this machine's measured seconds per planned second, over the stages done so far
+    pace: dict[str, float]  # per kind of stage: this machine's measured seconds per planned second so far
     minutes_left: float  # of the budget, when the regime started
     planned_minutes: float  # the remaining regimes at this scale and pace
+    plan_seconds: float  # the same on the plan's machine (what the progress bar counts)
     note: str
 
     def message(self, regime: str, budget_minutes: float) -> str:
-        return (f"budget: {self.minutes_left:.0f} of {budget_minutes:.0f} min left, pace {self.pace:.2f}x the plan; "
+        paces = ", ".join(f"{k} {v:.2f}x" for k, v in self.pace.items())
+        return (f"budget: {self.minutes_left:.0f} of {budget_minutes:.0f} min left, pace vs the plan {paces}; "
                 f"{regime}: {self.gan_steps} GAN steps, {self.arm_images} images per arm ({self.note})")
 
 
-def fit_regime(cfg: Any, index: int, n_real: int, elapsed_s: float, pace: float) -> RegimeBudget:
+def usable_paces(paces: dict[str, float]) -> dict[str, float]:
+    """A pace for every kind in PACE_KINDS: a measured one where it is a positive number, else the slowest measured
+    one (a kind not run yet is assumed no faster than the rest of this machine), else the plan (1.0)."""
+    good = {k: float(v) for k, v in paces.items() if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
+    fallback = max(good.values(), default=1.0)
+    return {k: good.get(k, fallback) for k in PACE_KINDS}
+
+
+def fit_regime(cfg: Any, index: int, n_real: int, elapsed_s: float, paces: dict[str, float]) -> RegimeBudget:
     """Scale the regime at `index` (and, for the estimate, every regime after it) so that the rest of the run fits
-    in cfg.budget_minutes at the measured pace: GAN steps and arm images shrink by one common factor, never grow,
-    and never go below MIN_SCALE. elapsed_s: budget time used so far (every session of the run)."""
-    fixed = scalable = 0.0
+    in cfg.budget_minutes at this machine's measured pace per kind of stage: GAN steps and arm images shrink by one
+    common factor, never grow, and never go below MIN_SCALE. elapsed_s: budget time used so far (every session)."""
+    pace = usable_paces(paces)
+    fixed = scalable = plan_fixed = plan_scalable = 0.0
     for i in range(index, len(cfg.regimes)):
-        f, s = regime_seconds(cfg, i, cfg.regimes[i], n_real if i == index else None)
-        fixed, scalable = fixed + f, scalable + s
+        part = regime_parts(cfg, i, cfg.regimes[i], n_real if i == index else None)
+        fixed += part["arm_fixed"] * pace["arm"] + part["review"] * pace["review"]
+        scalable += part["gan"] * pace["gan"] + part["arm_images"] * pace["arm"]
+        plan_fixed += part["arm_fixed"] + part["review"]
+        plan_scalable += part["gan"] + part["arm_images"]
     left = cfg.budget_minutes * 60 * BUDGET_SAFETY - elapsed_s
-    pace = pace if math.isfinite(pace) and pace > 0 else 1.0
-    wanted = (left / pace - fixed) / scalable if scalable > 0 else 1.0
+    wanted = (left - fixed) / scalable if scalable > 0 else 1.0
     scale = min(1.0, max(MIN_SCALE, wanted))
     note = ("as configured: the rest fits" if scale >= 1.0 else
-            f"scaled to {scale:.2f}: the rest would take {(fixed + scalable) * pace / 60:.0f} min at this pace"
+            f"scaled to {scale:.2f}: the rest would take {(fixed + scalable) / 60:.0f} min at this pace"
             if wanted >= MIN_SCALE else
             f"at the floor ({MIN_SCALE:.2f}): the run will overrun its budget at this pace; give it more minutes")
     return RegimeBudget(round(scale, 3), max(1, round(cfg.gan_steps * scale)),
-                        max(1, round(arm_budget(cfg, n_real) * scale)), round(pace, 3),
-                        round(cfg.budget_minutes - elapsed_s / 60, 1), round((fixed + scalable * scale) * pace / 60, 1),
-                        note)
+                        max(1, round(arm_budget(cfg, n_real) * scale)), {k: round(v, 3) for k, v in pace.items()},
+                        round(cfg.budget_minutes - elapsed_s / 60, 1), round((fixed + scalable * scale) / 60, 1),
+                        round(plan_fixed + plan_scalable * scale, 1), note)

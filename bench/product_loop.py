@@ -28,7 +28,6 @@ read the dataset's train split, so cells cut from a regime cannot reach its GAN,
 code path, and no filter had to be threaded through the app. Val and test rows are copied in the import's order,
 so every regime and arm is scored on the same real test cells (checked per run by their sha256s).
 Compile: left to the app's plan (wbc_core.compile), which compiles only where the planned steps win it back.
-
     .venv/bin/python bench/augmentation_gain.py [--quick] [--regimes rare,n50,all] [--gan-steps N] [--device cuda]
 --budget-minutes (default 120) fits the run to this machine: each regime's GAN steps and arm images shrink
 by one factor to what is left at the measured pace (loop_plan.fit_regime); 0 runs exactly as configured.
@@ -64,6 +63,7 @@ from bench import loop_report  # noqa: E402
 from bench import loop_resume as lr  # noqa: E402
 from bench import loop_support as ls  # noqa: E402
 from bench.loop_plan import (  # noqa: E402, F401 (planned_seconds, train_estimate: the tests' names for them)
+    PACE_KINDS,
     SPEED,
     RegimeBudget,
     arm_budget,
@@ -149,34 +149,42 @@ class ProductLoop:
             self.results["sessions"].append({"machine": ls.machine(), "resumed": True, "kept_regimes":
                                              list(self.results["regimes"])})
         self.params = la.StrategyParams(cfg.share, cfg.fill_target, cfg.synthetic_weight)
-        self.measured_s = self.planned_s = 0.0  # this session's stages: seconds taken and planned (the pace)
+        # This session's stages per kind: seconds taken and planned (the pace of each kind of stage).
+        self.measured: dict[str, float] = {}
+        self.planned: dict[str, float] = {}
+        self.reference_images = 0  # images the reference job trained on (its pace stands in for the arms' at first)
         self.stage_plan = plan(cfg)  # planned seconds per kind of stage, for the regime being run
 
     # -- plumbing --------------------------------------------------------------------------------------------
     def stage(self, name: str, seconds: float) -> None:
         self.results["stages"][name] = round(seconds, 1)
         kind = next((k for k in ("import", "gan", "review", "reference") if k in name.lower()), "arm")
-        self.measured_s += seconds
-        self.planned_s += self.stage_plan[kind]
+        self.measured[kind] = self.measured.get(kind, 0.0) + seconds
+        self.planned[kind] = self.planned.get(kind, 0.0) + self.stage_plan[kind]
         if self.bar is not None:  # the bar counts planned seconds, so its ETA scales the plan by the measured pace
             self.bar.set_postfix_str(name)
             self.bar.update(round(self.stage_plan[kind]))
         self.write()
 
+    def paces(self) -> dict[str, float]:
+        """Measured / planned seconds per kind of stage so far; before the first arm, the reference (a classifier
+        job like an arm) re-planned at the arms' speed stands in for them."""
+        pace = {k: self.measured[k] / self.planned[k] for k in PACE_KINDS if self.planned.get(k)}
+        if "arm" not in pace and self.measured.get("reference") and self.reference_images:
+            pace["arm"] = self.measured["reference"] / arm_seconds(self.cfg, self.reference_images)
+        return pace  # loop_plan.usable_paces fills in the kinds not measured yet
+
     def fit_budget(self, index: int, n_real: int) -> RegimeBudget:
         """This regime's GAN steps and arm images under --budget-minutes, at the pace measured so far."""
         elapsed = self.earlier_minutes * 60 + time.monotonic() - self.started
-        pace = self.measured_s / self.planned_s if self.planned_s > 0 else 1.0
-        fitted = fit_regime(self.cfg, index, n_real, elapsed, pace)
+        fitted = fit_regime(self.cfg, index, n_real, elapsed, self.paces())
         self.stage_plan = {**plan(self.cfg), "gan": fitted.gan_steps * SPEED["gan_step_s"],
                            "arm": arm_seconds(self.cfg, fitted.arm_images)}
-        message = fitted.message(self.cfg.regimes[index], self.cfg.budget_minutes)
+        (self.bar.write if self.bar is not None else print)(fitted.message(self.cfg.regimes[index],
+                                                                           self.cfg.budget_minutes))
         if self.bar is not None:  # the bar's total follows the fitted plan, so it still ends at 100%
-            self.bar.total = self.bar.n + round(fitted.planned_minutes * 60 / fitted.pace)
-            self.bar.write(message)
+            self.bar.total = self.bar.n + round(fitted.plan_seconds)
             self.bar.refresh()
-        else:
-            print(message)
         return fitted
 
     def write(self) -> dict[str, Path]:
@@ -264,6 +272,7 @@ class ProductLoop:
 
         cfg = self.cfg
         n_train = len(ds_db.real_images(self.base, split="train"))
+        self.reference_images = cfg.reference_epochs * n_train
         index = gr.boot_index(len(ds_db.real_images(self.base, split="test")), 1, cfg.split_seed)
         runner = la.ArmRunner(self.base, self.admin, self.overrides(arm=False), cfg.reference_epochs * n_train,
                               self.params, index)
