@@ -75,6 +75,11 @@ def markdown(results: dict[str, Any], rare_classes: tuple[str, ...]) -> str:
              f"({c['threads']} threads, load {m['load_1min']:.1f} at start).",
              "Gains: paired differences in points, mean over seeds, 95% bootstrap CI over test cells; * = CI "
              "excludes 0.", ""]
+    fitted = {name: r["budget"] for name, r in results.get("regimes", {}).items() if r.get("budget")}
+    if fitted:  # --budget-minutes: what each regime got, and why
+        lines += [f"Budget {c.get('budget_minutes', 0):.0f} min: " + "; ".join(
+            f"{name} x{b['scale']:.2f} ({b['gan_steps']} GAN steps, {b['arm_images']:,} images per arm: {b['note']})"
+            for name, b in fitted.items()) + ".", ""]
     if results.get("strategy"):
         s = results["strategy"]
         lines += [f"Strategy chosen on the {s['regime']} regime by {s['by']}: **{s['chosen']}**.", ""]

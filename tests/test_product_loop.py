@@ -228,7 +228,8 @@ def test_quick_product_loop_writes_every_regime_arm_and_audit(tmp_path):
     assert len(test_hashes) == 1  # the same real test cells for every regime and arm
     strategies = {run["strategy"] for run in res["regimes"]["rare"]["runs"] if run["arm"] == "curated"}
     assert strategies == set(pl.QUICK["strategies"])
-    assert "| goal |" in (out / "product_loop_quick_t.md").read_text()
+    report = (out / "product_loop_quick_t.md").read_text()
+    assert "| goal |" in report and "Budget 0 min: rare x0.25" in report
     # Every arm's own saved run config samples classes evenly (--balanced, the default); the reference does not.
     assert all(run["balanced_sampling"] for r in res["regimes"].values() for run in r["runs"])
     assert res["reference"]["balanced_sampling"] is False
