@@ -180,9 +180,11 @@ class ProductLoop:
         fitted = fit_regime(self.cfg, index, n_real, elapsed, self.paces())
         self.stage_plan = {**plan(self.cfg), "gan": fitted.gan_steps * SPEED["gan_step_s"],
                            "arm": arm_seconds(self.cfg, fitted.arm_images)}
-        (self.bar.write if self.bar is not None else print)(fitted.message(self.cfg.regimes[index],
-                                                                           self.cfg.budget_minutes))
-        if self.bar is not None:  # the bar's total follows the fitted plan, so it still ends at 100%
+        message = fitted.message(self.cfg.regimes[index], self.cfg.budget_minutes)
+        if self.bar is None:
+            print(message)
+        else:  # the bar's total follows the fitted plan, so it still ends at 100%
+            self.bar.write(message)
             self.bar.total = self.bar.n + round(fitted.plan_seconds)
             self.bar.refresh()
         return fitted
@@ -274,8 +276,8 @@ class ProductLoop:
         n_train = len(ds_db.real_images(self.base, split="train"))
         self.reference_images = cfg.reference_epochs * n_train
         index = gr.boot_index(len(ds_db.real_images(self.base, split="test")), 1, cfg.split_seed)
-        runner = la.ArmRunner(self.base, self.admin, self.overrides(arm=False), cfg.reference_epochs * n_train,
-                              self.params, index)
+        runner = la.ArmRunner(self.base, self.admin, self.overrides(arm=False), self.reference_images, self.params,
+                              index)
         return runner.run("real", "none", 0, keep_model=True)
 
     def regime(self, name: str, strategies: tuple[str, ...], index: int = 0) -> dict[str, Any]:

@@ -80,6 +80,17 @@ def test_two_ddp_workers_stop_together_when_rank_0_is_cancelled(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_ddp_workers_skip_the_same_validations_and_finish_together(tmp_path):
+    # Rank 0 validates every 2nd epoch and the last; after the others it still tells the waiting rank to go on
+    # (without that word the ranks' collectives would not match and the run would hang or fail).
+    config = replace(FAST, workers=2, epochs=3, val_every=2)
+    result = train_classifier(make_blobs(64, 0), make_blobs(15, 1), CLASSES, config, tmp_path)
+    assert result.world_size == 2 and result.epochs_done == 3 and not result.stopped
+    assert [int(h["epoch"]) for h in result.history if "val_macro_f1" in h] == [2, 3]
+    assert result.best_epoch in (2, 3)
+
+
+@pytest.mark.slow
 def test_a_two_worker_ddp_classifier_job_runs_on_ray_from_the_cli(ray_home, tiny_folder):  # noqa: F811
     dataset_id = _tiny_dataset(tiny_folder)
     started = _cli("train", "--dataset", "tiny", "--model", "small_cnn", "--epochs", "2", "--batch", "16",
