@@ -153,6 +153,8 @@ class ProductLoop:
         self.measured: dict[str, float] = {}
         self.planned: dict[str, float] = {}
         self.reference_images = 0  # images the reference job trained on (its pace stands in for the arms' at first)
+        # A resumed run's first fit: the stopped sessions' paces, until this session measures its own.
+        self.carried_paces: dict[str, float] = dict(self.previous.get("paces", {})) if self.previous else {}
         self.stage_plan = plan(cfg)  # planned seconds per kind of stage, for the regime being run
 
     # -- plumbing --------------------------------------------------------------------------------------------
@@ -161,6 +163,7 @@ class ProductLoop:
         kind = next((k for k in ("import", "gan", "review", "reference") if k in name.lower()), "arm")
         self.measured[kind] = self.measured.get(kind, 0.0) + seconds
         self.planned[kind] = self.planned.get(kind, 0.0) + self.stage_plan[kind]
+        self.results["paces"] = self.paces()  # kept for a resumed run's first fit
         if self.bar is not None:  # the bar counts planned seconds, so its ETA scales the plan by the measured pace
             self.bar.set_postfix_str(name)
             self.bar.update(round(self.stage_plan[kind]))
@@ -172,7 +175,7 @@ class ProductLoop:
         pace = {k: self.measured[k] / self.planned[k] for k in PACE_KINDS if self.planned.get(k)}
         if "arm" not in pace and self.measured.get("reference") and self.reference_images:
             pace["arm"] = self.measured["reference"] / arm_seconds(self.cfg, self.reference_images)
-        return pace  # loop_plan.usable_paces fills in the kinds not measured yet
+        return {**self.carried_paces, **pace}  # loop_plan.usable_paces fills in the kinds not measured yet
 
     def fit_budget(self, index: int, n_real: int) -> RegimeBudget:
         """This regime's GAN steps and arm images under --budget-minutes, at the pace measured so far."""

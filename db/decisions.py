@@ -231,8 +231,13 @@ def add_blind_items(dataset_id: int, reviewer: str, items: list[tuple[int, float
     with write_session() as s:
         have = set(s.scalars(select(BlindItem.image_id).where(BlindItem.reviewer == reviewer,
                                                               BlindItem.dataset_id == dataset_id)))
-        rows = [BlindItem(dataset_id=dataset_id, image_id=i, reviewer=reviewer, position=p)
-                for i, p in items if i not in have]
+        wanted = [(i, p) for i, p in items if i not in have]
+        classes: dict[int, str] = {}
+        for start in range(0, len(wanted), 5000):  # chunks: SQLite limits the bound parameters of one statement
+            chunk = [i for i, _ in wanted[start:start + 5000]]
+            classes.update(s.execute(select(Image.id, Image.class_name).where(Image.id.in_(chunk))).all())
+        rows = [BlindItem(dataset_id=dataset_id, image_id=i, reviewer=reviewer, position=p, class_name=classes.get(i))
+                for i, p in wanted]
         s.add_all(rows)
         return len(rows)
 

@@ -256,12 +256,16 @@ class BlindItem(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "reviewer", name="uq_blind_items_image_reviewer"),
         Index("ix_blind_items_reviewer", "dataset_id", "reviewer"),
+        # A class's items with their positions from the index alone (db.review_queue._blind_part; migration 0012).
+        Index("ix_blind_items_class", "dataset_id", "reviewer", "class_name", "image_id", "position"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     reviewer: Mapped[str] = mapped_column(String(100))
+    # The cell's class, copied from its image when the item is made (a real cell's class never changes).
+    class_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # Stable hash of (reviewer, image) in [0, 1): where the cell sits among the candidates in any queue order.
     position: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -332,3 +332,31 @@ def test_the_newest_migration_goes_down_and_up_again(empty_db_url, tmp_path):
         assert current_revision(database) == head_revision()
     finally:
         database.dispose()
+
+
+def test_blind_items_get_their_cells_class_when_made_and_from_migration_0012(wbc_home):
+    """A blind item carries its real cell's class (the blind queue reads a class's items from an index):
+    add_blind_items copies it, and migration 0012 fills it for items made before it (down and up again here)."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    dataset_id = datasets.create_dataset("d", "real", "src", ["a", "b"], {}, "h", {}, [
+        dict(origin="real", class_name=c, split="val", sha256=f"r{c}{i}", path=f"r{c}{i}", width=8, height=8)
+        for c in "ab" for i in range(3)])
+    real = [r.id for r in datasets.real_images(dataset_id)]
+    assert decisions.add_blind_items(dataset_id, "cem", [(i, 0.5) for i in real]) == len(real)
+
+    def classes() -> dict[int, str | None]:
+        with read_session() as s:
+            return dict(s.execute(text("SELECT image_id, class_name FROM blind_items")).all())
+
+    truth = {r.id: r.class_name for r in datasets.real_images(dataset_id)}
+    assert classes() == truth
+    engine = get_engine()
+    with engine.begin() as conn:
+        cfg = alembic_config(str(engine.url))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011_acceptance_walk_indexes")
+        command.upgrade(cfg, "head")
+    assert classes() == truth

@@ -102,3 +102,20 @@ def test_the_loop_fits_each_regime_at_its_measured_pace_and_plans_its_stages_wit
 def test_the_default_run_is_budgeted_and_quick_is_not():
     assert pl.parse_args([]).budget_minutes == 120 and pl.parse_args(["--quick"]).budget_minutes == 0
     assert pl.parse_args(["--budget-minutes", "0"]).budget_minutes == 0
+
+
+def test_a_resumed_run_fits_at_the_stopped_sessions_pace_until_it_measures_its_own(folder, tmp_path):
+    """Every stage writes its pace per kind into the results; a resumed run's first fit uses them (without, it fitted
+    at the plan's speed, 1x, on a machine measured 3x slower) and its own measurements replace them kind by kind."""
+    cfg = config(folder, "--budget-minutes", "60", "--out", str(tmp_path), "--tag", "r")
+    first = pl.ProductLoop(cfg)
+    first.stage("rare: GAN", 3.0 * first.stage_plan["gan"])
+    first.stage("rare: real seed 0", 2.0 * first.stage_plan["arm"])
+    assert first.results["paces"] == {"gan": pytest.approx(3.0), "arm": pytest.approx(2.0)}
+    resumed = pl.ProductLoop(config(folder, "--budget-minutes", "60", "--out", str(tmp_path), "--tag", "r",
+                                    "--resume"))
+    assert resumed.paces() == {"gan": pytest.approx(3.0), "arm": pytest.approx(2.0)}
+    assert resumed.fit_budget(0, 3000).pace == {"gan": pytest.approx(3.0), "arm": pytest.approx(2.0),
+                                                "review": pytest.approx(3.0)}
+    resumed.stage("rare: GAN", 1.5 * resumed.stage_plan["gan"])
+    assert resumed.paces() == {"gan": pytest.approx(1.5), "arm": pytest.approx(2.0)}

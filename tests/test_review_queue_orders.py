@@ -92,3 +92,100 @@ def test_a_blind_reviewers_pages_are_slices_of_the_whole_queue_in_every_order(qu
         for page in range(total // 4 + 1):
             paged += review_model.queue_page(dataset_id, "a", "cem", order=order, page=page, page_size=4)[0]
         assert [r["id"] for r in paged] == [r["id"] for r in whole], order
+
+
+@pytest.mark.parametrize("walk", [8, 64])
+def test_decided_pages_by_a_key_are_exact_whether_the_bounded_walk_fills_them_or_the_sort_takes_over(queue, walk,
+                                                                                                    monkeypatch):
+    """The decided state by a judge or distance key first walks at most `walk` index entries of the class, bounded
+    by the walk-th entry's key (db.review_queue._decided_walk), and sorts the reviewer's decisions when that does
+    not fill the page: at 8 entries, one-row pages come from the bounded walk or from the sort, at 64 from an
+    unbounded walk of the whole (small) class. Every page must be what the plain sort says."""
+    from db import review_queue
+
+    monkeypatch.setattr(review_queue, "DECIDED_WALK", walk)
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    decided = set(ids[0:10]) - {ids[3]}
+    walked = []
+    real_walk = review_queue._decided_walk
+    monkeypatch.setattr(review_queue, "_decided_walk", lambda *a: walked.append(w := real_walk(*a)) or w)
+    for order in [o for o in review_model.QUEUE_ORDERS if o != "id" and not o.startswith("p_accept_")]:
+        for size in (1, 3):
+            shown = []
+            for page in range(len(decided) // size + 1):
+                shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
+                                                                   page=page, page_size=size)[0]]
+            assert shown == expected(by_id, order, decided), (order, size, walk)
+    assert any(w is not None for w in walked) and any(w is None for w in walked)  # both paths ran
+
+
+def test_decided_pages_are_exact_when_sql_finds_the_decided_candidates_itself(queue, monkeypatch):
+    """Past DECIDED_IDS_MAX decided candidates (and for a run, step or selection filter) the tally's ids are not
+    handed over: SQL finds the reviewer's decided candidates and sorts them. Its pages must match as well."""
+    from db import review_queue
+
+    monkeypatch.setattr(review_queue, "DECIDED_IDS_MAX", 0)
+    monkeypatch.setattr(review_queue, "DECIDED_WALK", 0)  # no walk either: only the SQL sort is left
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    decided = set(ids[0:10]) - {ids[3]}
+    for order in review_model.QUEUE_ORDERS:
+        shown = []
+        for page in range(len(decided) // 4 + 1):
+            shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
+                                                               page=page, page_size=4)[0]]
+        assert shown == expected(by_id, order, decided), order
+
+
+@pytest.mark.parametrize("stale", [False, True])
+@pytest.mark.parametrize("spare", [0, 1])
+def test_decided_pages_by_acceptance_from_the_score_walks_are_exact(queue, spare, stale, monkeypatch):
+    """By acceptance, the decided page first walks the score index kept to the tally's ids (db.review_queue.
+    _top_scored) and falls back to reading every id's score when the walks cannot say. With no spare rows the
+    walks decide most pages here (with the default spare this small class always falls back). A stale tally
+    (ids whose decision no longer stands, as after a late-committed undo) must change nothing: each id is
+    checked to stand, and a walk's rows past another walk's last row are not trusted."""
+    from db import review_queue
+    from wbc_core.decision_tally import DecisionTally
+
+    monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", spare)
+    if stale:
+        real_standing = DecisionTally.standing_candidates
+        monkeypatch.setattr(DecisionTally, "standing_candidates", lambda self, r, c: sorted(
+            {*real_standing(self, r, c), *list(queue[1])[10:20]}))  # pending for bob: must never show
+    answers = []
+    real_top = review_queue._top_scored
+    monkeypatch.setattr(review_queue, "_top_scored", lambda *a: answers.append(top := real_top(*a)) or top)
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    decided = set(ids[0:10]) - {ids[3]}
+    for order in ("p_accept_desc", "p_accept_uncertain"):
+        for size in (1, 2, 4):
+            shown = []
+            for page in range(len(decided) // size + 1):
+                shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
+                                                                   page=page, page_size=size)[0]]
+            assert shown == expected(by_id, order, decided), (order, size, spare)
+    assert any(a is not None for a in answers) and any(a is None for a in answers)
+
+
+def test_a_score_walk_past_the_other_walks_last_row_is_not_trusted(wbc_home, monkeypatch):
+    """Most uncertain: two walks out from 0.5. When the upper walk's rows are all stale ids (no standing
+    decision), the lower walk's rows cannot be taken as the page: an unread upper row (0.60, key 0.10, lower id)
+    ties with the lower walk's second row (0.40) and comes first. The walks must then give up to the full read."""
+    from db import review_queue
+
+    monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", 0)
+    dataset_id = datasets.create_dataset("d", "real", "src", ["a"], {}, "h", {}, [
+        dict(origin="real", class_name="a", split="val", sha256="r", path="r", width=8, height=8)])
+    p_values = [0.60, 0.50, 0.51, 0.45, 0.40, 0.30]  # by id; 0.50 and 0.51 are the stale ones
+    ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name="a", split=None, sha256=f"s{i}",
+                                                path=f"s{i}", width=8, height=8) for i in range(len(p_values))])
+    model = acc_db.add_model(dataset_id, trained_on=1, cv_auc=None, calibration={}, summary={}, path="x")
+    acc_db.set_scores(model["id"], dict(zip(ids, p_values, strict=True)))
+    standing = [ids[0], ids[3], ids[4], ids[5]]
+    review_model.decide(standing, "bob", "accept", user=account("reviewer", "bob"))
+    rows, _ = review_queue.review_queue(dataset_id, "a", "bob", "decided", order="p_accept_uncertain", limit=2,
+                                        decided_ids=ids)  # the stale tally: every id
+    assert [r["id"] for r in rows] == [ids[3], ids[0]]

@@ -79,7 +79,8 @@ class DecisionTally:
         self._rulings: dict[int, tuple[int, str | None]] = {}  # cell -> (id, ruling vote; None once withdrawn)
         self._cells: dict[int, tuple[str, str]] = {}  # cell -> (intended class, origin)
         self._verdicts: dict[tuple[str, str], Counter] = defaultdict(Counter)
-        self._standing: Counter = Counter()  # (reviewer, intended class) -> candidates with a current vote
+        # (reviewer, intended class) -> candidates with a current vote (the decided queue's members)
+        self._standing: dict[tuple[str, str], set[int]] = defaultdict(set)
         self._stale: set[int] = set()  # cells whose votes changed since they were last judged
         self._rule: Any = None  # the rule self._outcomes were judged under
         self._outcomes: dict[int, tuple[str, str | None]] = {}  # synthetic cell -> (status, final class)
@@ -105,7 +106,14 @@ class DecisionTally:
         """Candidates of a class on which the reviewer's latest vote stands (not undone), up to date now."""
         with self._lock:
             self._catch_up()
-            return self._standing[(reviewer, class_name)]
+            return len(self._standing.get((reviewer, class_name), ()))
+
+    def standing_candidates(self, reviewer: str, class_name: str) -> list[int]:
+        """The candidates of a class on which the reviewer's latest vote stands, by id, up to date now (the decided
+        queue's members; a decision committed late on PostgreSQL joins within the look-back, see the module)."""
+        with self._lock:
+            self._catch_up()
+            return sorted(self._standing.get((reviewer, class_name), ()))
 
     def _catch_up(self) -> None:
         """Read the rows added since the last read; the cells they changed wait in _stale to be re-judged."""
@@ -147,10 +155,11 @@ class DecisionTally:
         synthetic = row["origin"] == "synthetic"
         if held is not None and held[1] is not None:
             mine[verdict_of(held[1])] -= 1
-            self._standing[slot] -= synthetic
+            self._standing[slot].discard(cell)
         if vote is not None:
             mine[verdict_of(vote)] += 1
-            self._standing[slot] += synthetic
+            if synthetic:
+                self._standing[slot].add(cell)
         self._votes[cell][row["reviewer"]] = (decision_id, vote)
         return True
 

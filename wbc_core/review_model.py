@@ -256,15 +256,22 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
     Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
     verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
     """
-    total = None
+    total, decided_ids = None, None
     if gan_run_id is None and checkpoint_step is None and image_ids is None and state in QUEUE_STATES:
-        # The whole class: its count comes from the process's running counts, not a walk of the class in SQL.
+        # The whole class: its count comes from the process's running counts, not a walk of the class in SQL;
+        # the decided state's members from the same tally.
         candidates = _candidate_counts(dataset_id)[class_name]
-        decided = tally_for(current().caches, dataset_id).decided_candidates(reviewer, class_name)
+        tally = tally_for(current().caches, dataset_id)
+        if state == "decided":
+            decided_ids = tally.standing_candidates(reviewer, class_name)
+            decided = len(decided_ids)
+        else:
+            decided = tally.decided_candidates(reviewer, class_name)
         total = {"all": candidates, "decided": decided, "pending": max(candidates - decided, 0)}[state]
     return queue_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
-                                  checkpoint_step=checkpoint_step, image_ids=image_ids, candidate_total=total)
+                                  checkpoint_step=checkpoint_step, image_ids=image_ids, candidate_total=total,
+                                  decided_ids=decided_ids)
 
 
 def _candidate_counts(dataset_id: int) -> Counter:
