@@ -125,3 +125,22 @@ def test_the_decided_state_by_a_judge_key_walks_the_key_index_and_probes_each_en
         assert f"SEARCH images USING COVERING INDEX {index}" in walk, walk
         assert "SEARCH decisions USING INDEX ix_decisions_current (image_id=?" in walk, walk  # one seek per entry
         assert "TEMP B-TREE" not in walk, walk  # the index gives the order: the walk stops after the page
+
+
+def test_the_acceptance_scores_range_reads_two_ends_of_the_index_and_only_for_a_blind_queue(dataset):
+    """The scores' lowest and highest value place a blind reviewer's real cells among the candidates. SQLite reads
+    a lone min() or max() from an index end, but min and max in one SELECT read every score of the model (~200 ms
+    at 1M); and a queue without blind cells needs neither."""
+    dataset_id, ids = dataset
+    model = acc_db.add_model(dataset_id, trained_on=3, cv_auc=None, calibration={}, summary={}, path="x")
+    acc_db.set_scores(model["id"], {i: i / 10 for i in ids})
+    plain = plans_of(lambda: review_model.queue_page(dataset_id, "a", "bob", order="p_accept_desc", page_size=2))
+    review_model.enable_blind_test(dataset_id, "cem", fraction=0.5, seed=0, user=account())
+    blind = plans_of(lambda: review_model.queue_page(dataset_id, "a", "cem", order="p_accept_desc", page_size=2))
+    def ranges(plans: list[str]) -> list[str]:
+        return [p for p in plans if "acceptance_scores" in p and "images" not in p and "decisions" not in p]
+
+    (both_ends,) = ranges(blind)
+    assert "SCAN acceptance_scores" not in both_ends, both_ends
+    assert both_ends.count("SEARCH acceptance_scores USING COVERING INDEX ix_acceptance_scores_") == 2, both_ends
+    assert ranges(plain) == [], plain
