@@ -136,16 +136,14 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
                 walked = _decided_walk(s, rows, reviewer, where, column, descending, offset + limit)
             if walked is not None:
                 parts = walked
-            elif decided_ids is not None and len(decided_ids) <= DECIDED_IDS_MAX and len(besides_dataset) == 2:
-                score = (model_id or -1, uncertain) if by_acceptance else None
-                parts = _decided_from_ids(s, rows, reviewer, (dataset_id, class_name), decided_ids, column, score,
-                                          descending, offset + limit)
             else:
                 score = (model_id or -1, uncertain) if by_acceptance else None
-                parts = _decided_parts(rows, [*where, Image.id.in_(_standing_images(reviewer))], column, score,
-                                       descending, offset + limit)
-            if by_acceptance:
-                column, key_range = None, _acceptance_range(s, model_id, uncertain) if with_blind else None
+                if decided_ids is not None and len(decided_ids) <= DECIDED_IDS_MAX and len(besides_dataset) == 2:
+                    parts = _decided_from_ids(s, rows, reviewer, (dataset_id, class_name), decided_ids, column,
+                                              score, descending, offset + limit)
+                else:
+                    parts = _decided_parts(rows, [*where, Image.id.in_(_standing_images(reviewer))], column, score,
+                                           descending, offset + limit)
         elif by_acceptance:
             # "+ 0" on SQLite only: without statistics it would otherwise walk the whole class by ix_images_queue,
             # look up each score and sort (87 vs 2 ms for 125k candidates); the score index's walk reaches the page
@@ -156,10 +154,11 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
             by_score = _queue_part(reviewer, state, not blind_mode).where(dataset_match, *besides_dataset)
             cand = _queue_part(reviewer, state, not blind_mode).where(*where)
             parts = _acceptance_parts(s, by_score, cand, model_id or -1, uncertain, offset + limit)
-            column, key_range = None, _acceptance_range(s, model_id, uncertain) if with_blind else None
         else:
             parts = _candidate_parts(_queue_part(reviewer, state, not blind_mode).where(*where), column, descending,
                                      offset + limit)
+        if by_acceptance:  # the blind cells' keys then span the scores' range, not a column's
+            column, key_range = None, _acceptance_range(s, model_id, uncertain) if with_blind else None
         total = _queue_count(s, reviewer, state, where) if candidate_total is None else candidate_total
         if with_blind:
             keys, blind_total = _blind_part(s, dataset_id, class_name, reviewer, state, where, column, key_range,
@@ -217,6 +216,7 @@ def _decided_from_ids(s, rows, reviewer: str, dataset_class: tuple[int, str], id
     read is 2,500 primary-key lookups. Missing keys sort last, ties by id, as everywhere in the queue.
     The ids' dataset, origin and class are checked here in Python: given as SQL filters, SQLite (no statistics)
     walked the class's index for them instead of looking the ids up."""
+    ids = sorted({int(i) for i in ids})
     if score is not None:
         model_id, uncertain = score
         top = _top_scored(s, reviewer, dataset_class, ids, model_id, uncertain, need)
@@ -228,9 +228,8 @@ def _decided_from_ids(s, rows, reviewer: str, dataset_class: tuple[int, str], id
     else:
         uncertain = False
         keys = select(Image.id, column, Image.dataset_id, Image.origin, Image.class_name)
-    members = _one_parameter_id_list(s, sorted({int(i) for i in ids}))
-    looked_up = s.execute(keys.where(members, _standing_probe(reviewer))).all()
-    found = [row for row in looked_up if (row[2], row[3], row[4]) == (dataset_class[0], "synthetic", dataset_class[1])]
+    looked_up = s.execute(keys.where(_one_parameter_id_list(s, ids), _standing_probe(reviewer))).all()
+    found = [row for row in looked_up if _of_class(row[2:], dataset_class)]
 
     def order(row) -> tuple:  # noqa: ANN001
         value = row[1]
@@ -254,7 +253,12 @@ def _acceptance_page(rows, top: list[int], model_id: int, uncertain: bool) -> li
     return [select(*page.add_columns(Image.id.label("k_id"), cast(key, Float).label("k_1")).subquery().c)]
 
 
-def _top_scored(s, reviewer: str, dataset_class: tuple[int, str], ids: Sequence[int], model_id: int,  # noqa: ANN001
+def _of_class(dataset_origin_class: Sequence, dataset_class: tuple[int, str]) -> bool:
+    """A looked-up (dataset id, origin, class) row is a candidate of the queue's dataset and class."""
+    return tuple(dataset_origin_class) == (dataset_class[0], "synthetic", dataset_class[1])
+
+
+def _top_scored(s, reviewer: str, dataset_class: tuple[int, str], ids: list[int], model_id: int,  # noqa: ANN001
                 uncertain: bool, need: int) -> list[int] | None:
     """The first `need` of `ids` by the model's score from walks of its score index that keep only `ids` (a hashed
     filter: ~3 ms at 1M scores where looking up 2,500 scores took ~20-50), then checked to stand; None when the
@@ -262,7 +266,7 @@ def _top_scored(s, reviewer: str, dataset_class: tuple[int, str], ids: Sequence[
 
     A walk returns the first `limit` matches in its order, so every id it did not return sorts after its last
     row; rows up to the earliest such boundary are exactly the first ones of all the scored ids."""
-    members = _one_parameter_id_list(s, sorted({int(i) for i in ids}), AcceptanceScore.image_id)
+    members = _one_parameter_id_list(s, ids, AcceptanceScore.image_id)  # ids: sorted, distinct
     score, limit = AcceptanceScore, need + TOP_SCORED_SPARE
     mine = select(score.image_id, score.p_accept).where(score.model_id == model_id, members)
     if uncertain:
@@ -280,9 +284,9 @@ def _top_scored(s, reviewer: str, dataset_class: tuple[int, str], ids: Sequence[
         return None
     merged = sorted(k for k in merged if k <= boundary)
     check = _one_parameter_id_list(s, [i for _, i in merged])
-    standing = {i for i, d, o, c in s.execute(select(Image.id, Image.dataset_id, Image.origin, Image.class_name)
-                                              .where(check, _standing_probe(reviewer)))
-                if (d, o, c) == (dataset_class[0], "synthetic", dataset_class[1])}
+    standing = {row[0] for row in s.execute(select(Image.id, Image.dataset_id, Image.origin, Image.class_name)
+                                            .where(check, _standing_probe(reviewer)))
+                if _of_class(row[1:], dataset_class)}
     top = [i for _, i in merged if i in standing][:need]
     return top if len(top) == need else None
 

@@ -189,3 +189,10 @@ def test_a_score_walk_past_the_other_walks_last_row_is_not_trusted(wbc_home, mon
     rows, _ = review_queue.review_queue(dataset_id, "a", "bob", "decided", order="p_accept_uncertain", limit=2,
                                         decided_ids=ids)  # the stale tally: every id
     assert [r["id"] for r in rows] == [ids[3], ids[0]]
+
+
+def test_a_reviewer_without_decisions_gets_an_empty_decided_queue_in_every_order(queue):
+    """The tally hands over no ids: every decided order, by the walk, the ids or the score walks, shows nothing."""
+    dataset_id, _ = queue
+    for order in review_model.QUEUE_ORDERS:
+        assert review_model.queue_page(dataset_id, "a", "cem", "decided", order=order) == ([], 0), order
