@@ -121,7 +121,7 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
         # into a small run's view would inflate their share there.
         with_blind = blind_mode and gan_run_id is None and checkpoint_step is None and image_ids is None
         descending = order.endswith("_desc")
-        key_range = None
+        key_range, unscored = None, None  # unscored: a part added only when the page comes back short
         by_acceptance, uncertain, model_id = order.startswith("p_accept_"), order == "p_accept_uncertain", None
         if by_acceptance:
             model_id = s.scalar(select(AcceptanceModel.id).where(AcceptanceModel.dataset_id == dataset_id)
@@ -153,7 +153,8 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
             dataset_match = (Image.dataset_id + 0) == dataset_id if on_sqlite else Image.dataset_id == dataset_id
             by_score = _queue_part(reviewer, state, not blind_mode).where(dataset_match, *besides_dataset)
             cand = _queue_part(reviewer, state, not blind_mode).where(*where)
-            parts = _acceptance_parts(s, by_score, cand, model_id or -1, uncertain, offset + limit)
+            parts, unscored = _acceptance_parts(s, by_score, cand, model_id or -1, uncertain, offset + limit,
+                                                count_first=with_blind)
         else:
             parts = _candidate_parts(_queue_part(reviewer, state, not blind_mode).where(*where), column, descending,
                                      offset + limit)
@@ -165,11 +166,18 @@ def review_queue(dataset_id: int, class_name: str, reviewer: str, state: str = "
                                             descending, offset + limit)
             parts.append(keys)
             total += blind_total
-        query = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-        key = query.c.k_1.desc().nulls_last() if descending else query.c.k_1.asc().nulls_last()
-        page = select(*[c for c in query.c if not c.name.startswith("k_")]).order_by(key, query.c.k_id, query.c.id)
-        rows = s.execute(page.limit(limit).offset(offset)).all()
+        rows = s.execute(_page_of(parts, descending).limit(limit).offset(offset)).all()
+        if unscored is not None and len(rows) < limit:
+            # The scored candidates fell short of the page: the unscored ones follow them, by id.
+            rows = s.execute(_page_of([*parts, unscored], descending).limit(limit).offset(offset)).all()
     return [dict(r._mapping) for r in rows], int(total)
+
+
+def _page_of(parts: list, descending: bool):  # noqa: ANN202
+    """The page query over the parts' rows, in the page's order (k_1, then k_id, then id), keys left out."""
+    query = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    key = query.c.k_1.desc().nulls_last() if descending else query.c.k_1.asc().nulls_last()
+    return select(*[c for c in query.c if not c.name.startswith("k_")]).order_by(key, query.c.k_id, query.c.id)
 
 
 def _standing_probe(reviewer: str):  # noqa: ANN202
@@ -357,7 +365,8 @@ def _queue_count(s, reviewer: str, state: str, where: list) -> int:  # noqa: ANN
     return int(decided if state == "decided" else every - decided)
 
 
-def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: int) -> list:  # noqa: ANN001
+def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: int,  # noqa: ANN001
+                      count_first: bool) -> tuple[list, Any]:
     """The first `need` candidates by the model's score, as ordered walks of ix_acceptance_scores_asc/_desc.
 
     "Most likely accepted" walks the scores down from the top; "most uncertain" walks up and down from 0.5 and
@@ -367,6 +376,11 @@ def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: i
     candidates (sorted last, by id) are fetched only when the scored ones cannot fill the page: their anti-join
     would walk the whole class when all are scored.
     by_score and cand are the same queue rows; by_score's filters leave the score index to lead the join.
+
+    Returns (parts, unscored). Without count_first, unscored is the unscored candidates' part, to add when the page
+    over the scored parts comes back short: that saves a count of the walks, which ran every walk twice (once to
+    count, once in the page). count_first (a blind queue, whose real cells can fill a page when the model has no
+    scores, and then sort among the unscored by id) counts the walks first and adds the part itself (unscored None).
     """
     score = AcceptanceScore
     joined = by_score.join(score, and_(score.image_id == Image.id, score.model_id == model_id))
@@ -382,13 +396,14 @@ def _acceptance_parts(s, by_score, cand, model_id: int, uncertain: bool, need: i
         walks = [joined.add_columns(Image.id.label("k_id"), score.p_accept.label("k_1"))
                  .order_by(score.p_accept.desc(), score.image_id)]
     parts = [select(*walk.limit(need).subquery().c) for walk in walks]
+    no_score = ~select(score.image_id).where(score.image_id == Image.id, score.model_id == model_id).exists()
+    unscored = select(*cand.where(no_score).add_columns(Image.id.label("k_id"), NO_KEY.label("k_1"))
+                      .order_by(Image.id).limit(need).subquery().c)
+    if not count_first:
+        return parts, unscored
     scored = s.scalar(select(func.count()).select_from(union_all(*parts).subquery() if len(parts) > 1
                                                       else parts[0].subquery())) or 0
-    if scored < need:
-        unscored = ~select(score.image_id).where(score.image_id == Image.id, score.model_id == model_id).exists()
-        parts.append(select(*cand.where(unscored).add_columns(Image.id.label("k_id"), NO_KEY.label("k_1"))
-                            .order_by(Image.id).limit(need).subquery().c))
-    return parts
+    return (parts + [unscored] if scored < need else parts), None
 
 
 def _acceptance_range(s, model_id: int | None, uncertain: bool) -> tuple[float | None, float | None]:  # noqa: ANN001

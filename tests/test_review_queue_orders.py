@@ -94,6 +94,22 @@ def test_a_blind_reviewers_pages_are_slices_of_the_whole_queue_in_every_order(qu
         assert [r["id"] for r in paged] == [r["id"] for r in whole], order
 
 
+def test_a_blind_queue_by_an_acceptance_model_without_scores_mixes_its_real_cells_among_the_unscored(queue):
+    """With no scores the blind real cells' keys are NULL like every candidate's, so they sort among them by id: a
+    page full of real cells alone must not be taken as "the scored walks filled it" (db.review_queue counts the
+    walks first for a blind queue). Pages of 4 must be slices of the whole queue."""
+    dataset_id, by_id = queue
+    acc_db.add_model(dataset_id, trained_on=2, cv_auc=None, calibration={}, summary={}, path="y")  # newest, no scores
+    review_model.enable_blind_test(dataset_id, "cem", fraction=0.5, seed=0, user=account())
+    for order in ("p_accept_desc", "p_accept_uncertain"):
+        whole, total = review_model.queue_page(dataset_id, "a", "cem", order=order, page_size=100)
+        assert total == len(whole) > len(by_id) and any(r["id"] in by_id for r in whole[:4]), order
+        paged = []
+        for page in range(total // 4 + 1):
+            paged += review_model.queue_page(dataset_id, "a", "cem", order=order, page=page, page_size=4)[0]
+        assert [r["id"] for r in paged] == [r["id"] for r in whole], order
+
+
 @pytest.mark.parametrize("walk", [8, 64])
 def test_decided_pages_by_a_key_are_exact_whether_the_bounded_walk_fills_them_or_the_sort_takes_over(queue, walk,
                                                                                                     monkeypatch):
