@@ -196,10 +196,12 @@ def test_decisions_enqueue_a_retrain_after_every_n(cells, monkeypatch):
     review_model.set_review_settings(dataset_id, review_model.ReviewSettings(retrain_every=10), user=account("admin"))
     assert review_model.get_review_settings(dataset_id).retrain_every == 10
     _review(dataset_id, ids, n_good=3, n_bad=3)  # 12 decisions, but the judge never scored a candidate
+    review_model.wait_for_retrain_checks()
     assert submitted == []
     quality_db.set_candidate_scores([{"id": ids["a"][0][7], "judge_prob": 0.5, "judge_top_class": "a",
                                       "nearest_real_id": None, "nearest_real_distance": 1.0, "memorised": False}])
     review_model.decide([ids["b"][0][6]], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.wait_for_retrain_checks()  # the check runs on the process's check thread, after the decision
     assert len(submitted) == 1 and submitted[0][0][:2] == ("feedback", dataset_id)
     assert submitted[0][1]["started_by"] == "ann"
 

@@ -246,6 +246,12 @@ def is_current() -> bool:
     return _current is not None
 
 
+def active() -> Context | None:
+    """The current context without building one (work a thread queued under a context it must still be in)."""
+    with _current_lock:
+        return _current
+
+
 @contextmanager
 def using(ctx: Context) -> Iterator[Context]:
     """Make ctx current for a block, then restore the previous one (tests, benches)."""

@@ -366,7 +366,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def _review(args: argparse.Namespace) -> dict[str, Any]:
     from db.datasets import get_dataset
-    from wbc_core.review_model import decide, queue_page
+    from wbc_core.review_model import decide, queue_page, wait_for_retrain_checks
 
     user = _reviewer(args)
     reviewer = user.username
@@ -383,6 +383,7 @@ def _review(args: argparse.Namespace) -> dict[str, Any]:
     if verdict == "relabel" and args.relabel not in info.class_names:
         raise CliError(f"unknown class {args.relabel!r}; classes: {', '.join(info.class_names)}")
     decision_ids = decide(ids, reviewer, verdict, new_class=args.relabel, reason=args.reason, user=user)
+    wait_for_retrain_checks()  # before the process ends: the check may queue the acceptance model's retrain
     return {"dataset": info.name, "reviewer": reviewer, "verdict": verdict, "decided": len(decision_ids),
             "image_ids": ids, "_text": f"{reviewer}: {verdict} x {len(decision_ids)}"}
 
