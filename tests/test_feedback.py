@@ -206,6 +206,26 @@ def test_decisions_enqueue_a_retrain_after_every_n(cells, monkeypatch):
     assert submitted[0][1]["started_by"] == "ann"
 
 
+def test_a_decision_returns_before_its_retrain_check_has_run(cells, monkeypatch):
+    """The check after a decision runs on the process's check thread: a slow one never holds up the key press."""
+    import threading
+
+    dataset_id, ids = cells
+    release, checked = threading.Event(), []
+
+    def slow_check(dataset, every, started_by):  # noqa: ANN001, ANN202
+        release.wait(20)
+        checked.append((dataset, started_by))
+
+    monkeypatch.setattr(feedback, "maybe_retrain", slow_check)
+    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(retrain_every=10), user=account("admin"))
+    review_model.decide([ids["a"][0][0]], "ann", "accept", user=account("reviewer", "ann"))  # every 10 // 10: checked
+    assert checked == []  # recorded, and the check still waiting
+    release.set()
+    review_model.wait_for_retrain_checks()
+    assert checked == [(dataset_id, "ann")]
+
+
 def test_retrain_waits_for_n_new_decisions_and_for_the_running_job(cells, fake_judge):
     from db import quality as quality_db
 
