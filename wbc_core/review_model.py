@@ -123,7 +123,7 @@ def decide(image_ids: list[int], reviewer: str, verdict: str, new_class: str | N
     ids = decisions_db.record_decisions(image_ids, reviewer, verdict, new_class=new_class, reason=reason)
     # The retrain check reads the dataset's settings and, every few decisions, its models and runs: ~10-20 ms on
     # PostgreSQL at 1M candidates, half of the key press's write. It runs after it, on the process's check thread.
-    current().caches.get("review.retrain_checks", _RetrainChecks).submit(list(image_ids)[:1], reviewer.strip())
+    _retrain_checks().submit(list(image_ids)[:1], reviewer.strip())
     return ids
 
 
@@ -133,6 +133,7 @@ class _RetrainChecks:
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        # Its thread ends once the pool is collected (a context's caches cleared), after the checks queued in it.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-retrain-check")
         self._last: Any = None  # the newest check's future: one thread, so when it is done all are
 
@@ -154,7 +155,11 @@ class _RetrainChecks:
 
 def wait_for_retrain_checks(timeout: float = 30.0) -> None:
     """Return once the retrain checks of this process's decisions so far have run (tests, a CLI about to end)."""
-    current().caches.get("review.retrain_checks", _RetrainChecks).wait(timeout)
+    _retrain_checks().wait(timeout)
+
+
+def _retrain_checks() -> _RetrainChecks:
+    return current().caches.get("review.retrain_checks", _RetrainChecks)
 
 
 def _retrain_if_due(image_ids: list[int], reviewer: str) -> None:
