@@ -226,6 +226,27 @@ def test_a_decision_returns_before_its_retrain_check_has_run(cells, monkeypatch)
     assert checked == [(dataset_id, "ann")]
 
 
+def test_closing_the_context_runs_the_pending_retrain_check_first(cells, monkeypatch):
+    """A check still queued when a context closes would read a database that is gone (a test's is dropped)."""
+    import threading
+
+    from wbc_core import context
+
+    dataset_id, ids = cells
+    release, checked = threading.Event(), []
+
+    def slow_check(dataset, every, started_by):  # noqa: ANN001, ANN202
+        release.wait(20)
+        checked.append(dataset)
+
+    monkeypatch.setattr(feedback, "maybe_retrain", slow_check)
+    review_model.set_review_settings(dataset_id, review_model.ReviewSettings(retrain_every=10), user=account("admin"))
+    review_model.decide([ids["a"][0][0]], "ann", "accept", user=account("reviewer", "ann"))
+    threading.Timer(0.3, release.set).start()
+    context.current().caches.clear()  # what Context.close() does first
+    assert checked == [dataset_id]
+
+
 def test_retrain_waits_for_n_new_decisions_and_for_the_running_job(cells, fake_judge):
     from db import quality as quality_db
 

@@ -10,6 +10,7 @@ each call actually executes.
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 from sqlalchemy import event
@@ -25,11 +26,17 @@ pytestmark = pytest.mark.databases("sqlite")
 
 
 def plans_of(call) -> list[str]:  # noqa: ANN001
-    """EXPLAIN QUERY PLAN of every SELECT that call() executes, one string per statement."""
+    """EXPLAIN QUERY PLAN of every SELECT that call() executes, one string per statement.
+
+    Only this thread's: a decision's retrain check runs on the process's check thread meanwhile.
+    """
     engine = get_engine()
     seen: list[tuple[str, object]] = []
+    caller = threading.get_ident()
 
     def keep(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ARG001
+        if threading.get_ident() != caller:
+            return
         if statement.lstrip().upper().startswith(("SELECT", "WITH")) and not executemany:
             seen.append((statement, parameters))
 
@@ -53,6 +60,7 @@ def dataset(wbc_home):
     ids = datasets.add_images(dataset_id, [dict(origin="synthetic", class_name="ab"[i % 2], split=None,
                                                 sha256=f"s{i}", path=f"s{i}", width=8, height=8) for i in range(8)])
     review_model.decide(ids[:3], "ann", "accept", user=account("reviewer", "ann"))
+    review_model.wait_for_retrain_checks()
     return dataset_id, ids
 
 

@@ -155,9 +155,18 @@ class Caches:
             return self._items[name]
 
     def clear(self) -> None:
-        """Forget every cache (a long-lived process after a dataset was deleted)."""
+        """Forget every cache (a long-lived process after a dataset was deleted).
+
+        A cache that owns background work (a `drain()` method) finishes it first: that work reads the database
+        this context is about to release, and a test's database is dropped right after.
+        """
         with self._lock:
+            items = list(self._items.values())
             self._items.clear()
+        for item in items:
+            drain = getattr(item, "drain", None)
+            if callable(drain):
+                drain()
 
 
 @dataclass

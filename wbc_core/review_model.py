@@ -133,7 +133,7 @@ class _RetrainChecks:
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        # Its thread ends once the pool is collected (a context's caches cleared), after the checks queued in it.
+        # Its thread ends when the context's caches are cleared (drain), after the checks queued in it.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-retrain-check")
         self._last: Any = None  # the newest check's future: one thread, so when it is done all are
 
@@ -151,6 +151,10 @@ class _RetrainChecks:
     def wait(self, timeout: float) -> None:
         if self._last is not None:
             self._last.result(timeout)
+
+    def drain(self) -> None:
+        """Run the queued checks, then end the thread (the context's caches are cleared)."""
+        self._pool.shutdown(wait=True)
 
 
 def wait_for_retrain_checks(timeout: float = 30.0) -> None:
