@@ -18,9 +18,10 @@ Protocol (issue 15), in a throw-away WBC_HOME:
   4. the hidden policy judges every set.
 Report, per class and overall: the hidden policy's acceptance rate, coverage and FD ratio (judge features, against
 real val cells, wbc_core.quality.evaluate) of unsteered vs each steered arm; reviewer effort: decisions needed to
-reach a quota of `quota` accepted per class in "most likely accepted" order vs oldest first, on the unsteered set of
-step 3 (the quota is capped at the class's accepted cells in that set, so both orders can reach it; the cap is
-reported).
+reach a quota of `quota` accepted per class in "most likely accepted" order vs oldest first, on a further unsteered
+batch of `effort_per_class` per class (the quota is capped at the class's accepted cells in it, so both orders can
+reach it; the cap is reported). The "steered_clusters" arm is selection under the k-means guard
+(wbc_core.steering.select_per_cluster) instead of the radius guard.
 
     .venv/bin/python bench/feedback.py [--quick] [--data ../shared/data/pbc128] [--out bench/results]
 
@@ -70,6 +71,9 @@ class FeedbackConfig:
     finetune_anchor: float = 1.0  # anchor to the parent's cells (wbc_core.gan_finetune.DEFAULT_ANCHOR_WEIGHT; 0 = off)
     finetune_control: int = 1  # 1: also the "continued" arm, the same steps at reward weight ~0 (0 = not)
     quota: int = 100  # accepted cells per class wanted (reviewer effort)
+    # Unsteered candidates per class the effort is measured on: more than the quota needs, as a real queue holds (on
+    # the 200 of step 3 a good GAN's classes have fewer accepted cells than the quota, so both orders must find all).
+    effort_per_class: int = 500
     gan_steps: int = 2000
     gan_width: int = 32
     gan_batch: int = 64
@@ -80,8 +84,8 @@ class FeedbackConfig:
     seed: int = 0
 
 
-QUICK = dict(cells_per_class=60, per_class=40, steer=3, quota=10, gan_steps=300, gan_width=16, gan_batch=32,
-             ref_model="small_cnn", ref_epochs=3, min_confidence=0.5, finetune_steps=60)
+QUICK = dict(cells_per_class=60, per_class=40, steer=3, quota=10, effort_per_class=60, gan_steps=300, gan_width=16,
+             gan_batch=32, ref_model="small_cnn", ref_epochs=3, min_confidence=0.5, finetune_steps=60)
 CONTROL_WEIGHT = 1e-9  # reward weight of the "continued" control arm (the limit needs a weight above 0)
 # Share of the full run's time each stage takes (measured shape, for the ETA line only).
 STAGES = {"import": 0.05, "gan": 0.4, "hidden_reference": 0.1, "batch1": 0.1, "review": 0.05, "acceptance": 0.05,
@@ -201,8 +205,12 @@ class Bench:
 
         t = time.monotonic()
         plain = generate_candidates(gan, cfg.per_class, seed=2)
-        batches = {"steered": generate_candidates(gan, cfg.per_class, seed=3, steer=cfg.steer)}
+        batches = {"steered": generate_candidates(gan, cfg.per_class, seed=3, steer=cfg.steer),
+                   "steered_clusters": generate_candidates(gan, cfg.per_class, seed=6, steer=cfg.steer,
+                                                           steer_guard="clusters")}
+        effort_batch = generate_candidates(gan, cfg.effort_per_class, seed=7)
         self.results["steering_report"] = batches["steered"].get("steering")
+        self.results["steering_report_clusters"] = batches["steered_clusters"].get("steering")
         if tuned is not None:
             batches["finetuned"] = generate_candidates(tuned, cfg.per_class, seed=4)
             batches["finetuned_steered"] = generate_candidates(tuned, cfg.per_class, seed=5, steer=cfg.steer)
@@ -221,7 +229,9 @@ class Bench:
         for arm, out in batches.items():
             ids = self._batch_ids(out)
             self.results["comparison"][arm] = self._quality(ids, self._judge(policy, context, ids))
-        self.results["effort"] = self._effort(ids_plain, v_plain, acc_db.scores(row["id"], ids_plain))
+        ids_effort = self._batch_ids(effort_batch)
+        self.results["effort"] = self._effort(ids_effort, self._judge(policy, context, ids_effort),
+                                              acc_db.scores(row["id"], ids_effort))
         self.results["goals"] = self._goals()
         self.stage("judge_all", time.monotonic() - t)
         return self.results
@@ -326,7 +336,8 @@ def print_table(results: dict[str, Any]) -> None:
     if not comp:
         return
     fmt = lambda v: f"{v:>11.3f}" if isinstance(v, float) else f"{'-':>11}"  # noqa: E731
-    short = {"unsteered": "plain", "steered": "steer", "finetuned": "tuned", "finetuned_steered": "tun+st",
+    short = {"unsteered": "plain", "steered": "steer", "steered_clusters": "st-clu",
+             "finetuned": "tuned", "finetuned_steered": "tun+st",
              "continued": "contin"}
     arms = list(comp)
     for metric, label in (("hidden_acceptance", "acc"), ("coverage", "cov"), ("fd_ratio", "FDr")):

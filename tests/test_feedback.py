@@ -337,6 +337,20 @@ def test_cli_feedback_train_and_status(cells, fake_judge, monkeypatch, capsys):
     assert "8 candidates scored" in text
 
 
+def test_cluster_guard_keeps_the_best_cell_of_each_region_not_the_best_overall():
+    import torch
+
+    from wbc_core.steering import select_diverse, select_per_cluster
+
+    # Two regions: the model likes the left one much more. Radius selection piles into it; clusters keep one each.
+    p = np.array([0.9, 0.85, 0.8, 0.2, 0.3, 0.1])
+    feats = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [50.0, 0.0], [50.5, 0.0], [51.0, 0.0]])
+    assert select_diverse(p, feats, 2, radius=0.1) == [0, 1]
+    assert select_per_cluster(p, feats, 2, seed=0) == [0, 4]  # the best of each, best first
+    assert select_per_cluster(p, feats, 0, seed=0) == []
+    assert sorted(select_per_cluster(p, feats, 10, seed=0)) == list(range(6))  # never more than the pool
+
+
 def test_diversity_guard_skips_near_duplicates_of_kept_cells():
     import torch
 
@@ -384,6 +398,8 @@ def test_steering_keeps_the_most_likely_accepted_and_reports_coverage(cells, fak
     assert chosen.report["mean_p_steered"] > chosen.report["mean_p_unsteered"]
     report = overall_report({"a": chosen.report}, Ref())
     assert set(report["overall"]) >= {"steered", "unsteered"} and "_feats" not in report["per_class"]["a"]
+    clustered = steer_class(Loaded(), 0, per_class=6, factor=4, seed=0, blob=blob, ref=Ref(), guard="clusters")
+    assert clustered.cells.shape == (6, 3, 16, 16) and clustered.report["guard"] == "clusters"
 
 
 def test_steered_generation_needs_an_acceptance_model(cells):

@@ -170,13 +170,19 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
 
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                         classes: list[str] | None = None, progress=None,  # noqa: ANN001
-                        score: bool = True, should_stop=None, steer: int | None = None) -> dict[str, Any]:  # noqa: ANN001
+                        score: bool = True, should_stop=None, steer: int | None = None,  # noqa: ANN001
+                        steer_guard: str = "radius") -> dict[str, Any]:
     """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them.
 
     Runs inside a "generate" job (wbc_core.generation.start_generation); should_stop() is asked between classes.
-    steer=K: oversample K x per class and keep the best by the dataset's acceptance model (wbc_core.steering).
+    steer=K: oversample K x per class and keep the best by the dataset's acceptance model (wbc_core.steering),
+    under the diversity guard steer_guard (one of steering.STEER_GUARDS).
     """
     from wbc_core.gan import load_generator, sample_cells
+    from wbc_core.steering import STEER_GUARDS
+
+    if steer_guard not in STEER_GUARDS:
+        raise GanRunError(f"steer_guard must be one of {', '.join(STEER_GUARDS)}, got {steer_guard!r}")
 
     limits.check("candidates_per_class", per_class)
     run = runs_db.get_run(run_id)
@@ -206,7 +212,7 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
             from wbc_core.steering import steer_class
 
             chosen = steer_class(loaded, class_index, per_class, int(steer), candidate_seed(seed, class_index),
-                                 steering[1], steering[2])
+                                 steering[1], steering[2], guard=steer_guard)
             cells, reports[class_name] = chosen.cells, chosen.report
         else:
             cells = sample_cells(loaded, class_index, per_class, seed=candidate_seed(seed, class_index))
@@ -232,7 +238,8 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
     if steering is not None:
         from wbc_core.steering import overall_report
 
-        out["steering"] = {"factor": int(steer), "model_id": steering[0]["id"], "model_version": steering[0]["version"],
+        out["steering"] = {"factor": int(steer), "guard": steer_guard, "model_id": steering[0]["id"],
+                           "model_version": steering[0]["version"],
                            **overall_report(reports, steering[2])}
     if score and ids:
         import torch

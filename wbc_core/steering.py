@@ -4,6 +4,9 @@ For each class the generator samples K * per_class cells; the dataset's latest a
 scores them; a greedy pass keeps the most likely accepted ones under a diversity guard: a cell is skipped when it
 lies within the class's near-duplicate radius (the judge Reference's per-class memorisation distance, in judge
 feature space) of a cell already kept. If the guard leaves fewer than per_class, the best skipped ones fill up.
+The "clusters" guard instead splits the pool into per_class k-means clusters (judge features) and keeps the most
+likely accepted cell of each: a stratified draw that keeps the pool's spread (so plain sampling's coverage) and
+still picks the best of about K in every region.
 
 Coverage is reported for the kept cells and for an unsteered set of the same size (a seeded uniform draw from the
 same pool, which is distributed exactly like plain sampling), as density/coverage against the class's real val cells
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 GUARD_SHARE = 0.5  # of the median real 5-NN radius (see guard_radius)
+STEER_GUARDS = ("radius", "clusters")  # the diversity guards of selection (see the module docstring)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,6 +65,21 @@ def select_diverse(p: np.ndarray, feats: torch.Tensor, n: int, radius: float) ->
     return kept + skipped[:max(n - len(kept), 0)]
 
 
+def select_per_cluster(p: np.ndarray, feats: torch.Tensor, n: int, seed: int) -> list[int]:
+    """Indices of the most likely accepted cell of each of n k-means clusters of feats, best p first."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    n = min(n, len(p))
+    if n == 0:
+        return []
+    labels = KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(feats.float().numpy())
+    best: dict[int, int] = {}
+    for i in np.argsort(-p, kind="stable"):  # the first seen of a cluster is its best
+        best.setdefault(int(labels[i]), int(i))
+    return sorted(best.values(), key=lambda i: (-p[i], i))
+
+
 def guard_radius(ref: Reference, class_index: int, real: torch.Tensor) -> float:
     """The diversity guard's radius for a class: the near-duplicate (memorisation) distance, or GUARD_SHARE of the
     median k-NN radius of the class's real val cells (the balls coverage counts) when that is larger, so kept
@@ -86,7 +105,7 @@ def _coverage(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float | None]
 
 
 def steer_class(loaded: LoadedGenerator, class_index: int, per_class: int, factor: int, seed: int,
-                blob: dict[str, Any], ref: Reference) -> SteeredClass:
+                blob: dict[str, Any], ref: Reference, guard: str = "radius") -> SteeredClass:
     """Sample factor * per_class cells of one class and keep per_class of them (see the module docstring)."""
     import numpy as np
 
@@ -103,10 +122,13 @@ def steer_class(loaded: LoadedGenerator, class_index: int, per_class: int, facto
     ref_class = ref.class_names.index(class_name)
     real = ref.val_features[ref.val_labels == ref_class]
     radius = guard_radius(ref, ref_class, real)
-    kept = select_diverse(p, feats, per_class, radius)
+    if guard == "clusters":
+        kept = select_per_cluster(p, feats, per_class, seed)
+    else:
+        kept = select_diverse(p, feats, per_class, radius)
     rng = np.random.default_rng(seed)
     plain = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False)
-    report = {"pool": int(len(pool)), "radius": radius,
+    report = {"pool": int(len(pool)), "guard": guard, "radius": radius,
               "mean_p_steered": float(p[kept].mean()), "mean_p_unsteered": float(p[plain].mean()),
               "steered": _coverage(real, feats[kept]), "unsteered": _coverage(real, feats[plain])}
     return SteeredClass(pool[kept], p[kept], {**report, "_feats": (feats[kept], feats[plain])})
