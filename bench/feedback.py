@@ -21,7 +21,8 @@ real val cells, wbc_core.quality.evaluate) of unsteered vs each steered arm; rev
 reach a quota of `quota` accepted per class in "most likely accepted" order vs oldest first, on a further unsteered
 batch of `effort_per_class` per class (the quota is capped at the class's accepted cells in it, so both orders can
 reach it; the cap is reported). The "steered_clusters" arm is selection under the k-means guard
-(wbc_core.steering.select_per_cluster) instead of the radius guard.
+(wbc_core.steering.select_per_cluster) instead of the radius guard, and "steered_coverage" under the coverage guard
+(wbc_core.steering.select_for_coverage: best p plus covered real train cells, as many as a plain draw covers).
 
     .venv/bin/python bench/feedback.py [--quick] [--data ../shared/data/pbc128] [--out bench/results]
 
@@ -207,10 +208,13 @@ class Bench:
         plain = generate_candidates(gan, cfg.per_class, seed=2)
         batches = {"steered": generate_candidates(gan, cfg.per_class, seed=3, steer=cfg.steer),
                    "steered_clusters": generate_candidates(gan, cfg.per_class, seed=6, steer=cfg.steer,
-                                                           steer_guard="clusters")}
+                                                           steer_guard="clusters"),
+                   "steered_coverage": generate_candidates(gan, cfg.per_class, seed=8, steer=cfg.steer,
+                                                           steer_guard="coverage")}
         effort_batch = generate_candidates(gan, cfg.effort_per_class, seed=7)
         self.results["steering_report"] = batches["steered"].get("steering")
         self.results["steering_report_clusters"] = batches["steered_clusters"].get("steering")
+        self.results["steering_report_coverage"] = batches["steered_coverage"].get("steering")
         if tuned is not None:
             batches["finetuned"] = generate_candidates(tuned, cfg.per_class, seed=4)
             batches["finetuned_steered"] = generate_candidates(tuned, cfg.per_class, seed=5, steer=cfg.steer)
@@ -336,7 +340,7 @@ def print_table(results: dict[str, Any]) -> None:
     if not comp:
         return
     fmt = lambda v: f"{v:>11.3f}" if isinstance(v, float) else f"{'-':>11}"  # noqa: E731
-    short = {"unsteered": "plain", "steered": "steer", "steered_clusters": "st-clu",
+    short = {"unsteered": "plain", "steered": "steer", "steered_clusters": "st-clu", "steered_coverage": "st-cov",
              "finetuned": "tuned", "finetuned_steered": "tun+st",
              "continued": "contin"}
     arms = list(comp)

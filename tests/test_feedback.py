@@ -351,6 +351,29 @@ def test_cluster_guard_keeps_the_best_cell_of_each_region_not_the_best_overall()
     assert sorted(select_per_cluster(p, feats, 10, seed=0)) == list(range(6))  # never more than the pool
 
 
+def test_coverage_guard_buys_back_the_real_cells_the_best_p_order_leaves_uncovered():
+    import torch
+
+    from wbc_core.steering import COVERAGE_SLACK, select_for_coverage
+
+    # Real train cells in two regions; the model likes the generated cells of the left one far more.
+    line = torch.arange(8, dtype=torch.float32)[:, None] * torch.tensor([[1.0, 0.0]])
+    real = torch.cat([line, line + torch.tensor([100.0, 0.0])])
+    pool = torch.cat([line + 0.1, line + torch.tensor([100.1, 0.0])])
+    p = np.array([0.9 - 0.01 * i for i in range(8)] + [0.2 - 0.01 * i for i in range(8)])
+    kept, report = select_for_coverage(p, pool, 6, real, k=2, seed=0)
+    assert report["target_met"] and report["lambda"] > 0
+    assert report["train_coverage_steered"] >= report["train_coverage_unsteered"] - COVERAGE_SLACK
+    assert any(i >= 8 for i in kept) and any(i < 8 for i in kept)  # both regions, not the best-p six of the left
+    assert kept == sorted(kept, key=lambda i: -p[i])  # best first, as the other guards return them
+    # Where the best-p order already covers as much as a plain draw, the guard changes nothing.
+    even = np.array([0.9 - 0.01 * i for i in range(16)])
+    even[8:] = even[:8]
+    plain, report = select_for_coverage(even, pool, 16, real, k=2, seed=0)
+    assert report["lambda"] == 0.0 and sorted(plain) == list(range(16))
+    assert select_for_coverage(p, pool, 0, real)[0] == []
+
+
 def test_diversity_guard_skips_near_duplicates_of_kept_cells():
     import torch
 
@@ -387,6 +410,8 @@ def test_steering_keeps_the_most_likely_accepted_and_reports_coverage(cells, fak
         class_names = ["a", "b"]
         val_features = torch.rand(20, 3) * 1e-3  # real balls far smaller than red vs blue: the guard skips none
         val_labels = torch.tensor([0, 1] * 10)
+        train_features = torch.rand(80, 3) * 1e-3  # the coverage guard counts train balls, never val ones
+        train_labels = torch.tensor([0, 1] * 40)
 
         def thresholds_for(self, labels):  # noqa: ANN001, ANN202
             return torch.full(labels.shape, 0.0)
@@ -400,6 +425,8 @@ def test_steering_keeps_the_most_likely_accepted_and_reports_coverage(cells, fak
     assert set(report["overall"]) >= {"steered", "unsteered"} and "_feats" not in report["per_class"]["a"]
     clustered = steer_class(Loaded(), 0, per_class=6, factor=4, seed=0, blob=blob, ref=Ref(), guard="clusters")
     assert clustered.cells.shape == (6, 3, 16, 16) and clustered.report["guard"] == "clusters"
+    covering = steer_class(Loaded(), 0, per_class=6, factor=4, seed=0, blob=blob, ref=Ref(), guard="coverage")
+    assert covering.cells.shape == (6, 3, 16, 16) and covering.report["search"]["train_balls"] == 40
 
 
 def test_steered_generation_needs_an_acceptance_model(cells):
@@ -409,6 +436,16 @@ def test_steered_generation_needs_an_acceptance_model(cells):
         _steering(cells[0], 4)
     with pytest.raises(ValueError, match="steering oversampling factor"):
         _steering(cells[0], 51)
+
+
+def test_an_unknown_steering_guard_is_refused_before_anything_is_queued(cells):
+    from db import runs as runs_db
+    from wbc_core.generation import start_generation
+
+    before = len(runs_db.list_runs())
+    with pytest.raises(ValueError, match="must be one of radius, clusters, coverage, got 'nearest'"):
+        start_generation(1, 4, user=account("admin"), launch=False, steer=4, steer_guard="nearest")
+    assert len(runs_db.list_runs()) == before
 
 
 def test_the_acceptance_migration_goes_down_and_up_again(empty_db_url, tmp_path):

@@ -179,10 +179,9 @@ def generate_candidates(run_id: int, per_class: int, step: int | None = None, se
     under the diversity guard steer_guard (one of steering.STEER_GUARDS).
     """
     from wbc_core.gan import load_generator, sample_cells
-    from wbc_core.steering import STEER_GUARDS
+    from wbc_core.steering import check_guard
 
-    if steer_guard not in STEER_GUARDS:
-        raise GanRunError(f"steer_guard must be one of {', '.join(STEER_GUARDS)}, got {steer_guard!r}")
+    check_guard(steer_guard)
 
     limits.check("candidates_per_class", per_class)
     run = runs_db.get_run(run_id)

@@ -36,14 +36,17 @@ def _gan_run(run_id: int) -> runs_db.RunInfo:
 
 def start_generation(gan_run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                      classes: list[str] | None = None, *, user: User, launch: bool = True,
-                     steer: int | None = None) -> int:
+                     steer: int | None = None, steer_guard: str = "radius") -> int:
     """Queue a job that samples per_class candidates per class from a checkpoint, then scores them.
 
-    steer=K keeps the best per_class of K x per_class samples by the dataset's acceptance model (wbc_core.steering).
+    steer=K keeps the best per_class of K x per_class samples by the dataset's acceptance model (wbc_core.steering),
+    under the diversity guard steer_guard ("radius" or "clusters").
     """
     from wbc_core.gan_runs import checkpoint_path
+    from wbc_core.steering import check_guard
 
     who = _actor(user)
+    check_guard(steer_guard)
     limits.check("candidates_per_class", per_class)
     run = _gan_run(gan_run_id)
     _, step = checkpoint_path(gan_run_id, step)  # a plain error now if that checkpoint does not exist
@@ -59,6 +62,7 @@ def start_generation(gan_run_id: int, per_class: int, step: int | None = None, s
               "classes": classes}
     if steer:
         config["steer"] = int(steer)
+        config["steer_guard"] = steer_guard
     return jobs.submit("generate", run.dataset_id, config, seed=int(seed or 0), started_by=who, launch=launch)
 
 
@@ -73,7 +77,7 @@ def run_generate_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN0
 
     return generate_candidates(int(c["gan_run_id"]), int(c["per_class"]), step=c.get("step"), seed=c.get("seed"),
                                classes=c.get("classes"), progress=progress, should_stop=ctx.should_stop,
-                               steer=c.get("steer"))
+                               steer=c.get("steer"), steer_guard=c.get("steer_guard", "radius"))
 
 
 def start_scoring(dataset: str | int, gan_run_id: int | None = None, *, user: User, launch: bool = True) -> int:

@@ -7,6 +7,10 @@ feature space) of a cell already kept. If the guard leaves fewer than per_class,
 The "clusters" guard instead splits the pool into per_class k-means clusters (judge features) and keeps the most
 likely accepted cell of each: a stratified draw that keeps the pool's spread (so plain sampling's coverage) and
 still picks the best of about K in every region.
+The "coverage" guard trades the two off explicitly: it keeps the cells that maximise the sum of their predicted
+acceptance plus lam times the number of real *train* cells of the class whose k-NN ball they hit (a greedy
+facility-location pass), with the smallest lam at which they hit no fewer balls than a plain draw of the same size,
+less COVERAGE_SLACK. Train cells, never val: coverage is reported against val cells, so the guard must not see them.
 
 Coverage is reported for the kept cells and for an unsteered set of the same size (a seeded uniform draw from the
 same pool, which is distributed exactly like plain sampling), as density/coverage against the class's real val cells
@@ -19,7 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 GUARD_SHARE = 0.5  # of the median real 5-NN radius (see guard_radius)
-STEER_GUARDS = ("radius", "clusters")  # the diversity guards of selection (see the module docstring)
+STEER_GUARDS = ("radius", "clusters", "coverage")  # the diversity guards of selection (see the module docstring)
+# The coverage guard's allowance: the share of real train balls it may hit fewer than a plain draw does. Small, since
+# the issue's bound (0.05) is on val cells, which the guard cannot see; 0.01 leaves the rest for that transfer.
+COVERAGE_SLACK = 0.01
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +43,13 @@ class SteeredClass:
     cells: torch.Tensor  # uint8 [per_class,3,S,S] at the generator's size
     p_accept: np.ndarray  # [per_class] predicted acceptance of the kept cells
     report: dict[str, Any]  # pool size, guard skips, mean p and density/coverage of steered vs unsteered
+
+
+def check_guard(guard: str) -> str:
+    """guard, or a plain error naming the guards there are."""
+    if guard not in STEER_GUARDS:
+        raise ValueError(f"the steering guard must be one of {', '.join(STEER_GUARDS)}, got {guard!r}")
+    return guard
 
 
 def _to_size(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -80,6 +94,53 @@ def select_per_cluster(p: np.ndarray, feats: torch.Tensor, n: int, seed: int) ->
     return sorted(best.values(), key=lambda i: (-p[i], i))
 
 
+def select_for_coverage(p: np.ndarray, feats: torch.Tensor, n: int, real: torch.Tensor, k: int = 5,
+                        slack: float = COVERAGE_SLACK, seed: int = 0) -> tuple[list[int], dict[str, Any]]:
+    """(indices of n cells best p first, the search's report) under the coverage guard (see the module docstring)."""
+    import numpy as np
+
+    from wbc_core.quality.metrics import in_balls, knn_radii
+
+    n = min(n, len(p))
+    if n == 0 or real.shape[0] <= k:  # no balls to count: plain best-p order
+        return [int(i) for i in np.argsort(-p, kind="stable")[:n]], {"lambda": 0.0, "target_met": None}
+    hits = in_balls(feats, real, knn_radii(real, k)).numpy()  # [pool, real]: cell i lies in real cell j's ball
+    plain = np.random.default_rng(seed).choice(len(p), size=n, replace=False)
+    target = float(hits[plain].any(axis=0).mean()) - slack
+
+    def greedy(lam: float) -> tuple[list[int], float]:
+        gain = hits.sum(axis=1).astype(np.float64)  # balls each cell would newly hit
+        covered = np.zeros(hits.shape[1], dtype=bool)
+        score = p.astype(np.float64) + lam * gain
+        chosen: list[int] = []
+        for _ in range(n):
+            i = int(np.argmax(score))
+            chosen.append(i)
+            score[i] = -np.inf
+            new = hits[i] & ~covered
+            if new.any():  # only the newly hit balls change anyone's gain
+                covered |= new
+                drop = hits[:, new].sum(axis=1)
+                gain -= drop
+                score -= lam * drop
+        return chosen, float(covered.mean())
+
+    lam, (chosen, cov) = 0.0, greedy(0.0)
+    if cov < target:
+        lam, (chosen, cov) = 1.0, greedy(1.0)  # one ball worth a whole unit of p: all but pure coverage
+        lo, hi = -4.0, 0.0  # bisection on log10(lam) for the smallest lam that reaches the target
+        for _ in range(10 if cov >= target else 0):
+            mid = (lo + hi) / 2
+            trial = greedy(10 ** mid)
+            if trial[1] >= target:
+                hi, lam, (chosen, cov) = mid, 10 ** mid, trial
+            else:
+                lo = mid
+    report = {"lambda": lam, "train_balls": int(hits.shape[1]), "k": k, "train_coverage_steered": cov,
+              "train_coverage_unsteered": target + slack, "target_met": bool(cov >= target)}
+    return sorted(chosen, key=lambda i: (-p[i], i)), report
+
+
 def guard_radius(ref: Reference, class_index: int, real: torch.Tensor) -> float:
     """The diversity guard's radius for a class: the near-duplicate (memorisation) distance, or GUARD_SHARE of the
     median k-NN radius of the class's real val cells (the balls coverage counts) when that is larger, so kept
@@ -122,13 +183,19 @@ def steer_class(loaded: LoadedGenerator, class_index: int, per_class: int, facto
     ref_class = ref.class_names.index(class_name)
     real = ref.val_features[ref.val_labels == ref_class]
     radius = guard_radius(ref, ref_class, real)
+    search: dict[str, Any] = {}
     if guard == "clusters":
         kept = select_per_cluster(p, feats, per_class, seed)
+    elif guard == "coverage":
+        train = ref.train_features[ref.train_labels == ref_class]
+        # k scaled by the train/val size ratio, so a train cell's ball is about as large as a val cell's
+        k = max(5, round(5 * train.shape[0] / max(real.shape[0], 1)))
+        kept, search = select_for_coverage(p, feats, per_class, train, k=k, seed=seed)
     else:
         kept = select_diverse(p, feats, per_class, radius)
     rng = np.random.default_rng(seed)
     plain = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False)
-    report = {"pool": int(len(pool)), "guard": guard, "radius": radius,
+    report = {"pool": int(len(pool)), "guard": guard, "radius": radius, **({"search": search} if search else {}),
               "mean_p_steered": float(p[kept].mean()), "mean_p_unsteered": float(p[plain].mean()),
               "steered": _coverage(real, feats[kept]), "unsteered": _coverage(real, feats[plain])}
     return SteeredClass(pool[kept], p[kept], {**report, "_feats": (feats[kept], feats[plain])})

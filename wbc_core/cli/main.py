@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from wbc_core.cli import add_compile_flag
+from wbc_core.steering import STEER_GUARDS
 from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 
 EXIT_ERROR = 2
@@ -101,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--steer", type=int, default=None, metavar="K",
                    help="sample K times as many and keep the best by the dataset's acceptance model")
+    s.add_argument("--steer-guard", choices=STEER_GUARDS, default="radius",
+                   help="diversity guard of --steer: radius (skip near copies), clusters (best of each k-means "
+                        "cluster of the pool) or coverage (keep as many real cells covered as a plain draw)")
     s.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
     s = sub.add_parser("review", help="record decisions on candidates")
@@ -356,7 +360,8 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
     from wbc_core.generation import start_generation
 
     user = acting_user(args)
-    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed, user=user, steer=args.steer)
+    job = start_generation(args.run, args.per_class, step=args.step, seed=args.seed, user=user, steer=args.steer,
+                           steer_guard=args.steer_guard)
     out = _follow(job, args.detach, "generating", user)
     if out.get("status") == "succeeded":
         out["_text"] = (f"added {out['candidates']} candidates from run {args.run} step {out['checkpoint_step']} "

@@ -67,7 +67,7 @@ def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return d[:, -1]
 
 
-def _in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Bool [P, C]: point p lies within centre c's ball (closed), computed in chunks of points."""
     out = [torch.cdist(points[i:i + chunk].float(), centres.float()) <= radii.float()[None, :]
            for i in range(0, points.shape[0], chunk)]
@@ -79,7 +79,7 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tupl
     _check(real, fake)
     if real.shape[0] <= k or fake.shape[0] == 0:
         raise ValueError(f"need > {k} real rows and >= 1 fake row, got {real.shape[0]} and {fake.shape[0]}")
-    inside = _in_balls(fake, real, knn_radii(real, k))  # [fake, real]
+    inside = in_balls(fake, real, knn_radii(real, k))  # [fake, real]
     density = inside.sum().item() / (k * fake.shape[0])
     coverage = inside.any(dim=0).float().mean().item()
     return float(density), float(coverage)
@@ -90,8 +90,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     _check(real, fake)
     if real.shape[0] <= k or fake.shape[0] <= k:
         raise ValueError(f"need > {k} rows per set, got {real.shape[0]} real and {fake.shape[0]} fake")
-    precision = _in_balls(fake, real, knn_radii(real, k)).any(dim=1).float().mean().item()
-    recall = _in_balls(real, fake, knn_radii(fake, k)).any(dim=1).float().mean().item()
+    precision = in_balls(fake, real, knn_radii(real, k)).any(dim=1).float().mean().item()
+    recall = in_balls(real, fake, knn_radii(fake, k)).any(dim=1).float().mean().item()
     return float(precision), float(recall)
 
 
