@@ -122,6 +122,24 @@ def test_generate_button_adds_scored_candidates(home) -> None:
     assert len(probs) == 15 and all(p is not None and 0 <= p <= 1 for p in probs)
 
 
+def test_steering_passes_its_factor_and_guard_and_says_plainly_that_it_needs_an_acceptance_model(home,
+                                                                                                 monkeypatch) -> None:
+    from wbc_core import generation
+
+    at = page()
+    assert at.selectbox(key="steer_guard").disabled  # steering off: no guard to choose
+    at.number_input(key="steer").set_value(4)
+    at.run()
+    at.selectbox(key="steer_guard").set_value("coverage")
+    at.button(key="generate").click().run()
+    assert "has none yet" in "\n".join(str(e.value) for e in at.error)  # no review decisions, so no model
+    assert runs_db.list_runs(kind="generate") == []  # refused before anything was queued
+    asked = {}
+    monkeypatch.setattr(generation, "start_generation", lambda *a, **kw: asked.update(kw))
+    ok(at.button(key="generate").click().run())
+    assert asked["steer"] == 4 and asked["steer_guard"] == "coverage"
+
+
 def test_presets_fill_the_form_and_cuda_is_refused_plainly_without_a_gpu(home, monkeypatch) -> None:
 
     from wbc_core import hardware

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 GUARD_SHARE = 0.5  # of the median real 5-NN radius (see guard_radius)
 STEER_GUARDS = ("radius", "clusters", "coverage")  # the diversity guards of selection (see the module docstring)
+STEER_GUARD_LABELS = {"radius": "radius: no near-copies", "clusters": "clusters: best per region",
+                      "coverage": "coverage: as wide as plain sampling"}
 # The coverage guard's allowance: the share of real train balls it may hit fewer than a plain draw does. Small, since
 # the bound (0.05) is on val cells, which the guard cannot see; 0.01 leaves the rest for that transfer.
 COVERAGE_SLACK = 0.01
