@@ -5,13 +5,14 @@ A model's scores are advisory: they order the review queue and steer generation;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from db import validate
-from db.engine import read_session, write_session
+from db.engine import id_in, read_session, write_session
 from db.models import AcceptanceModel, AcceptanceScore, Decision, Image, utcnow
 
 _COLUMNS = ("id", "dataset_id", "version", "trained_on_decisions", "cv_auc", "calibration", "summary", "path",
@@ -76,7 +77,61 @@ def set_scores(model_id: int, scores: Mapping[int, float]) -> int:
         # and a reviewer's next decision waited behind it while an acceptance model scored its candidates.
         if rows:
             s.execute(insert(AcceptanceScore), rows)
+        # In the scores' own transaction: whoever sees the new count also sees these scores (ScoreMemo).
+        s.execute(update(AcceptanceModel).where(AcceptanceModel.id == model_id)
+                  .values(score_writes=AcceptanceModel.score_writes + 1))
     return len(rows)
+
+
+# Candidates a ScoreMemo remembers before it starts again: ~100 bytes each, so ~20 MB at most.
+SCORE_MEMO_MAX = 200_000
+
+
+class ScoreMemo:
+    """A process's memory of one dataset's latest acceptance model's scores of the candidates it was asked about
+    (the decided queue by acceptance, db.review_queue), so each page reads only the ones it has not seen.
+
+    A model's score of a candidate never changes (set_scores writes the model's own prediction for it), so a
+    remembered score stays right for as long as its model is the one asked about. A candidate remembered as
+    unscored may be scored later: those are forgotten when the model's score_writes has moved on. The caller
+    reads score_writes with the model's id, before these lookups, so a write that commits in between is seen as
+    new on the next call at the latest. Thread-safe: the Streamlit server's sessions share one per dataset.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model: int | None = None
+        self._writes: int | None = None
+        self._scores: dict[int, float | None] = {}
+
+    def scores(self, s, model_id: int, score_writes: int, ids: Sequence[int]) -> dict[int, float | None]:  # noqa: ANN001
+        """id -> the model's score (None: unscored) for every id, reading from the session s only the unknown."""
+        with self._lock:
+            if self._model != model_id or len(self._scores) > SCORE_MEMO_MAX:
+                self._model, self._writes, self._scores = model_id, score_writes, {}
+            elif self._writes != score_writes:
+                self._writes = score_writes
+                self._scores = {i: p for i, p in self._scores.items() if p is not None}
+            missing = [int(i) for i in ids if i not in self._scores]
+        found: dict[int, float | None] = dict.fromkeys(missing)
+        if missing:
+            found.update(_scores_of(s, model_id, sorted(missing)))
+        with self._lock:
+            if (self._model, self._writes) == (model_id, score_writes):  # not a slower call from before a write
+                self._scores.update(found)
+            known = self._scores
+            return {int(i): known.get(int(i), found.get(int(i))) for i in ids}
+
+
+def _scores_of(s, model_id: int, ids: list[int]) -> dict[int, float]:  # noqa: ANN001
+    """The model's scores of ids, the ids bound as one parameter and looked up by the (image, model) key."""
+    model = AcceptanceScore.model_id
+    # "+ 0" on SQLite only: without statistics it walked the model's score index (1M entries at 1M candidates) and
+    # kept the listed ids, instead of one key lookup per id; PostgreSQL's estimates need the plain column.
+    query = select(AcceptanceScore.image_id, AcceptanceScore.p_accept).where(
+        (model + 0 if s.get_bind().dialect.name == "sqlite" else model) == model_id,
+        id_in(s, ids, AcceptanceScore.image_id))
+    return {int(i): float(p) for i, p in s.execute(query)}
 
 
 def scores(model_id: int, image_ids: list[int] | None = None) -> dict[int, float]:

@@ -20,7 +20,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Integer, any_, bindparam, create_engine, event, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
@@ -157,3 +158,14 @@ def write_session() -> Iterator[Session]:
     """A write session (lock taken at BEGIN on SQLite) on the bound database."""
     with bound().write_session() as session:
         yield session
+
+
+def id_in(s: Session, ids: list[int], column):  # noqa: ANN001, ANN201 - a column and its SQL condition
+    """column IN ids, bound as one parameter: an array on PostgreSQL (= ANY), a JSON text on SQLite (json_each).
+
+    A plain IN renders one placeholder per id, and turning 2,500 of them into the driver's query took ~15 ms of
+    the client's CPU per call at 1M candidates, more than the lookups themselves."""
+    if s.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("member_ids", ids, type_=ARRAY(Integer)))
+    listed = func.json_each(bindparam("member_ids", json.dumps(ids))).table_valued("value")
+    return column.in_(select(listed.c.value))

@@ -288,6 +288,8 @@ class AcceptanceModel(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to WBC_HOME
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # set_scores calls so far, bumped with the scores they write (migration 0013; db.acceptance.ScoreMemo)
+    score_writes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AcceptanceScore(Base):

@@ -165,6 +165,7 @@ def test_decided_pages_by_acceptance_from_the_score_walks_are_exact(queue, spare
     from db import review_queue
     from wbc_core.decision_tally import DecisionTally
 
+    monkeypatch.setattr(review_model, "ScoreMemo", lambda: None)  # no remembered scores: the walks' path
     monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", spare)
     if stale:
         real_standing = DecisionTally.standing_candidates
@@ -184,6 +185,82 @@ def test_decided_pages_by_acceptance_from_the_score_walks_are_exact(queue, spare
                                                                    page=page, page_size=size)[0]]
             assert shown == expected(by_id, order, decided), (order, size, spare)
     assert any(a is not None for a in answers) and any(a is None for a in answers)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_decided_pages_by_acceptance_from_remembered_scores_are_exact(queue, stale, monkeypatch):
+    """The Review page's path: the process remembers the model's scores of the decided candidates (db.acceptance.
+    ScoreMemo) and sorts them itself. Pages must equal the plain sort, with a stale tally too, and every page must
+    come from the memo (the walks and the full read are the fallbacks)."""
+    from db import review_queue
+    from wbc_core.decision_tally import DecisionTally
+
+    monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", 0)
+    if stale:
+        real_standing = DecisionTally.standing_candidates
+        monkeypatch.setattr(DecisionTally, "standing_candidates", lambda self, r, c: sorted(
+            {*real_standing(self, r, c), *list(queue[1])[10:20]}))
+    answers = []
+    real_top = review_queue._top_remembered
+    monkeypatch.setattr(review_queue, "_top_remembered", lambda *a: answers.append(top := real_top(*a)) or top)
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    decided = set(ids[0:10]) - {ids[3]}
+    for order in ("p_accept_desc", "p_accept_uncertain"):
+        for size in (1, 2, 4):
+            shown = []
+            for page in range(len(decided) // size + 1):
+                shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
+                                                                   page=page, page_size=size)[0]]
+            assert shown == expected(by_id, order, decided), (order, size)
+    assert answers and (stale or all(a is not None for a in answers))
+
+
+def test_remembered_scores_take_in_a_score_written_after_they_were_read(queue):
+    """A decided candidate the model had not scored is remembered as unscored; once set_scores scores it, the
+    model's score_writes moves and the next page reads it again, so it moves to its place in the order."""
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    review_model.decide([ids[-1]], "bob", "accept", user=account("reviewer", "bob"))  # one the model did not score
+    decided = set(ids[0:10]) - {ids[3]} | {ids[-1]}
+    unscored = [ids[-1]]
+    assert by_id[ids[-1]]["p_accept"] is None
+
+    def page():  # noqa: ANN202
+        return [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order="p_accept_desc",
+                                                         page_size=len(decided))[0]]
+
+    assert page()[-len(unscored):] == unscored  # unscored last
+    model = acc_db.latest_model(dataset_id)
+    acc_db.set_scores(model["id"], {unscored[0]: 0.999})
+    by_id[unscored[0]]["p_accept"] = 0.999
+    assert page() == expected(by_id, "p_accept_desc", decided) and page()[0] == unscored[0]
+
+
+def test_a_score_memo_reads_only_what_it_does_not_know(queue, monkeypatch):
+    """ScoreMemo: a second look reads nothing; after a score write only the ids remembered as unscored are read again;
+    a newer model, or a memo past its size limit, starts again."""
+    from db.engine import read_session
+
+    dataset_id, by_id = queue
+    ids = list(by_id)
+    model = acc_db.latest_model(dataset_id)
+    reads: list[list[int]] = []
+    real_read = acc_db._scores_of
+    monkeypatch.setattr(acc_db, "_scores_of", lambda s, m, wanted: reads.append(wanted) or real_read(s, m, wanted))
+    memo = acc_db.ScoreMemo()
+    with read_session() as s:
+        first = memo.scores(s, model["id"], 1, ids)
+        assert first == {i: by_id[i]["p_accept"] for i in ids} and reads == [sorted(ids)]
+        assert memo.scores(s, model["id"], 1, ids) == first and len(reads) == 1  # all known
+        unscored = sorted(i for i in ids if by_id[i]["p_accept"] is None)
+        memo.scores(s, model["id"], 2, ids)  # a write since: only the unscored ones may have changed
+        assert reads[-1] == unscored
+        newer = acc_db.add_model(dataset_id, trained_on=2, cv_auc=None, calibration={}, summary={}, path="y")
+        assert set(memo.scores(s, newer["id"], 0, ids).values()) == {None} and reads[-1] == sorted(ids)
+        monkeypatch.setattr(acc_db, "SCORE_MEMO_MAX", 3)
+        memo.scores(s, newer["id"], 0, ids[:2])
+        assert reads[-1] == sorted(ids[:2])  # more than the limit remembered: forgotten, read again
 
 
 def test_a_score_walk_past_the_other_walks_last_row_is_not_trusted(wbc_home, monkeypatch):

@@ -19,6 +19,7 @@ from typing import Any
 from db import datasets as ds_db
 from db import decisions as decisions_db
 from db import review_queue as queue_db
+from db.acceptance import ScoreMemo
 from db.datasets import ImageRow
 from db.decisions import ReviewError
 from db.models import utcnow
@@ -297,7 +298,7 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
     Rows: id, path, sha256, class_name, gan_run_id, checkpoint_step, judge_prob, nearest_real_distance,
     verdict, new_class, reason (the reviewer's own current decision; verdict None or "undo" = pending).
     """
-    total, decided_ids = None, None
+    total, decided_ids, memo = None, None, None
     if gan_run_id is None and checkpoint_step is None and image_ids is None and state in QUEUE_STATES:
         # The whole class: its count comes from the process's running counts, not a walk of the class in SQL;
         # the decided state's members from the same tally.
@@ -306,13 +307,15 @@ def queue_page(dataset_id: int, class_name: str, reviewer: str, state: str = "pe
         if state == "decided":
             decided_ids = tally.standing_candidates(reviewer, class_name)
             decided = len(decided_ids)
+            if order.startswith("p_accept_"):  # their scores, remembered between pages (db.acceptance.ScoreMemo)
+                memo = current().caches.get(f"score_memo/{dataset_id}", ScoreMemo)
         else:
             decided = tally.decided_candidates(reviewer, class_name)
         total = {"all": candidates, "decided": decided, "pending": max(candidates - decided, 0)}[state]
     return queue_db.review_queue(dataset_id, class_name, reviewer, state=state, limit=page_size,
                                   offset=page * page_size, gan_run_id=gan_run_id, order=order,
                                   checkpoint_step=checkpoint_step, image_ids=image_ids, candidate_total=total,
-                                  decided_ids=decided_ids)
+                                  decided_ids=decided_ids, score_memo=memo)
 
 
 def _candidate_counts(dataset_id: int) -> Counter:
