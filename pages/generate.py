@@ -5,7 +5,7 @@ import streamlit as st
 from pages.ui import frame, signin, widgets
 from wbc_core import gan_finetune, gan_runs, generation, jobs, limits, quality_views, views
 from wbc_core.compile import REQUESTS as COMPILE_CHOICES
-from wbc_core.steering import STEER_GUARD_LABELS, STEER_GUARDS
+from wbc_core.steering import DEFAULT_STEER_GUARD, STEER_GUARD_LABELS, STEER_GUARDS
 
 user = frame.ensure_frame()
 st.title("Generate")
@@ -161,12 +161,13 @@ if grid and not (state["active"] and step == state["latest_grid_step"]):  # the 
 per_class = cols[1].number_input("Candidates per class", 1, 5000, 48, key="per_class")
 steer = cols[1].number_input("Steer: sample K x, keep the best (1 = off)", 1, 50, 1, key="steer",
                              help="Uses the dataset's acceptance model (learnt from review decisions) to keep the "
-                                  "most likely accepted of K x as many samples, without near-duplicates.")
+                                  "most likely accepted of K x as many samples, as varied as the guard below keeps "
+                                  "them.")
 guard = cols[1].selectbox("Steering guard", STEER_GUARDS, key="steer_guard", disabled=steer <= 1,
-                          format_func=STEER_GUARD_LABELS.get,
-                          help="How steering keeps the kept cells varied: skip near-copies of kept cells (radius), "
-                               "keep the best of each region of the sample (clusters), or keep as many real cells "
-                               "covered as plain sampling would (coverage).")
+                          index=STEER_GUARDS.index(DEFAULT_STEER_GUARD), format_func=STEER_GUARD_LABELS.get,
+                          help="How steering keeps the kept cells varied: keep as many real cells covered as plain "
+                               "sampling would (coverage, the default: measured to keep coverage), skip near-copies "
+                               "of kept cells (radius), or keep the best of each region of the sample (clusters).")
 if cols[2].button("Generate candidates", type="primary", key="generate", disabled=not can_train):
     try:  # only queues the job: sampling and scoring run in their own process
         generation.start_generation(run_id, int(per_class), step=int(step), user=user,

@@ -31,20 +31,21 @@ def test_quick_feedback_bench_reports_every_number(tmp_path):
     assert results["review"]["decisions"] == 8 * results["config"]["per_class"]
     model = results["acceptance_model"]
     assert model["version"] == 1 and model["trained_on"] == results["review"]["decisions"]
-    for arm in ("unsteered", "steered", "steered_clusters", "steered_coverage"):
+    for arm in ("unsteered", "steered_radius", "steered_clusters", "steered_coverage"):
         overall = results["comparison"][arm]["overall"]
         assert overall["n"] == 8 * results["config"]["per_class"]
         assert 0.0 <= overall["hidden_acceptance"] <= 1.0 and overall["coverage"] is not None
         assert "basophil" in results["comparison"][arm]
-    steering = results["steering_report"]
-    assert steering["factor"] == results["config"]["steer"] and "overall" in steering
-    assert steering["guard"] == "radius" and results["steering_report_clusters"]["guard"] == "clusters"
-    assert results["steering_report_coverage"]["guard"] == "coverage"
+    for guard, steering in results["steering_reports"].items():
+        assert steering["factor"] == results["config"]["steer"] and "overall" in steering
+        assert steering["guard"] == guard
+    assert set(results["steering_reports"]) == {"radius", "clusters", "coverage"}
     for row in results["effort"]["per_class"].values():
         for order in ("oldest_first", "most_likely_accepted"):
             assert 0 <= row[order] <= results["config"]["effort_per_class"]
         assert row["quota"] == min(row["quota_asked"], row["accepted_available"])
     assert set(results["goals"]) >= {"acceptance_gain_points", "coverage_drop", "fewer_decisions"}
+    assert results["goals"]["headline_arm"] == "steered_coverage"  # the product's default guard
 
 
 def test_effort_leaves_out_classes_with_too_few_accepted_cells_to_say_anything():

@@ -130,14 +130,15 @@ def test_steering_passes_its_factor_and_guard_and_says_plainly_that_it_needs_an_
     assert at.selectbox(key="steer_guard").disabled  # steering off: no guard to choose
     at.number_input(key="steer").set_value(4)
     at.run()
-    at.selectbox(key="steer_guard").set_value("coverage")
+    assert at.selectbox(key="steer_guard").value == "coverage"  # the default: the guard that kept coverage
+    at.selectbox(key="steer_guard").set_value("radius")
     at.button(key="generate").click().run()
     assert "has none yet" in "\n".join(str(e.value) for e in at.error)  # no review decisions, so no model
     assert runs_db.list_runs(kind="generate") == []  # refused before anything was queued
     asked = {}
     monkeypatch.setattr(generation, "start_generation", lambda *a, **kw: asked.update(kw))
     ok(at.button(key="generate").click().run())
-    assert asked["steer"] == 4 and asked["steer_guard"] == "coverage"
+    assert asked["steer"] == 4 and asked["steer_guard"] == "radius"
 
 
 def test_presets_fill_the_form_and_cuda_is_refused_plainly_without_a_gpu(home, monkeypatch) -> None:

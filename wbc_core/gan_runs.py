@@ -16,6 +16,7 @@ from wbc_core import jobs, limits, options
 from wbc_core.auth import User, authorize
 from wbc_core.context import BoundedCache, current
 from wbc_core.provenance import JudgeKey, candidate_seed, quality_seed, training_set_record
+from wbc_core.steering import DEFAULT_STEER_GUARD
 
 
 class GanRunError(ValueError):
@@ -171,7 +172,7 @@ def checkpoint_path(run_id: int, step: int | None = None) -> tuple[Path, int]:
 def generate_candidates(run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                         classes: list[str] | None = None, progress=None,  # noqa: ANN001
                         score: bool = True, should_stop=None, steer: int | None = None,  # noqa: ANN001
-                        steer_guard: str = "radius") -> dict[str, Any]:
+                        steer_guard: str = DEFAULT_STEER_GUARD) -> dict[str, Any]:
     """Sample per_class cells of each class from a GAN checkpoint into the review queue, then score them.
 
     Runs inside a "generate" job (wbc_core.generation.start_generation); should_stop() is asked between classes.

@@ -14,6 +14,7 @@ from db import datasets as ds_db
 from db import runs as runs_db
 from wbc_core import jobs, limits
 from wbc_core.auth import User, authorize
+from wbc_core.steering import DEFAULT_STEER_GUARD
 from wbc_core.types import ProgressEvent
 
 # Who may start each of these jobs: they write candidates or metrics that decide what reviewers see.
@@ -36,11 +37,11 @@ def _gan_run(run_id: int) -> runs_db.RunInfo:
 
 def start_generation(gan_run_id: int, per_class: int, step: int | None = None, seed: int | None = None,
                      classes: list[str] | None = None, *, user: User, launch: bool = True,
-                     steer: int | None = None, steer_guard: str = "radius") -> int:
+                     steer: int | None = None, steer_guard: str = DEFAULT_STEER_GUARD) -> int:
     """Queue a job that samples per_class candidates per class from a checkpoint, then scores them.
 
     steer=K keeps the best per_class of K x per_class samples by the dataset's acceptance model (wbc_core.steering),
-    under the diversity guard steer_guard ("radius" or "clusters").
+    under the diversity guard steer_guard (one of steering.STEER_GUARDS).
     """
     from wbc_core.gan_runs import checkpoint_path
     from wbc_core.steering import check_guard
@@ -77,6 +78,7 @@ def run_generate_job(run: runs_db.RunInfo, ctx) -> dict[str, Any]:  # noqa: ANN0
 
     return generate_candidates(int(c["gan_run_id"]), int(c["per_class"]), step=c.get("step"), seed=c.get("seed"),
                                classes=c.get("classes"), progress=progress, should_stop=ctx.should_stop,
+                               # a config without a guard was saved when radius was the only one
                                steer=c.get("steer"), steer_guard=c.get("steer_guard", "radius"))
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from wbc_core.cli import add_compile_flag
-from wbc_core.steering import STEER_GUARDS
+from wbc_core.steering import DEFAULT_STEER_GUARD, STEER_GUARDS
 from wbc_core.vocabulary import JOB_KINDS, RECIPES, TRAINING_KINDS
 
 EXIT_ERROR = 2
@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--steer", type=int, default=None, metavar="K",
                    help="sample K times as many and keep the best by the dataset's acceptance model")
-    s.add_argument("--steer-guard", choices=STEER_GUARDS, default="radius",
-                   help="diversity guard of --steer: radius (skip near copies), clusters (best of each k-means "
-                        "cluster of the pool) or coverage (keep as many real cells covered as a plain draw)")
+    s.add_argument("--steer-guard", choices=STEER_GUARDS, default=DEFAULT_STEER_GUARD,
+                   help="diversity guard of --steer: coverage (the default: keep as many real cells covered as a "
+                        "plain draw), radius (skip near copies) or clusters (best of each k-means cluster of the pool)")
     s.add_argument("--detach", action="store_true", help="queue the job and return at once")
 
     s = sub.add_parser("review", help="record decisions on candidates")
