@@ -367,6 +367,29 @@ def test_compute_limit_epoch_seconds_is_positive(data):
     assert 0 < seconds < 60
 
 
+@pytest.mark.parametrize("eager_nhwc", [False, True])
+def test_the_compute_limit_runs_in_the_trainers_eager_layout(data, eager_nhwc, monkeypatch):
+    """The limit must time the layout the trainer would train in: on the AVX2 EPYC the trainer (eager NHWC) ran
+    above a limit timed in NCHW."""
+    from wbc_core import compile as wbc_compile
+    from wbc_core.classifier import bench
+
+    row = wbc_compile.Measured(1.0, 2.0, 1.0, "test", eager_channels_last=eager_nhwc)
+    monkeypatch.setattr(wbc_compile, "MEASURED", {("classifier", "cpu", "fp32"): row})
+    layouts = []
+    real_build = bench.build_model
+
+    def build(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        net = real_build(*args, **kwargs)
+        net.register_forward_pre_hook(lambda _m, inputs: layouts.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
+        return net
+
+    monkeypatch.setattr(bench, "build_model", build)
+    compute_limit_epoch_seconds(data[0], fast_config(model="resnet18", batch_size=8), max_batches=1)
+    assert layouts and set(layouts) == {eager_nhwc}
+
+
 @pytest.mark.parametrize("total_steps", range(1, 12))
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_schedules_work_for_very_short_runs(total_steps, schedule):

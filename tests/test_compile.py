@@ -55,7 +55,7 @@ def compile_measured_faster(monkeypatch):
         return real_plan(*args, **{**kwargs, "work_scale": 1.0})
 
     monkeypatch.setattr("wbc_core.classifier.train.compile_plan", any_model)
-    monkeypatch.setattr("wbc_core.gan.train.compile_plan", any_model)
+    monkeypatch.setattr("wbc_core.gan.step.compile_plan", any_model)
     monkeypatch.setattr(wbc_compile, "MEASURED", {("classifier", "cpu", "fp32"): cheap, ("gan", "cpu", "fp32"): cheap})
 
 
@@ -359,7 +359,7 @@ def test_a_cpu_with_bf16_units_is_its_own_kind(monkeypatch):
 def test_a_gan_run_trains_in_the_layout_its_row_measured_faster(wbc_home, monkeypatch):
     eager_nhwc = replace(FAST, eager_channels_last=True, warmup_s=1e9)  # never worth compiling: eager, NHWC
     monkeypatch.setattr(wbc_compile, "MEASURED", {("gan", "cpu", "fp32"): eager_nhwc})
-    monkeypatch.setattr("wbc_core.gan.train.compile_plan",
+    monkeypatch.setattr("wbc_core.gan.step.compile_plan",
                         lambda *a, **k: wbc_compile.plan(*a, **{**k, "work_scale": 1.0}))
     result = train_gan(tiny(), CLASSES, tiny_gan_config(), wbc_home / "nhwc")
     ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)

@@ -331,6 +331,28 @@ def test_compute_limit_sec_per_step_is_positive() -> None:
     assert math.isfinite(sec) and 0 < sec < 5
 
 
+@pytest.mark.parametrize("eager_nhwc", [False, True])
+def test_the_compute_limit_steps_in_the_trainers_eager_layout(eager_nhwc, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from wbc_core import compile as wbc_compile
+    from wbc_core.gan import step
+
+    row = wbc_compile.Measured(1.0, 2.0, 1.0, "test", eager_channels_last=eager_nhwc)
+    monkeypatch.setattr(wbc_compile, "MEASURED", {("gan", "cpu", "fp32"): row})
+    layouts = []
+    real_step = step.GanStepper.step
+
+    def spy(self, real, *args):  # noqa: ANN001, ANN002, ANN202
+        nhwc = self.memory_format == torch.channels_last
+        layouts.append(nhwc and real.is_contiguous(memory_format=torch.channels_last))
+        return real_step(self, real, *args)
+
+    monkeypatch.setattr(step.GanStepper, "step", spy)
+    compute_limit_sec_per_step(tiny_data(), replace(tiny_config(), amp=False), steps=1)
+    assert layouts and set(layouts) == {eager_nhwc}
+
+
 # --- EMA and batch-norm statistics ----------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from wbc_core.classifier.models import (
 )
 from wbc_core.classifier.presets import compute_mean_std, get_train_transform
 from wbc_core.classifier.sampling import check_train_weights, epoch_batches, sampling_weights, steps_per_epoch
-from wbc_core.compile import Guarded, run_guarded
+from wbc_core.compile import CompilePlan, Guarded, run_guarded
 from wbc_core.compile import plan as compile_plan
 from wbc_core.precision import precision_label
 from wbc_core.threads import torch_threads
@@ -137,6 +137,16 @@ def _precision(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
+def speed_plan(config: ClassifierConfig, device: torch.device, use_amp: bool, planned_steps: int,
+               request: str | None = None) -> CompilePlan:
+    """How this run's steps execute (compiled or eager, NHWC or NCHW; wbc_core.compile), request overriding
+    config.compile."""
+    # Measured on ResNet-18 at 64 px, batch 128: other models are not compiled, other sizes scale the saving.
+    scale = config.batch_size / 128 * (config.image_size / 64) ** 2 if config.model == "resnet18" else 0.0
+    return compile_plan("classifier", device.type, _precision(amp_dtype(device) if use_amp else None), planned_steps,
+                        request=config.compile if request is None else request, amp=use_amp, work_scale=scale)
+
+
 class _Run:
     """State of one training run; split out of train_classifier to keep each step readable.
 
@@ -163,10 +173,7 @@ class _Run:
         self.use_amp = config.amp and amp_dtype(device) is not None
         # Compiled or eager, NHWC or NCHW: decided once per device from measurements (wbc_core.compile).
         steps_planned = steps_per_epoch(len(train), config.batch_size) * config.epochs
-        # Measured on ResNet-18 at 64 px, batch 128: other models are not compiled, other sizes scale the saving.
-        scale = config.batch_size / 128 * (config.image_size / 64) ** 2 if config.model == "resnet18" else 0.0
-        self.speed = compile_plan("classifier", device.type, _precision(amp_dtype(device) if self.use_amp else None),
-                                  steps_planned, request=config.compile, amp=self.use_amp, work_scale=scale)
+        self.speed = speed_plan(config, device, self.use_amp, steps_planned)
         if self.speed.channels_last:
             self.model.to(memory_format=torch.channels_last)  # tensor cores and oneDNN's bf16 kernels want NHWC
         # uint8 data lives on the device for the whole run: 8.5k 64-px cells are ~100 MB; batches are index gathers.

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from wbc_core.compile import compile_gan_stepper
-from wbc_core.compile import plan as compile_plan
 from wbc_core.gan.checkpoint import (
     checkpoint_dir,
     checkpoint_path,
@@ -26,7 +25,7 @@ from wbc_core.gan.checkpoint import (
 from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.models import Generator, build_networks, refresh_bn_stats
 from wbc_core.gan.sample import generate, grid_noise, save_grid
-from wbc_core.gan.step import METRIC_NAMES, GanStepper, synchronize, thread_limit, to_model_input
+from wbc_core.gan.step import METRIC_NAMES, GanStepper, speed_plan, synchronize, thread_limit, to_model_input
 from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn, never_stop, no_progress
 
 # Architecture fields: a checkpoint can only be resumed under a config that agrees on these.
@@ -167,14 +166,9 @@ class _Run:
         self.g, self.d = build_networks(config, len(class_names))
         self.stepper = GanStepper(self.g, self.d, config, device)
         self.stepper.g_extra = hooks.g_loss
-        # Compiled or eager: decided once per device from measurements, for this run's planned steps.
-        dtype = self.stepper.amp_dtype
-        # Measured at 64 px, batch 64, widths 64: the saving per step scales with the work (~ batch, pixels, width^2).
-        scale = (config.batch_size / 64 * (config.image_size / 64) ** 2
-                 * ((config.g_width + config.d_width) / 128) ** 2)
-        self.speed = compile_plan("gan", device.type, {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16"),
-                                  config.steps, request=config.compile, amp=dtype is not None, work_scale=scale)
-        # The layout the plan was measured in (NHWC under mixed precision; in fp32 where a CPU row measured it faster).
+        # Compiled or eager: decided once per device from measurements, for this run's planned steps, in the layout
+        # the plan was measured in (NHWC under mixed precision; in fp32 where a CPU row measured it faster).
+        self.speed = speed_plan(config, self.stepper, config.steps)
         self.stepper.use_memory_format(torch.channels_last if self.speed.channels_last else torch.contiguous_format)
         if self.speed.compiled:
             compile_gan_stepper(self.stepper, self.speed)
