@@ -163,48 +163,29 @@ def test_decided_pages_by_acceptance_from_the_score_walks_are_exact(queue, spare
     (ids whose decision no longer stands, as after a late-committed undo) must change nothing: each id is
     checked to stand, and a walk's rows past another walk's last row are not trusted."""
     from db import review_queue
-    from wbc_core.decision_tally import DecisionTally
 
     monkeypatch.setattr(review_model, "ScoreMemo", lambda: None)  # no remembered scores: the walks' path
     monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", spare)
-    if stale:
-        real_standing = DecisionTally.standing_candidates
-        monkeypatch.setattr(DecisionTally, "standing_candidates", lambda self, r, c: sorted(
-            {*real_standing(self, r, c), *list(queue[1])[10:20]}))  # pending for bob: must never show
-    answers = []
-    real_top = review_queue._top_scored
-    monkeypatch.setattr(review_queue, "_top_scored", lambda *a: answers.append(top := real_top(*a)) or top)
-    dataset_id, by_id = queue
-    ids = list(by_id)
-    decided = set(ids[0:10]) - {ids[3]}
-    for order in ("p_accept_desc", "p_accept_uncertain"):
-        for size in (1, 2, 4):
-            shown = []
-            for page in range(len(decided) // size + 1):
-                shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
-                                                                   page=page, page_size=size)[0]]
-            assert shown == expected(by_id, order, decided), (order, size, spare)
+    answers = decided_pages_by_acceptance_are_exact(queue, "_top_scored", stale, monkeypatch)
     assert any(a is not None for a in answers) and any(a is None for a in answers)
 
 
-@pytest.mark.parametrize("stale", [False, True])
-def test_decided_pages_by_acceptance_from_remembered_scores_are_exact(queue, stale, monkeypatch):
-    """The Review page's path: the process remembers the model's scores of the decided candidates (db.acceptance.
-    ScoreMemo) and sorts them itself. Pages must equal the plain sort, with a stale tally too, and every page must
-    come from the memo (the walks and the full read are the fallbacks)."""
+def decided_pages_by_acceptance_are_exact(queue, path: str, stale: bool, monkeypatch) -> list:  # noqa: ANN001
+    """Page bob's decided queue by acceptance in every page size and check it against the plain sort; returns what
+    db.review_queue's `path` (a function returning the page's ids or None) answered on each call. stale: the tally
+    also names candidates pending for bob (as after a late-committed undo), which must never show."""
     from db import review_queue
     from wbc_core.decision_tally import DecisionTally
 
-    monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", 0)
+    dataset_id, by_id = queue
+    ids = list(by_id)
     if stale:
         real_standing = DecisionTally.standing_candidates
         monkeypatch.setattr(DecisionTally, "standing_candidates", lambda self, r, c: sorted(
-            {*real_standing(self, r, c), *list(queue[1])[10:20]}))
+            {*real_standing(self, r, c), *ids[10:20]}))
     answers = []
-    real_top = review_queue._top_remembered
-    monkeypatch.setattr(review_queue, "_top_remembered", lambda *a: answers.append(top := real_top(*a)) or top)
-    dataset_id, by_id = queue
-    ids = list(by_id)
+    real = getattr(review_queue, path)
+    monkeypatch.setattr(review_queue, path, lambda *a: answers.append(top := real(*a)) or top)
     decided = set(ids[0:10]) - {ids[3]}
     for order in ("p_accept_desc", "p_accept_uncertain"):
         for size in (1, 2, 4):
@@ -213,6 +194,18 @@ def test_decided_pages_by_acceptance_from_remembered_scores_are_exact(queue, sta
                 shown += [r["id"] for r in review_model.queue_page(dataset_id, "a", "bob", "decided", order=order,
                                                                    page=page, page_size=size)[0]]
             assert shown == expected(by_id, order, decided), (order, size)
+    return answers
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_decided_pages_by_acceptance_from_remembered_scores_are_exact(queue, stale, monkeypatch):
+    """The Review page's path: the process remembers the model's scores of the decided candidates (db.acceptance.
+    ScoreMemo) and sorts them itself. Pages must equal the plain sort, with a stale tally too, and every page must
+    come from the memo (the walks and the full read are the fallbacks)."""
+    from db import review_queue
+
+    monkeypatch.setattr(review_queue, "TOP_SCORED_SPARE", 0)
+    answers = decided_pages_by_acceptance_are_exact(queue, "_top_remembered", stale, monkeypatch)
     assert answers and (stale or all(a is not None for a in answers))
 
 
