@@ -214,3 +214,20 @@ def test_candidate_counts_start_over_when_the_newest_counted_candidate_is_gone(c
     with write_session() as s:
         s.execute(delete(Image).where(Image.id == max(ids)))
     assert counter.per_class() == decisions_db.candidate_counts(dataset_id)
+
+
+def test_a_tally_built_from_scratch_is_kept_out_of_the_cyclic_collectors_walks(cells, monkeypatch):
+    """A full collection walks every tracked object; the tally's tens of thousands live as long as the process, so
+    its first read freezes them (gc.freeze), after collecting, so no garbage is frozen with them."""
+    import gc
+
+    dataset_id, ids, _ = cells
+    review_model.decide(ids[:3], "bob", "accept", user=account("reviewer", "bob"))
+    steps = []
+    monkeypatch.setattr(gc, "collect", lambda *a: steps.append("collect"))
+    monkeypatch.setattr(gc, "freeze", lambda: steps.append("freeze"))
+    tally = decision_tally.DecisionTally(dataset_id)
+    assert tally.decided_candidates("bob", CLASSES[0]) == 1 and steps == ["collect", "freeze"]
+    review_model.decide(ids[3:4], "bob", "accept", user=account("reviewer", "bob"))
+    tally.decided_candidates("bob", CLASSES[0])
+    assert steps == ["collect", "freeze"]  # an incremental read freezes nothing more

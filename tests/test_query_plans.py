@@ -143,6 +143,20 @@ def test_the_decided_state_by_a_judge_key_walks_the_key_index_and_probes_each_en
         assert "TEMP B-TREE" not in walk, walk  # the index gives the order: the walk stops after the page
 
 
+def test_a_blind_queues_key_range_is_read_from_index_ends_not_by_walking_the_class(dataset):
+    """A blind reviewer's real cells are spread over the class's id and key range. min and max of both in one SELECT
+    walked the class's index (29 ms at 1M candidates, a blind page's slowest statement); one lone min() or max() per
+    subquery is read from an index end (0.1 ms)."""
+    dataset_id, _ = dataset
+    review_model.enable_blind_test(dataset_id, "cem", fraction=0.5, seed=0, user=account())
+    plans = plans_of(lambda: review_model.queue_page(dataset_id, "a", "cem", order="judge_prob_desc", page_size=2))
+    (ends,) = [p for p in plans if p.startswith("SCAN CONSTANT ROW")]
+    assert ends.count("SCALAR SUBQUERY") == 4 and ends.count("SEARCH images USING COVERING INDEX") == 4, ends
+    whole_class = re.compile(r"SEARCH images USING COVERING INDEX ix_images_queue\w* "
+                             r"\(dataset_id=\? AND origin=\? AND class_name=\?\)")
+    assert not [p for p in plans if whole_class.fullmatch(p)], plans
+
+
 def test_the_acceptance_scores_range_reads_two_ends_of_the_index_and_only_for_a_blind_queue(dataset):
     """The scores' lowest and highest value place a blind reviewer's real cells among the candidates. SQLite reads
     a lone min() or max() from an index end, but min and max in one SELECT read every score of the model (~200 ms

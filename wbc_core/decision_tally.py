@@ -126,6 +126,9 @@ class DecisionTally:
             # The tally's objects (~80k at 20k decisions) live as long as the process: out of the cyclic collector's
             # sight, a full collection no longer walks them on some key press (68 ms pauses at 1M candidates, one
             # call in ~100). They hold no reference cycles, so reference counting still frees them on a start-over.
+            # Collect first: garbage frozen with them would never be freed. That one collection lands on the call
+            # that already pays for reading every decision.
+            gc.collect()
             gc.freeze()
 
     @staticmethod
