@@ -136,10 +136,10 @@ def _scores_of(s, model_id: int, ids: list[int]) -> dict[int, float]:  # noqa: A
 
 def scores(model_id: int, image_ids: list[int] | None = None) -> dict[int, float]:
     """image id -> p_accept of one model (all its scores, or those of the given images)."""
-    query = select(AcceptanceScore.image_id, AcceptanceScore.p_accept).where(AcceptanceScore.model_id == model_id)
-    if image_ids is not None:
-        query = query.where(AcceptanceScore.image_id.in_(list(image_ids)))
     with read_session() as s:
+        if image_ids is not None:
+            return _scores_of(s, model_id, sorted({int(i) for i in image_ids}))
+        query = select(AcceptanceScore.image_id, AcceptanceScore.p_accept).where(AcceptanceScore.model_id == model_id)
         return {int(i): float(p) for i, p in s.execute(query)}
 
 

@@ -60,8 +60,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The precision's short name ("fp32" without mixed precision, "bf16", "fp16"), as wbc_core.compile keys it."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
 def precision_label(device: torch.device, enabled: bool) -> str:
     """Human-readable precision for logs and run pages, e.g. "cpu bf16" or "cuda:0 fp32"."""
-    dtype = amp_dtype(device) if enabled else None
-    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return f"{device} {names.get(dtype, str(dtype))}"
+    return f"{device} {precision_name(amp_dtype(device) if enabled else None)}"

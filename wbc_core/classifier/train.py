@@ -35,7 +35,7 @@ from wbc_core.classifier.presets import compute_mean_std, get_train_transform
 from wbc_core.classifier.sampling import check_train_weights, epoch_batches, sampling_weights, steps_per_epoch
 from wbc_core.compile import CompilePlan, Guarded, run_guarded
 from wbc_core.compile import plan as compile_plan
-from wbc_core.precision import precision_label
+from wbc_core.precision import precision_label, precision_name
 from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages, ProgressEvent, ProgressFn, ShouldStopFn, never_stop, no_progress
 
@@ -133,17 +133,14 @@ def train_classifier(train: LabelledImages, val: LabelledImages, class_names: li
             return run.fit()
 
 
-def _precision(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-
-
 def speed_plan(config: ClassifierConfig, device: torch.device, use_amp: bool, planned_steps: int,
                request: str | None = None) -> CompilePlan:
     """How this run's steps execute (compiled or eager, NHWC or NCHW; wbc_core.compile), request overriding
     config.compile."""
     # Measured on ResNet-18 at 64 px, batch 128: other models are not compiled, other sizes scale the saving.
     scale = config.batch_size / 128 * (config.image_size / 64) ** 2 if config.model == "resnet18" else 0.0
-    return compile_plan("classifier", device.type, _precision(amp_dtype(device) if use_amp else None), planned_steps,
+    precision = precision_name(amp_dtype(device) if use_amp else None)
+    return compile_plan("classifier", device.type, precision, planned_steps,
                         request=config.compile if request is None else request, amp=use_amp, work_scale=scale)
 
 

@@ -16,7 +16,7 @@ from wbc_core.compile import plan as compile_plan
 from wbc_core.gan.config import GanConfig, resolve_device
 from wbc_core.gan.diffaug import diff_augment
 from wbc_core.gan.models import Discriminator, Generator, build_networks
-from wbc_core.precision import amp_dtype
+from wbc_core.precision import amp_dtype, precision_name
 from wbc_core.threads import torch_threads
 from wbc_core.types import LabelledImages
 
@@ -166,8 +166,7 @@ def speed_plan(config: GanConfig, stepper: GanStepper, planned_steps: int, reque
     dtype = stepper.amp_dtype
     # Measured at 64 px, batch 64, widths 64: the saving per step scales with the work (~ batch, pixels, width^2).
     scale = config.batch_size / 64 * (config.image_size / 64) ** 2 * ((config.g_width + config.d_width) / 128) ** 2
-    precision = {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16")
-    return compile_plan("gan", stepper.device.type, precision, planned_steps,
+    return compile_plan("gan", stepper.device.type, precision_name(dtype), planned_steps,
                         request=config.compile if request is None else request, amp=dtype is not None, work_scale=scale)
 
 
