@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: the box is shared
 
@@ -347,17 +348,30 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(), "preset": args.preset, "curve": curve, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if config.device.startswith("cuda") else None,
         "steps_done": result.steps_done, "train_seconds": train_s, "budget_seconds": budget_s, "judge_seconds": judge_s,
-        "speed": {"trainer_sec_per_step": result.sec_per_step, "compute_limit_sec_per_step": limit,
-                  "ratio": result.sec_per_step / limit,
-                  "trainer_steady_sec_per_step": float(torch.tensor(windows[1:-1] or windows).nanmedian()),
-                  "gflop_per_step": round(step_flops / 1e9, 3), "ceiling": ceiling,
-                  **({"achieved_limit": achieved(step_flops / limit, ceiling),
-                      "achieved_trainer": achieved(step_flops / result.sec_per_step, ceiling)} if ceiling else {})},
+        "speed": speed_record(result.sec_per_step, limit, windows, step_flops, ceiling),
         "metrics": values, "table": table, "goals": {g: goal_row(table, g) for g in ["all", *classes]},
     }
     write_result(results, f"gan_{args.tag}" if args.tag else ("gan_quick" if args.quick else "gan"), out,
                  markdown(out))
     return 0
+
+
+def speed_record(trainer_s: float, limit_s: float, windows: list[float], step_flops: float,
+                 ceiling: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's speed figures. trainer_s is 0 when the budget ran out before a first step (a loaded machine, a
+    tiny budget): then the trainer's figures are NaN ("nan" in the report) rather than a division by zero."""
+    ran = trainer_s > 0
+    trainer = trainer_s if ran else float("nan")
+    out: dict[str, Any] = {"trainer_sec_per_step": trainer, "compute_limit_sec_per_step": limit_s,
+                           "ratio": trainer / limit_s if ran and limit_s > 0 else float("nan"),
+                           "trainer_steady_sec_per_step": float(torch.tensor(windows[1:-1] or windows or
+                                                                             [float("nan")]).nanmedian()),
+                           "gflop_per_step": round(step_flops / 1e9, 3), "ceiling": ceiling}
+    if ceiling and limit_s > 0:
+        out["achieved_limit"] = achieved(step_flops / limit_s, ceiling)
+        if ran:
+            out["achieved_trainer"] = achieved(step_flops / trainer_s, ceiling)
+    return out
 
 
 def rescore(args: argparse.Namespace, results: Path, judges: Judges, classes: list[str], per_class: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -70,6 +71,17 @@ def test_markdown_shows_goals_the_real_ceiling_and_the_curve(gan_bench):
     assert "acceptance judge resnet18 (val accuracy 0.970)" in md
     assert "| b | 1.000 | – | – | – | 0.050 |" in md  # the ceiling row carries no goal marks
     assert "| 5 | 0.400 | – |" in md and "| 10 | 0.900 |" in md
+
+
+def test_a_budget_spent_before_the_first_step_reports_no_trainer_speed(gan_bench):
+    # Seen on a loaded CI box: a 3 s budget ran out before the first step, and the speed record divided by zero.
+    ceiling = {"matmul_fp32": 100.0}
+    none_ran = gan_bench.speed_record(0.0, 0.5, [], 2e9, ceiling)
+    assert math.isnan(none_ran["trainer_sec_per_step"]) and math.isnan(none_ran["ratio"])
+    assert "achieved_trainer" not in none_ran and none_ran["achieved_limit"]["gflops"] == 4.0
+    ran = gan_bench.speed_record(1.0, 0.5, [1.2, 1.0, 0.9], 2e9, ceiling)
+    assert ran["ratio"] == 2.0 and ran["achieved_trainer"] == {"gflops": 2.0, "of_matmul_fp32": 0.02}
+    assert ran["trainer_steady_sec_per_step"] == 1.0
 
 
 def test_gan_train_and_gain_benches_get_the_app_split_of_a_folder(gan_bench, tiny_folder, wbc_home, tmp_path):

@@ -63,6 +63,7 @@ def populate(home: Path, scratch: Path) -> int:
 
 
 def sign_in_and_open_review(page, url: str) -> None:  # noqa: ANN001 - a Playwright Page
+    from browser_support import settle
     from playwright.sync_api import expect
 
     page.goto(url)
@@ -73,13 +74,6 @@ def sign_in_and_open_review(page, url: str) -> None:  # noqa: ANN001 - a Playwri
     expect(page.get_by_role("heading", name="Review", level=1)).to_be_visible()
     expect(page.locator(".st-key-review_grid img")).to_have_count(48, timeout=60_000)
     settle(page)
-
-
-def settle(page) -> None:  # noqa: ANN001
-    """Wait until no script run is in progress and every image on the page has loaded."""
-    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=30_000)
-    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
-    page.wait_for_timeout(300)  # layout settles (no timing is asserted)
 
 
 def small_png(source: Path, target: Path, width: int = 960) -> Path:

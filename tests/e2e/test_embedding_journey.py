@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from browser_support import choose
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
@@ -110,8 +111,7 @@ def test_click_a_cell_then_review_a_box_of_candidates(e2e_home, streamlit_server
     assert shown == set(inside[:3]), shown
 
     # The other class holds the fourth one.
-    main.get_by_test_id("stSelectbox").filter(has_text="Class").click()
-    page.get_by_role("option", name="b", exact=True).click()
+    choose(page, main, "Class", "b")
     expect(main.get_by_text("1 pending candidates of b", exact=False)).to_be_visible()
     expect(grid.locator("[class*='st-key-rv_go_']")).to_have_count(1)
     expect(grid.locator("[class*='st-key-rv_go_']").first).to_contain_text(f"#{inside[3]}")
@@ -119,6 +119,5 @@ def test_click_a_cell_then_review_a_box_of_candidates(e2e_home, streamlit_server
     # Lifting the filter brings back the whole queue of the class.
     main.get_by_role("button", name="Show the whole queue").click()
     expect(main.get_by_text("Showing only the")).to_have_count(0)
-    main.get_by_test_id("stSelectbox").filter(has_text="Class").click()
-    page.get_by_role("option", name="a", exact=True).click()
+    choose(page, main, "Class", "a")
     expect(main.get_by_text("5 pending candidates of a", exact=False)).to_be_visible()

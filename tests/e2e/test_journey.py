@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from browser_support import choose
 from playwright.sync_api import Locator, Page, expect
 from support import wait_for
 
@@ -28,12 +29,6 @@ def go_to(page: Page, title: str) -> None:
 
 def main(page: Page) -> Locator:
     return page.get_by_test_id("stMain")
-
-
-def choose(page: Page, scope: Locator, label: str, option: str) -> None:
-    """Pick an option of the selectbox labelled `label` inside `scope`."""
-    scope.get_by_test_id("stSelectbox").filter(has_text=label).locator("input").click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def fill_number(scope: Locator, label: str, value: int) -> None:

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from layout_support import VIEWPORTS, populate, settle, sign_in_and_open_review, small_png
+from browser_support import choose, settle
+from layout_support import VIEWPORTS, populate, sign_in_and_open_review, small_png
 from playwright.sync_api import Page, expect
 from support import wait_for
 
@@ -87,8 +88,7 @@ def test_grid_detail_and_toolbar_fit_the_screen(browser_page: Page, review_serve
             assert grid["x"] + grid["width"] <= width, (grid, "grid wider than the screen")
     # The Class select box opens again after a switch to a full grid (a layout rule once kept it shut).
     for name in ("lymphocyte", "eosinophil", "lymphocyte", "eosinophil"):
-        page.get_by_test_id("stMain").get_by_test_id("stSelectbox").filter(has_text="Class").locator("input").click()
-        page.get_by_role("option", name=name, exact=True).click()
+        choose(page, page.get_by_test_id("stMain"), "Class", name)
         expect(page.locator(".st-key-review_grid img")).to_have_count(0 if name == "lymphocyte" else 48)
         settle(page)
 
