@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter, defaultdict
 
 import pytest
@@ -14,6 +15,7 @@ from db import decisions as decisions_db
 from db.engine import write_session
 from db.models import Decision, Image
 from wbc_core import decision_tally, review_model
+from wbc_core.context import current
 from wbc_core.review_model import ConsensusRule, ReviewSettings
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -128,6 +130,11 @@ def test_a_row_committed_late_with_a_lower_id_is_counted(cells, monkeypatch):
     assert _shown_summary(dataset_id)["a"]["rejected"] == 0
     monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
     monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    # The periodic re-read runs on a thread of its own; the call that starts it still answers from the running
+    # counts, so no key press waits for every row to be read again.
+    tally = decision_tally.tally_for(current().caches, dataset_id)
+    assert _shown_summary(dataset_id)["a"]["rejected"] == 0
+    assert tally.wait_for_rebuild()
     assert _shown_summary(dataset_id) == _expected_summary(dataset_id)
     assert _shown_summary(dataset_id)["a"]["rejected"] == 1
 
@@ -203,6 +210,8 @@ def test_a_candidate_committed_late_with_a_lower_id_is_counted_once(cells, monke
     assert shown()["c"] == summary["c"]
     monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
     monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    assert shown()["c"] == summary["c"]  # this call starts the recount on its own thread
+    assert decision_tally.candidate_count_for(current().caches, dataset_id).wait_for_rebuild()
     assert shown() == decisions_db.candidate_counts(dataset_id) and shown()["c"] == summary["c"] + 1
 
 
@@ -231,3 +240,60 @@ def test_a_tally_built_from_scratch_is_kept_out_of_the_cyclic_collectors_walks(c
     review_model.decide(ids[3:4], "bob", "accept", user=account("reviewer", "bob"))
     tally.decided_candidates("bob", CLASSES[0])
     assert steps == ["collect", "freeze"]  # an incremental read freezes nothing more
+
+
+def _in_rebuild() -> bool:
+    return threading.current_thread().name.startswith("rebuild")
+
+
+def test_the_periodic_re_read_runs_beside_the_callers_and_keeps_what_was_decided_meanwhile(cells, monkeypatch):
+    dataset_id, ids, _ = cells
+    ann = account("reviewer", "ann")
+    review_model.decide([ids[0]], "ann", "accept", user=ann)
+    tally = decision_tally.tally_for(current().caches, dataset_id)
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)  # the first read, on the caller's thread
+    read_all, release = threading.Event(), threading.Event()
+    every_row = decisions_db.decision_rows_after
+
+    def rows_after(dataset: int, after: int) -> list:
+        rows = every_row(dataset, after)
+        if _in_rebuild():  # the rebuild holds its snapshot until the test lets it go
+            read_all.set()
+            release.wait(60)
+        return rows
+
+    monkeypatch.setattr(decisions_db, "decision_rows_after", rows_after)
+    monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
+    monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)  # starts the rebuild and answers at once
+    assert read_all.wait(60)
+    monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 3600.0)  # no second rebuild
+    review_model.decide([ids[1]], "ann", "reject", user=ann)  # after the rebuild's snapshot
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)  # callers go on while it runs
+    release.set()
+    assert tally.wait_for_rebuild()
+    shown = _shown_summary(dataset_id)
+    assert shown == _expected_summary(dataset_id)  # the swap lost nothing
+    assert sum(c["rejected"] for c in shown.values()) == 1
+
+
+def test_a_failed_re_read_is_logged_and_the_running_counts_go_on(cells, monkeypatch, caplog):
+    dataset_id, ids, _ = cells
+    review_model.decide([ids[0]], "ann", "accept", user=account("reviewer", "ann"))
+    tally = decision_tally.tally_for(current().caches, dataset_id)
+    _shown_summary(dataset_id)
+    every_row = decisions_db.decision_rows_after
+
+    def rows_after(dataset: int, after: int) -> list:
+        if _in_rebuild():
+            raise RuntimeError("the database went away")
+        return every_row(dataset, after)
+
+    monkeypatch.setattr(decisions_db, "decision_rows_after", rows_after)
+    monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
+    monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
+    _shown_summary(dataset_id)
+    assert tally.wait_for_rebuild()
+    assert f"rebuilding the decision tally of dataset {dataset_id} failed" in caplog.text
+    review_model.decide([ids[1]], "ann", "reject", user=account("reviewer", "ann"))
+    assert _shown_summary(dataset_id) == _expected_summary(dataset_id)

@@ -11,14 +11,17 @@ Exactness. Decisions are append-only, and a reviewer's current vote on a candida
 (candidate, reviewer) and keeping the highest id seen therefore gives the same votes whatever order rows arrive
 in, and reading a row twice changes nothing. SQLite serialises writes (BEGIN IMMEDIATE), so ids become visible in
 order and a read never skips one. PostgreSQL numbers a row when it is inserted, not when it commits, so a slow
-transaction can commit an id below one already read: each read goes back LOOKBACK_IDS ids, and there the tally
-starts over every FULL_REREAD_S seconds. A count can lag such a decision by at most that long, which the page's
-summaries (a few seconds old by design, pages.ui.refresh) allow; training sets never use a tally
-(review_model.consensus reads every current vote).
+transaction can commit an id below one already read: each read goes back LOOKBACK_IDS ids, and there the tally is
+rebuilt from every row every FULL_REREAD_S seconds. The rebuild runs on a thread of its own while callers go on with
+the incremental reads, and its state is swapped in when done: re-reading every row took 585-751 ms at 1M candidates
+and 20k decisions, which one reviewer's key press paid every two minutes. A count can lag such a decision by at
+most FULL_REREAD_S plus one rebuild, which the page's summaries (a few seconds old by design, pages.ui.refresh)
+allow; training sets never use a tally (review_model.consensus reads every current vote).
 
 Candidates per class are counted the same way (CandidateCount): images are only ever added while a dataset
 lives (they go only with the whole dataset), so the ids above the last one read are all that is new. Counting
-is not idempotent, so the ids counted within the look-back window are remembered to count each exactly once.
+is not idempotent, so the ids counted within the look-back window are remembered to count each exactly once. Its
+periodic recount on PostgreSQL runs on a thread too.
 Together they give the Review queue its "N pending" without walking a class's index entries (~60 ms of every
 key press at 1M candidates on PostgreSQL).
 """
@@ -26,6 +29,7 @@ key press at 1M candidates on PostgreSQL).
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections import Counter, defaultdict
@@ -35,6 +39,8 @@ from typing import Any
 
 from db import decisions as decisions_db
 from db.engine import bound
+
+log = logging.getLogger(__name__)
 
 LOOKBACK_IDS = 64  # ids re-read behind the newest one seen: late PostgreSQL commits land within a few ids
 FULL_REREAD_S = 120.0  # a tally older than this is rebuilt from every row
@@ -68,9 +74,15 @@ class TallyCounts:
 class DecisionTally:
     """The current votes and rulings of one dataset, with consensus outcomes of its candidates under one rule."""
 
+    # What a rebuild replaces (everything but the dataset, the lock and the rebuild's own bookkeeping).
+    _STATE = ("_newest", "_read_from_scratch_at", "_votes", "_rulings", "_cells", "_verdicts", "_standing", "_stale",
+              "_rule", "_outcomes", "_status", "_final")
+
     def __init__(self, dataset_id: int) -> None:
         self.dataset_id = dataset_id
         self._lock = threading.Lock()  # several sessions' threads refresh the same tally
+        self._rebuild = Rebuild(f"decision tally of dataset {dataset_id}")
+        self._judged_with: tuple[Any, Judge] | None = None  # the last counts() call's rule and judge
         self._start_over()
 
     def _start_over(self) -> None:
@@ -91,6 +103,7 @@ class DecisionTally:
     def counts(self, rule: Any, judge: Judge) -> TallyCounts:
         """Read the rows added since the last call, re-judge the cells they touched (all after a rule change)."""
         with self._lock:
+            self._judged_with = (rule, judge)
             self._catch_up()
             touched, self._stale = self._stale, set()
             if rule != self._rule:
@@ -116,10 +129,21 @@ class DecisionTally:
             self._catch_up()
             return sorted(self._standing.get((reviewer, class_name), ()))
 
+    def wait_for_rebuild(self, timeout: float = 60.0) -> bool:
+        """Block until a running rebuild (if any) has been swapped in; False if it is still running after timeout."""
+        return self._rebuild.wait(timeout)
+
+    def make_due(self) -> None:
+        """Let the periodic re-read fall due at the next read, as FULL_REREAD_S later (benches and tests)."""
+        with self._lock:
+            self._read_from_scratch_at -= FULL_REREAD_S + 1
+
     def _catch_up(self) -> None:
         """Read the rows added since the last read; the cells they changed wait in _stale to be re-judged."""
-        if self._late_commits_possible() and time.monotonic() - self._read_from_scratch_at > FULL_REREAD_S:
-            self._start_over()
+        if (self._newest and self._late_commits_possible()
+                and time.monotonic() - self._read_from_scratch_at > FULL_REREAD_S):
+            self._read_from_scratch_at = time.monotonic()  # asked once per period, however long the rebuild takes
+            self._rebuild.start(self._rebuilt)
         from_scratch = self._newest == 0
         self._stale |= {row["image_id"] for row in self._rows_since_last_read() if self._apply(row)}
         if from_scratch and self._newest:
@@ -130,6 +154,23 @@ class DecisionTally:
             # that already pays for reading every decision.
             gc.collect()
             gc.freeze()
+
+    def _rebuilt(self) -> None:
+        """On the rebuild's thread: a tally read from every row (judged under the last rule used), then swapped in.
+
+        Rows the live tally read meanwhile are read again on its next call (from the new newest id, less the
+        look-back), and reading a row twice changes nothing."""
+        fresh = DecisionTally(self.dataset_id)
+        with self._lock:
+            judged_with = self._judged_with
+        if judged_with is not None:
+            fresh.counts(*judged_with)
+        else:
+            with fresh._lock:
+                fresh._catch_up()
+        with self._lock, fresh._lock:
+            for name in self._STATE:
+                setattr(self, name, getattr(fresh, name))
 
     @staticmethod
     def _late_commits_possible() -> bool:
@@ -206,6 +247,7 @@ class CandidateCount:
     def __init__(self, dataset_id: int) -> None:
         self.dataset_id = dataset_id
         self._lock = threading.Lock()
+        self._recount = Rebuild(f"candidate count of dataset {dataset_id}")
         self._counted_at = 0.0
         self._per_class: Counter = Counter()
         self._newest = 0
@@ -214,15 +256,16 @@ class CandidateCount:
     def per_class(self) -> Counter:
         """Candidates per intended class now (a copy)."""
         with self._lock:
-            stale = DecisionTally._late_commits_possible() and time.monotonic() - self._counted_at > FULL_REREAD_S
-            rows = [] if not self._counted_at or stale else decisions_db.candidates_after(
+            if (self._counted_at and DecisionTally._late_commits_possible()
+                    and time.monotonic() - self._counted_at > FULL_REREAD_S):
+                self._counted_at = time.monotonic()  # the periodic recount, on its own thread (see the module)
+                self._recount.start(self._recounted)
+            rows = [] if not self._counted_at else decisions_db.candidates_after(
                 self.dataset_id, max(0, self._newest - LOOKBACK_IDS))
             # The newest candidate counted is gone only when the dataset was deleted and its id reused (tests, a
-            # re-import), as in DecisionTally: then, and at the start or a periodic recount, count from scratch.
-            if not self._counted_at or stale or (self._newest and all(i != self._newest for i, _ in rows)):
-                counts, recent = decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS)
-                self._per_class, self._recent, self._counted_at = Counter(counts), set(recent), time.monotonic()
-                self._newest = max(recent, default=0)
+            # re-import), as in DecisionTally: then, and at the start, count from scratch.
+            if not self._counted_at or (self._newest and all(i != self._newest for i, _ in rows)):
+                self._adopt(*decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS))
                 return Counter(self._per_class)
             for image_id, class_name in rows:
                 if image_id not in self._recent:  # new, or a late commit inside the window
@@ -232,6 +275,54 @@ class CandidateCount:
             floor = self._newest - LOOKBACK_IDS
             self._recent = {i for i in self._recent if i > floor}
             return Counter(self._per_class)
+
+    def wait_for_rebuild(self, timeout: float = 60.0) -> bool:
+        """Block until a running recount (if any) has been swapped in; False if it is still running after timeout."""
+        return self._recount.wait(timeout)
+
+    def make_due(self) -> None:
+        """Let the periodic recount fall due at the next read, as FULL_REREAD_S later (benches and tests)."""
+        with self._lock:
+            self._counted_at -= FULL_REREAD_S + 1
+
+    def _adopt(self, counts: dict[str, int], recent: list[int]) -> None:
+        self._per_class, self._recent, self._counted_at = Counter(counts), set(recent), time.monotonic()
+        self._newest = max(recent, default=0)
+
+    def _recounted(self) -> None:
+        """On the recount's thread: count every candidate, then swap the counts in. Candidates counted since by the
+        live reads lie above the recount's newest id less the look-back, so the next read counts them again."""
+        counts, recent = decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS)
+        with self._lock:
+            self._adopt(counts, recent)
+
+
+class Rebuild:
+    """At most one background rebuild at a time for one counter; a failed one is logged and the next period tries
+    again (the incremental reads go on meanwhile, so nothing is lost)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._thread: threading.Thread | None = None
+
+    def start(self, work: Callable[[], None]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, args=(work,), name=f"rebuild {self.what}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - a busy or closed database must not kill the thread noisily
+            log.exception("rebuilding the %s failed; the incremental counts go on and it is tried again", self.what)
 
 
 class _PerDataset:
