@@ -137,6 +137,15 @@ def test_configs_and_options_import_without_torch():
     assert json.loads(out.stdout.strip().replace("'", '"')) == []
 
 
+def test_a_small_cnn_is_built_without_importing_torchvision():
+    # torchvision's import pulls in torch._dynamo (~1.6 s of every small_cnn job process's start, before the fix).
+    code = ("import sys\nfrom wbc_core.classifier import build_model\nbuild_model('small_cnn', 3, 32)\n"
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("package", ["wbc_core.gan", "wbc_core.classifier"])
 def test_lazy_packages_export_the_same_names(package):
     import importlib
