@@ -41,8 +41,8 @@ def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
     """Untrained network `name` producing logits [N, num_classes] from normalised float [N,3,S,S]."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    # small_cnn is checked first: the torchvision name list imports torchvision (and with it torch._dynamo, about
-    # 1.6 s), which a small_cnn job process never needs.
+    # small_cnn is checked first: the torchvision name list imports torchvision (about 0.25 s once torch._dynamo,
+    # which every torch.optim optimiser imports, is in), which a small_cnn process never needs.
     if name == SMALL_CNN:
         net: nn.Module = SmallCNN(num_classes)
     elif name not in available_models():
