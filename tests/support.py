@@ -6,6 +6,8 @@ They live here, not in conftest.py, because tests/ and tests/e2e/ both have a co
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -179,3 +181,14 @@ def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def fresh_python(code: str, cwd: Path = PROJECT, timeout: float = 300) -> str:
+    """Run code in a new interpreter of this venv (what a fresh process imports) and return its stripped stdout;
+    a failing snippet fails the test with its stderr."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()

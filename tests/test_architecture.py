@@ -14,12 +14,11 @@ Imports inside `if TYPE_CHECKING:` blocks are annotations only and do not count.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from support import fresh_python
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPUTE_PACKAGES = ("wbc_core/gan", "wbc_core/classifier", "wbc_core/quality", "wbc_core/data", "wbc_core/store.py")
@@ -115,9 +114,7 @@ def modules_loaded_by(root: Path, page: Path, probe: tuple[str, ...]) -> list[st
                 importlib.import_module(name.rsplit(".", 1)[0])
         print(",".join(p for p in {list(probe)!r} if p in sys.modules))
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return [p for p in out.stdout.strip().split(",") if p]
+    return [p for p in fresh_python(code, cwd=root).split(",") if p]
 
 
 # -- the real tree ---------------------------------------------------------------------------------------------
@@ -156,17 +153,13 @@ def test_importing_every_domain_module_does_not_load_streamlit():
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "print('streamlit' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
 
 
 def test_importing_the_compute_packages_does_not_load_the_database_layer():
     code = ("import sys\nimport wbc_core.gan, wbc_core.classifier, wbc_core.quality.judge, wbc_core.data, "
             "wbc_core.store\nprint(sorted(m for m in sys.modules if m == 'db' or m.startswith('db.')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
 
 
 # -- each rule can fail ----------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_a_row_committed_late_with_a_lower_id_is_counted(cells, monkeypatch):
     # counts, so no key press waits for every row to be read again.
     tally = decision_tally.tally_for(current().caches, dataset_id)
     assert _shown_summary(dataset_id)["a"]["rejected"] == 0
-    assert tally.wait_for_rebuild()
+    assert tally.rebuild.wait()
     assert _shown_summary(dataset_id) == _expected_summary(dataset_id)
     assert _shown_summary(dataset_id)["a"]["rejected"] == 1
 
@@ -210,9 +210,9 @@ def test_a_candidate_committed_late_with_a_lower_id_is_counted_once(cells, monke
     assert shown()["c"] == summary["c"]
     monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
     counter = decision_tally.candidate_count_for(current().caches, dataset_id)
-    counter.make_due()  # as two minutes later
+    counter.rebuild.make_due()  # as two minutes later
     assert shown()["c"] == summary["c"]  # this call starts the recount on its own thread
-    assert counter.wait_for_rebuild()
+    assert counter.rebuild.wait()
     assert shown() == decisions_db.candidate_counts(dataset_id) and shown()["c"] == summary["c"] + 1
 
 
@@ -272,7 +272,7 @@ def test_the_periodic_re_read_runs_beside_the_callers_and_keeps_what_was_decided
     review_model.decide([ids[1]], "ann", "reject", user=ann)  # after the rebuild's snapshot
     assert _shown_summary(dataset_id) == _expected_summary(dataset_id)  # callers go on while it runs
     release.set()
-    assert tally.wait_for_rebuild()
+    assert tally.rebuild.wait()
     shown = _shown_summary(dataset_id)
     assert shown == _expected_summary(dataset_id)  # the swap lost nothing
     assert sum(c["rejected"] for c in shown.values()) == 1
@@ -294,7 +294,7 @@ def test_a_failed_re_read_is_logged_and_the_running_counts_go_on(cells, monkeypa
     monkeypatch.setattr(decision_tally, "FULL_REREAD_S", 0.0)
     monkeypatch.setattr(decision_tally.DecisionTally, "_late_commits_possible", staticmethod(lambda: True))
     _shown_summary(dataset_id)
-    assert tally.wait_for_rebuild()
+    assert tally.rebuild.wait()
     assert f"rebuilding the decision tally of dataset {dataset_id} failed" in caplog.text
     review_model.decide([ids[1]], "ann", "reject", user=account("reviewer", "ann"))
     assert _shown_summary(dataset_id) == _expected_summary(dataset_id)

@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from support import fresh_python
 
 from wbc_core import limits, options
 from wbc_core.classifier.config import _BOUNDED as CLASSIFIER_BOUNDED
@@ -26,7 +24,6 @@ from wbc_core.classifier.config import ClassifierConfig
 from wbc_core.gan.config import _BOUNDED as GAN_BOUNDED
 from wbc_core.gan.config import GanConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 NOT_NUMBERS = [float("nan"), float("inf"), float("-inf"), True, None, "5", [5], 10**400]
 
@@ -132,18 +129,14 @@ def test_configs_and_options_import_without_torch():
             "GanConfig(); ClassifierConfig(); ClassifierConfig(model='small_cnn').to_dict()\n"
             "o.gan_config(64, 'cuda', {'width': 16}); o.classifier_config(32, {'epochs': 2}); o.suggested_preset()\n"
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().replace("'", '"')) == []
+    assert json.loads(fresh_python(code, timeout=120).replace("'", '"')) == []
 
 
 def test_a_small_cnn_is_built_without_importing_torchvision():
     # A small_cnn process needs no torchvision (its import is about 0.25 s of such a job's start).
     code = ("import sys\nfrom wbc_core.classifier import build_model\nbuild_model('small_cnn', 3, 32)\n"
             "print('torchvision' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code, timeout=120) == "False"
 
 
 @pytest.mark.parametrize("package", ["wbc_core.gan", "wbc_core.classifier"])

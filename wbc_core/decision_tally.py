@@ -75,19 +75,18 @@ class DecisionTally:
     """The current votes and rulings of one dataset, with consensus outcomes of its candidates under one rule."""
 
     # What a rebuild replaces (everything but the dataset, the lock and the rebuild's own bookkeeping).
-    _STATE = ("_newest", "_read_from_scratch_at", "_votes", "_rulings", "_cells", "_verdicts", "_standing", "_stale",
-              "_rule", "_outcomes", "_status", "_final")
+    _STATE = ("_newest", "_votes", "_rulings", "_cells", "_verdicts", "_standing", "_stale", "_rule", "_outcomes",
+              "_status", "_final")
 
     def __init__(self, dataset_id: int) -> None:
         self.dataset_id = dataset_id
         self._lock = threading.Lock()  # several sessions' threads refresh the same tally
-        self._rebuild = Rebuild(f"decision tally of dataset {dataset_id}")
+        self.rebuild = Rebuild(f"decision tally of dataset {dataset_id}")  # PostgreSQL's periodic re-read
         self._judged_with: tuple[Any, Judge] | None = None  # the last counts() call's rule and judge
         self._start_over()
 
     def _start_over(self) -> None:
         self._newest = 0  # highest decision id read
-        self._read_from_scratch_at = time.monotonic()
         self._votes: dict[int, dict[str, tuple[int, str | None]]] = defaultdict(dict)  # cell -> reviewer -> (id, vote)
         self._rulings: dict[int, tuple[int, str | None]] = {}  # cell -> (id, ruling vote; None once withdrawn)
         self._cells: dict[int, tuple[str, str]] = {}  # cell -> (intended class, origin)
@@ -129,21 +128,10 @@ class DecisionTally:
             self._catch_up()
             return sorted(self._standing.get((reviewer, class_name), ()))
 
-    def wait_for_rebuild(self, timeout: float = 60.0) -> bool:
-        """Block until a running rebuild (if any) has been swapped in; False if it is still running after timeout."""
-        return self._rebuild.wait(timeout)
-
-    def make_due(self) -> None:
-        """Let the periodic re-read fall due at the next read, as FULL_REREAD_S later (benches and tests)."""
-        with self._lock:
-            self._read_from_scratch_at -= FULL_REREAD_S + 1
-
     def _catch_up(self) -> None:
         """Read the rows added since the last read; the cells they changed wait in _stale to be re-judged."""
-        if (self._newest and self._late_commits_possible()
-                and time.monotonic() - self._read_from_scratch_at > FULL_REREAD_S):
-            self._read_from_scratch_at = time.monotonic()  # asked once per period, however long the rebuild takes
-            self._rebuild.start(self._rebuilt)
+        if self._newest:  # a tally that has read nothing yet reads every row now anyway
+            self.rebuild.start_if_due(self._rebuilt)
         from_scratch = self._newest == 0
         self._stale |= {row["image_id"] for row in self._rows_since_last_read() if self._apply(row)}
         if from_scratch and self._newest:
@@ -166,8 +154,7 @@ class DecisionTally:
         if judged_with is not None:
             fresh.counts(*judged_with)
         else:
-            with fresh._lock:
-                fresh._catch_up()
+            fresh._catch_up()  # nobody else sees `fresh` yet: no lock
         with self._lock, fresh._lock:
             for name in self._STATE:
                 setattr(self, name, getattr(fresh, name))
@@ -247,8 +234,8 @@ class CandidateCount:
     def __init__(self, dataset_id: int) -> None:
         self.dataset_id = dataset_id
         self._lock = threading.Lock()
-        self._recount = Rebuild(f"candidate count of dataset {dataset_id}")
-        self._counted_at = 0.0
+        self.rebuild = Rebuild(f"candidate count of dataset {dataset_id}")  # PostgreSQL's periodic recount
+        self._counted = False
         self._per_class: Counter = Counter()
         self._newest = 0
         self._recent: set[int] = set()  # ids counted within LOOKBACK_IDS of the newest: each is counted once
@@ -256,15 +243,13 @@ class CandidateCount:
     def per_class(self) -> Counter:
         """Candidates per intended class now (a copy)."""
         with self._lock:
-            if (self._counted_at and DecisionTally._late_commits_possible()
-                    and time.monotonic() - self._counted_at > FULL_REREAD_S):
-                self._counted_at = time.monotonic()  # the periodic recount, on its own thread (see the module)
-                self._recount.start(self._recounted)
-            rows = [] if not self._counted_at else decisions_db.candidates_after(
+            if self._counted:
+                self.rebuild.start_if_due(self._recounted)
+            rows = [] if not self._counted else decisions_db.candidates_after(
                 self.dataset_id, max(0, self._newest - LOOKBACK_IDS))
             # The newest candidate counted is gone only when the dataset was deleted and its id reused (tests, a
             # re-import), as in DecisionTally: then, and at the start, count from scratch.
-            if not self._counted_at or (self._newest and all(i != self._newest for i, _ in rows)):
+            if not self._counted or (self._newest and all(i != self._newest for i, _ in rows)):
                 self._adopt(*decisions_db.candidate_counts_with_recent(self.dataset_id, LOOKBACK_IDS))
                 return Counter(self._per_class)
             for image_id, class_name in rows:
@@ -276,17 +261,8 @@ class CandidateCount:
             self._recent = {i for i in self._recent if i > floor}
             return Counter(self._per_class)
 
-    def wait_for_rebuild(self, timeout: float = 60.0) -> bool:
-        """Block until a running recount (if any) has been swapped in; False if it is still running after timeout."""
-        return self._recount.wait(timeout)
-
-    def make_due(self) -> None:
-        """Let the periodic recount fall due at the next read, as FULL_REREAD_S later (benches and tests)."""
-        with self._lock:
-            self._counted_at -= FULL_REREAD_S + 1
-
     def _adopt(self, counts: dict[str, int], recent: list[int]) -> None:
-        self._per_class, self._recent, self._counted_at = Counter(counts), set(recent), time.monotonic()
+        self._per_class, self._recent, self._counted = Counter(counts), set(recent), True
         self._newest = max(recent, default=0)
 
     def _recounted(self) -> None:
@@ -298,20 +274,31 @@ class CandidateCount:
 
 
 class Rebuild:
-    """At most one background rebuild at a time for one counter; a failed one is logged and the next period tries
-    again (the incremental reads go on meanwhile, so nothing is lost)."""
+    """The periodic from-scratch read of one counter on PostgreSQL: due every FULL_REREAD_S seconds, run on a thread
+    of its own, at most one at a time. A failed one is logged and the next period tries again (the incremental reads
+    go on meanwhile, so nothing is lost)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
+        self._last = time.monotonic()  # the counter's owner reads every row when it is made, so that counts as one
         self._thread: threading.Thread | None = None
 
-    def start(self, work: Callable[[], None]) -> None:
+    def start_if_due(self, work: Callable[[], None]) -> None:
+        """Run work on a thread if a period has passed since the last start (never on SQLite: see the module)."""
+        if time.monotonic() - self._last <= FULL_REREAD_S or not DecisionTally._late_commits_possible():
+            return
         if self._thread is not None and self._thread.is_alive():
             return
+        self._last = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(work,), name=f"rebuild {self.what}", daemon=True)
         self._thread.start()
 
-    def wait(self, timeout: float) -> bool:
+    def make_due(self) -> None:
+        """Let the next read start a rebuild, as FULL_REREAD_S later (benches and tests)."""
+        self._last -= FULL_REREAD_S + 1
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until a running rebuild (if any) has been swapped in; False if it is still running after timeout."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
