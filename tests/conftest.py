@@ -18,7 +18,7 @@ import pytest
 from pg_support import BACKENDS, PgCluster, start_cluster
 from ray_support import RayCluster
 from ray_support import start_cluster as start_ray_cluster
-from support import TINY_CLASSES, active_home, draw_cell
+from support import TINY_CLASSES, active_home, draw_cell, start_longest_first
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,22 +27,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "postgresql")
 
 
-# The suite runs on pytest-xdist workers, one per core up to 4, whole files each (pyproject's addopts, --dist loadfile
-# --no-loadscope-reorder).
-# These files take minutes, the rest seconds: they start first, so the run does not end with two of them side by
-# side while the other worker idles (longest first; in collection order the tail ran two of them together).
-LONGEST_FIRST = ("test_product_loop.py", "test_realdata.py", "test_feedback_bench.py", "e2e/test_journey.py",
-                 "test_cli_e2e.py", "test_bench_gan.py")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tests = Path(__file__).resolve().parent
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-
-    def order(item: pytest.Item) -> int:
-        return rank.get(item.path.resolve().relative_to(tests).as_posix(), len(rank))
-
-    items.sort(key=order)  # stable: every other file keeps its place and its tests their order
+    start_longest_first(items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -192,3 +192,23 @@ def fresh_python(code: str, cwd: Path = PROJECT, timeout: float = 300) -> str:
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+# The suite runs on pytest-xdist workers, one per core up to 4, whole files each (pyproject's addopts, --dist loadfile
+# --no-loadscope-reorder).
+# These files take minutes, the rest seconds: they start first, so the run does not end with two of them side by
+# side while the other worker idles (longest first; in collection order the tail ran two of them together).
+# They live here, not in conftest.py: `import conftest` in a test may find tests/e2e/conftest.py instead.
+TESTS = Path(__file__).resolve().parent
+LONGEST_FIRST = ("test_product_loop.py", "test_realdata.py", "test_feedback_bench.py", "e2e/test_journey.py",
+                 "test_cli_e2e.py", "test_bench_gan.py")
+
+
+def start_longest_first(items: list) -> None:
+    """Sort collected items (anything with a `.path`) so the LONGEST_FIRST files lead, in that order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def order(item) -> int:  # noqa: ANN001 - a pytest.Item or a stand-in
+        return rank.get(item.path.resolve().relative_to(TESTS).as_posix(), len(rank))
+
+    items.sort(key=order)  # stable: every other file keeps its place and its tests their order

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import require_module
+from support import LONGEST_FIRST, require_module, start_longest_first
 
 
 def test_a_missing_module_skips_outside_ci(monkeypatch):
@@ -25,13 +25,11 @@ def test_a_present_module_is_returned():
     assert require_module("json", "stdlib").dumps([1]) == "[1]"
 
 
-def test_the_files_started_first_exist_and_lead_the_collection(request):
+def test_the_files_started_first_exist_and_lead_the_collection():
     # A renamed file would silently drop out of the longest-first order (and the suite's wall time would grow).
-    import conftest
-
     tests = Path(__file__).resolve().parent
-    assert all((tests / name).is_file() for name in conftest.LONGEST_FIRST)
+    assert all((tests / name).is_file() for name in LONGEST_FIRST)
     items = [tests / name for name in ("test_realdata.py", "test_architecture.py", "test_product_loop.py")]
     fake = [SimpleNamespace(path=p) for p in items]
-    conftest.pytest_collection_modifyitems(request.config, fake)
+    start_longest_first(fake)
     assert [f.path.name for f in fake] == ["test_product_loop.py", "test_realdata.py", "test_architecture.py"]
