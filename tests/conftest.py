@@ -13,12 +13,11 @@ from pathlib import Path
 # in-process training in tests fast while worker processes train beside it on the same two cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np
 import pytest
 from pg_support import BACKENDS, PgCluster, start_cluster
 from ray_support import RayCluster
 from ray_support import start_cluster as start_ray_cluster
-from support import TINY_CLASSES, active_home, draw_cell, start_longest_first
+from support import active_home, start_longest_first, write_cell_folder
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,13 +95,7 @@ def wbc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str | None
 @pytest.fixture()
 def tiny_folder(tmp_path: Path) -> Path:
     """A folder of 3 classes x 12 JPEG cells at 32 px, one subfolder per class."""
-    root = tmp_path / "tiny_cells"
-    rng = np.random.default_rng(0)
-    for name, colour in TINY_CLASSES.items():
-        (root / name).mkdir(parents=True)
-        for i in range(12):
-            draw_cell(rng, 32, colour).save(root / name / f"{name}_{i:02d}.jpg", quality=95)
-    return root
+    return write_cell_folder(tmp_path / "tiny_cells")
 
 
 

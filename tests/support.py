@@ -35,6 +35,18 @@ def draw_cell(rng: np.random.Generator, size: int, colour: tuple[int, int, int])
 TINY_CLASSES = {"lymphocyte": (120, 60, 160), "neutrophil": (200, 120, 170), "platelet": (90, 40, 110)}
 
 
+def write_cell_folder(root: Path, classes: dict[str, tuple[int, int, int]] | None = None, per_class: int = 12,
+                      size: int = 32, seed: int = 0, suffix: str = ".jpg") -> Path:
+    """An ImageFolder of drawn cells under root: one subfolder per class (TINY_CLASSES by default); returns root."""
+    rng = np.random.default_rng(seed)
+    for name, colour in (classes or TINY_CLASSES).items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            path = root / name / f"{name}_{i:02d}{suffix}"
+            draw_cell(rng, size, colour).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    return root
+
+
 def copy_home(source: Path, target: Path) -> Path:
     """Copy a prepared WBC_HOME; the SQLite database goes through the backup API.
 

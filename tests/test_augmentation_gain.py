@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import draw_cell
+from support import write_cell_folder
 
 from bench import augmentation_gain as ag
 from bench import gain_data as gd
@@ -19,13 +19,7 @@ COLOURS = {"basophil": (90, 40, 110), "ig": (200, 120, 170), "lymphocyte": (120,
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    root = tmp_path / "cells"
-    rng = np.random.default_rng(1)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(30):
-            draw_cell(rng, 32, colour).save(root / name / f"{name}_{i:02d}.png")
-    return root
+    return write_cell_folder(tmp_path / "cells", COLOURS, per_class=30, seed=1, suffix=".png")
 
 
 def _bytes(images: torch.Tensor) -> list[bytes]:

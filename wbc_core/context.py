@@ -42,6 +42,7 @@ class Settings:
     ray_address: str | None = None  # WBC_RAY_ADDRESS: jobs become Ray jobs on this cluster's dashboard (optional)
     sentinel_token: str | None = None  # WBC_SENTINEL: a Ray worker's proof that it sees the app's WBC_HOME
     session_hours: float = 12.0  # WBC_SESSION_HOURS: how long a local sign-in is kept across reloads
+    warm_jobs: bool = True  # WBC_WARM_JOBS=0: long-lived processes start every job cold (wbc_core.jobs.warm)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None,
@@ -63,7 +64,8 @@ class Settings:
                    mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or "").strip() or None,
                    ray_address=(env.get("WBC_RAY_ADDRESS") or "").strip() or None,
                    sentinel_token=(env.get(SENTINEL_VARIABLE) or "").strip() or None,
-                   session_hours=_session_hours(env.get("WBC_SESSION_HOURS")))
+                   session_hours=_session_hours(env.get("WBC_SESSION_HOURS")),
+                   warm_jobs=(env.get("WBC_WARM_JOBS") or "1").strip() != "0")
 
     def child_environ(self) -> dict[str, str]:
         """The variables a worker process needs to build the same context."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from wbc_core import context
+from wbc_core import context, jobs
 
 
 @st.cache_resource
 def _build_once() -> bool:
     context.activate(context.build("app"))
+    jobs.prestart()  # the warm starter imports torch now, so the first job a user starts does not wait on it
     return True
 
 
