@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import account, use_settings
+from support import TINY_CLASSES, account, draw_cell, use_settings
 
-from tests.conftest import TINY_CLASSES, draw_cell
 from wbc_core.quality import metrics as qm
 from wbc_core.quality.evaluate import compute_metrics, score_cells
 from wbc_core.quality.judge import QualityConfig, build_reference

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 from support import account
@@ -14,7 +15,7 @@ from test_results import FAST, add_candidates
 
 from db import datasets as ds_db
 from db import runs as runs_db
-from wbc_core import jobs, results, retrain, review_model, views
+from wbc_core import context, jobs, results, retrain, review_model, views
 from wbc_core.classifier import BATCH_METRICS, EPOCH_METRICS
 from wbc_core.cli import main as cli
 from wbc_core.context import current
@@ -103,7 +104,14 @@ def test_run_status_reports_live_metrics_fractional_epochs_and_eta(dataset):
 # -- groups trained in sequence by real processes ---------------------------------------------------------
 
 
-def test_group_runs_train_one_after_another(dataset):
+@pytest.fixture()
+def cold_jobs(dataset) -> Iterator[None]:
+    """Jobs start cold: these tests read the chain's exit code from its Popen handle (a forked one has none)."""
+    with context.using(context.with_settings(current(), warm_jobs=False)):
+        yield
+
+
+def test_group_runs_train_one_after_another(dataset, cold_jobs):
     # Two runs of a multi-seed group: the same chain as an ablation's three arms, one worker start cheaper.
     dataset_id, _ = dataset
     launched = groups.start_training(dataset_id, "real", FAST, seeds="1 2", user=account())
@@ -126,7 +134,7 @@ def test_group_runs_train_one_after_another(dataset):
     assert all(f"run {r} succeeded" in log for r in launched.run_ids)
 
 
-def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, capsys):
+def test_cancel_group_stops_the_running_arm_and_the_queued_ones(dataset, cold_jobs, capsys):
     dataset_id, _ = dataset
     assert cli.main(["--json", "--as", "admin", "ablation", "--dataset", "tiny", "--model", "small_cnn", "--epochs",
                      "300", "--batch", "8", "--threads", "1", "--device", "cpu", "--schedule", "cosine",

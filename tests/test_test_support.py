@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,3 +34,12 @@ def test_the_files_started_first_exist_and_lead_the_collection():
     fake = [SimpleNamespace(path=p) for p in items]
     start_longest_first(fake)
     assert [f.path.name for f in fake] == ["test_product_loop.py", "test_realdata.py", "test_architecture.py"]
+
+
+def test_no_test_imports_a_conftest():
+    # Which conftest `import conftest` finds depends on the files a worker ran before (tests/ or tests/e2e/), and
+    # `tests.conftest` is a second copy of the module: shared helpers live in support.py.
+    tests = Path(__file__).resolve().parent
+    offenders = [p.relative_to(tests).as_posix() for p in sorted(tests.rglob("*.py"))
+                 if re.search(r"^\s*(from|import)\s+(tests\.)?conftest\b", p.read_text(), re.MULTILINE)]
+    assert offenders == []

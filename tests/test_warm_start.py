@@ -177,18 +177,21 @@ def test_import_environ_keeps_only_what_libraries_read_while_importing():
     assert warm.import_environ(env) == {"OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": "/x"}
 
 
-def test_the_starter_refuses_to_serve_when_its_imports_leave_a_thread(tmp_path):
-    # A preload that starts a Python thread (as a library might): the starter says why and exits; the launcher then
-    # starts jobs cold.
+@pytest.mark.parametrize(("leftover", "why"), [
+    ("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n",
+     "Python threads"),
+    ("import torch\ntorch.cuda.is_available()\n", "CUDA was touched"),  # asks the driver: poisons fork, GPU or not
+])
+def test_the_starter_refuses_to_serve_when_its_imports_leave_something_unsafe(tmp_path, leftover, why):
+    # As if a library did it while the starter imports: it says why and exits; the launcher then starts jobs cold.
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("import threading, time\n"
-                                           "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    (site / "sitecustomize.py").write_text(leftover)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(launcher.PROJECT_ROOT)])}
     made = warm.WarmStarter(env, launcher.PROJECT_ROOT)
     try:
         assert not made.poll_ready(timeout=180)
-        assert "Python threads" in made.why
+        assert why in made.why
         assert made.start("wbc_core.worker", ["1"], env, tmp_path / "worker.log") is None
     finally:
         made.close()

@@ -7,10 +7,11 @@ warm starter beside it: `python -m wbc_core.warm_starter` imports those librarie
 The child detaches (its own session, as a cold worker), takes the job's environment, log and arguments, and runs
 `python -m wbc_core.worker RUN_ID` in place, so the pid, cancel, kill and reconcile work as before.
 
-Forking is only safe while the starter has started no thread and no CUDA context: it checks both after its imports
-and refuses to serve otherwise (the launcher then starts workers cold, as before). Variables that libraries read
-while importing (OMP_*, MKL_*, CUDA_*, PYTHON*, ...) must be the job's own: a job whose values differ from the
-starter's is started cold and a new starter is made for them (`import_environ`).
+Forking is only safe while the starter has started no Python thread and not touched CUDA: it checks both after its
+imports (the second with a probe child that asks torch) and refuses to serve otherwise (the launcher then starts
+workers cold, as before). Variables that libraries read while importing (OMP_*, MKL_*, CUDA_*, PYTHON*, ...) must
+be the job's own: a job whose values differ from the starter's is started cold and a new starter is made for them
+(`import_environ`).
 
 Protocol, one JSON line each way on the starter's stdin/stdout: first the starter writes
 {"ready": bool, "why": str, "seconds": float}; then for each request {"module", "args", "env", "log", "cwd"} it
@@ -62,9 +63,18 @@ def fork_safety() -> str:
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
         return f"the imports started Python threads ({names}); a forked child would inherit their locks half-held"
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        return "CUDA was initialised while importing; a forked child cannot use it"
+    if torch is not None and (torch.cuda.is_initialized() or _probe_child_in_bad_fork()):
+        # torch.cuda.is_available() alone does it (it asks the driver), even on a machine without a GPU.
+        return "CUDA was touched while importing; a forked child could not use the GPU"
     return ""
+
+
+def _probe_child_in_bad_fork() -> bool:
+    """Fork a probe that asks torch whether CUDA is unusable in a child of this process (torch's own verdict)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3 if sys.modules["torch"].cuda._is_in_bad_fork() else 0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
 
 
 def _answer(message: dict[str, Any]) -> None:
@@ -124,9 +134,8 @@ def _exit(code: Any) -> None:  # noqa: ANN401 - a SystemExit code: None, a numbe
 def serve() -> int:
     """The starter's main loop: import, check, answer ready, then fork a child per request until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server's terminal: the server ends, stdin closes
-    from wbc_core.jobs.worker import lower_priority
-
-    lower_priority()  # its imports yield to the page server, as the jobs it forks (they inherit it) do
+    # Its imports run at the server's own priority: niced to 19 under a busy machine (the test suite's workers) they
+    # took minutes, and every job started cold meanwhile. Each job lowers its own priority (wbc_core.worker).
     started = time.monotonic()
     try:
         for module in PRELOAD:
