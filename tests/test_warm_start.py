@@ -54,6 +54,7 @@ def test_a_job_is_forked_by_the_starter_in_its_own_session_below_the_server(star
     info = jobs.wait(run_id, timeout=60)
     assert info.status == "cancelled" and 0 < info.result["steps_done"] < 200
     log = (jobs.run_dir(run_id) / "worker.log").read_text()
+    assert f"{warm.WARM_LOG_LINE} (pid {starter.proc.pid})" in log
     assert f"run {run_id} (selftest) started, pid {pid}" in log and f"run {run_id} cancelled" in log
     wait_for(lambda: not jobs.pid_alive(pid), what="the ended job reaped")  # no zombie answers kill -0
 
@@ -100,6 +101,7 @@ def test_another_import_environment_starts_cold_and_gets_a_starter_of_its_own(st
     run_id = _start({"steps": 100, "sleep": 0.02})
     pid = _running(run_id).pid
     assert _parent(pid) == os.getpid()  # cold, as before the starter existed
+    assert warm.WARM_LOG_LINE not in (jobs.run_dir(run_id) / "worker.log").read_text()
     jobs.request_stop(run_id, "system:test")
     assert jobs.wait(run_id, timeout=60).status == "cancelled"
     replaced = launcher.warm_starter()

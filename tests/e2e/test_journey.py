@@ -16,6 +16,8 @@ from support import wait_for
 from db import datasets as ds_db
 from db import decisions as decisions_db
 from db import runs as runs_db
+from wbc_core.jobs import run_dir
+from wbc_core.jobs.warm import WARM_LOG_LINE
 
 REVIEW_SCREENSHOT = Path("/tmp/review_page.png")
 RUN_TIMEOUT_MS = 120_000  # a tiny GAN or classifier run on CPU, worker start (torch import) included
@@ -121,6 +123,9 @@ def test_expert_journey(browser_page: Page, streamlit_server, tmp_path):
     expect(progress_text(page)).to_contain_text("succeeded", timeout=RUN_TIMEOUT_MS)
     expect(main(page).get_by_text("Test macro-F1 (real test cells)")).to_be_visible()
     assert runs_db.get_run(clf.id).train_set_size == len(ds_db.real_images(info.id, split="train")) + 4
+    # The server started its warm starter with its context; by now (its imports take seconds, the journey a minute)
+    # the retrain's worker was forked from it, torch already imported.
+    assert WARM_LOG_LINE in (run_dir(clf.id) / "worker.log").read_text()
 
     # Dashboard: the finished run with its per-class test F1.
     go_to(page, "Dashboard")

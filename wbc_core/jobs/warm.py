@@ -42,6 +42,7 @@ PRELOAD = ("numpy", "PIL.Image", "sqlalchemy", "torch", "torch._dynamo", "torchv
 # a job whose values differ from the starter's would silently run with the starter's, so it is started cold.
 IMPORT_TIME_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
                         "CUBLAS", "LD_", "PYTHON", "TMP", "TEMP")
+WARM_LOG_LINE = "forked by the warm starter"
 ANSWER_TIMEOUT_SECONDS = 10.0  # how long a launch waits for the starter's pid before starting the job cold
 
 
@@ -100,6 +101,7 @@ def _become_job(request: dict[str, Any]) -> None:
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         sys.argv = [request["module"], *request["args"]]
+        print(f"{WARM_LOG_LINE} (pid {os.getppid()})", flush=True)  # in the job's log: how this process began
     except BaseException:  # noqa: BLE001 - a child must never fall back into the starter's loop
         traceback.print_exc()
         os._exit(70)
