@@ -198,3 +198,18 @@ def test_the_starter_refuses_to_serve_when_its_imports_leave_something_unsafe(tm
     finally:
         made.close()
     assert made.proc.returncode == 1
+
+
+def test_a_refusing_starter_is_not_asked_again_and_jobs_start_cold(wbc_home, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import threading, time\n"
+                                           "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))  # this process's environment: the jobs' and a new starter's too
+    refusing = launcher.warm_starter()
+    assert not refusing.poll_ready(timeout=180) and refusing.refused and "Python threads" in refusing.why
+    for _ in range(2):
+        run_id = _start({"steps": 2, "sleep": 0.01})
+        assert jobs.wait(run_id, timeout=60).status == "succeeded"
+        assert warm.WARM_LOG_LINE not in (jobs.run_dir(run_id) / "worker.log").read_text()
+    assert launcher.warm_starter() is None and launcher._warm is refusing  # no new starter, no new imports

@@ -22,7 +22,9 @@ _children_lock = threading.Lock()
 # Processes that launch many jobs over their life keep a warm starter (wbc_core.jobs.warm); a CLI command starts
 # one job and ends, so a starter would only import torch a second time beside it.
 WARM_PROCESSES = ("app", "test", "bench")
-_warm: WarmStarter | None = None  # this process's starter, made on its first launch (or by prestart)
+# This process's starter, made on its first launch (or by prestart). Not on the context: it holds no setting and
+# serves every home the process opens (tests and benches switch homes; a starter per context would import again).
+_warm: WarmStarter | None = None
 _warm_lock = threading.Lock()
 
 
@@ -71,6 +73,8 @@ def warm_starter(env: dict[str, str] | None = None) -> WarmStarter | None:
         return None
     env = env if env is not None else job_environ(ctx.settings, {})
     with _warm_lock:
+        if _warm is not None and _warm.refused and _warm.fits(env):
+            return None  # its imports are unsafe to fork here (it said why): cold starts, without a new try each time
         if _warm is not None and (not _warm.alive() or _warm.ready is False or not _warm.fits(env)):
             _warm.close()
             _warm = None

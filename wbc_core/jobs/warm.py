@@ -179,6 +179,7 @@ class WarmStarter:
         self.import_env = import_environ(env)
         self.cwd = cwd
         self.ready: bool | None = None  # None until the starter has said whether it serves
+        self.refused = False  # it said it cannot serve (or died importing): asking again would get the same answer
         self.why = ""
         self.preload_seconds: float | None = None
         self._lock = threading.Lock()
@@ -199,6 +200,7 @@ class WarmStarter:
             if self.ready is None and self._readable(timeout):
                 hello = self._read()
                 self.ready = bool(hello and hello.get("ready"))
+                self.refused = not self.ready
                 self.why = (hello or {}).get("why") or ("" if hello else "the starter ended before it was ready")
                 self.preload_seconds = (hello or {}).get("seconds")
             return bool(self.ready) and self.alive()
